@@ -1,0 +1,185 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using PagePool.Native;
+
+namespace PagePool.Memory;
+
+/// <summary>
+/// One slot of emulated physical memory: a memfd mapped twice, as a cached "linear map" alias (the kernel's
+/// direct map stand-in, the mapping caching changes protect) and as the view callers use. Both mappings are
+/// 2 MiB aligned and advised for huge pages so an order-9 block can be one huge page.
+/// </summary>
+/// <remarks>
+/// The slot is permanent, the mapping is not: when every block of the arena is free the mapping and the memfd
+/// can be given back, and mapped anew later. The slot's frame range and its metadata words outlive that, so
+/// generations keep counting and a handle from an earlier life never matches again.
+///
+/// Inside, a binary buddy allocator hands out 2^order blocks (orders 0..9) and merges freed buddies. It is the
+/// stand-in for the kernel's page allocator and runs under the zone's lock: it is the slow path by design.
+/// </remarks>
+internal sealed unsafe class Arena
+{
+    internal const int MaxOrder = 9;
+    private const nuint HugePage = 2u << 20;
+    private const byte NotFreeHead = 0xFF;
+
+    internal readonly int Index;
+    internal readonly Zone Zone;
+    internal readonly int Pages;
+    internal readonly ulong BaseFrame;
+    internal readonly ulong* Meta;
+
+    private readonly nuint _bytes;
+    private readonly string _name;
+    private int _fd = -1;
+    internal byte* View;
+    internal byte* Alias;
+
+    // Buddy state: free-list heads per order, intrusive links per page, and the order of each free head.
+    private readonly int[] _heads = new int[MaxOrder + 1];
+    private readonly int[] _next, _prev;
+    private readonly byte[] _freeOrder;
+    private int _freeMask;
+    internal int FreePages { get; private set; }
+
+    internal Arena(int index, Zone zone, int pages, ulong baseFrame)
+    {
+        Index = index;
+        Zone = zone;
+        Pages = pages;
+        BaseFrame = baseFrame;
+        _bytes = (nuint)pages * PhysicalMemory.PageSize;
+        _name = $"pagepool-arena-{index}";
+        Meta = (ulong*)NativeMemory.AllocZeroed((nuint)pages, sizeof(ulong));
+        _next = new int[pages];
+        _prev = new int[pages];
+        _freeOrder = new byte[pages];
+    }
+
+    internal bool IsMapped => _fd >= 0;
+    internal nuint Bytes => _bytes;
+    internal bool IsEmpty => FreePages == Pages;
+
+    /// <summary>Create the memfd and both mappings; every block starts free.</summary>
+    internal void Map()
+    {
+        int fd = Libc.MemfdCreate(_name, Libc.MFD_CLOEXEC);
+        byte* alias = null, view = null;
+        try
+        {
+            Libc.Ftruncate(fd, (long)_bytes);
+            alias = MapAligned(fd);
+            view = MapAligned(fd);
+        }
+        catch
+        {
+            if (alias != null) Libc.Munmap(alias, _bytes);
+            Libc.Close(fd);
+            throw;
+        }
+        _fd = fd;
+        Alias = alias;
+        View = view;
+
+        Array.Fill(_freeOrder, NotFreeHead);
+        Array.Fill(_heads, -1);
+        _freeMask = 0;
+        FreePages = 0;
+        for (int p = 0; p < Pages; p += 1 << MaxOrder)
+            Push(MaxOrder, p);
+        FreePages = Pages;
+    }
+
+    /// <summary>Give the whole arena back: both mappings and the memfd. Only when every block is free.</summary>
+    internal void Unmap()
+    {
+        if (!IsMapped) return;
+        Libc.Munmap(View, _bytes);
+        Libc.Munmap(Alias, _bytes);
+        Libc.Close(_fd);
+        _fd = -1;
+        View = Alias = null;
+    }
+
+    // Reserve 2 MiB-aligned address space, then map the memfd over it (MAP_FIXED) and ask for huge pages.
+    private byte* MapAligned(int fd)
+    {
+        nuint reserve = _bytes + HugePage;
+        byte* raw = Libc.Mmap(null, reserve, Libc.PROT_NONE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+        byte* aligned = (byte*)(((nuint)raw + HugePage - 1) & ~(HugePage - 1));
+        nuint head = (nuint)(aligned - raw), tail = reserve - head - _bytes;
+        if (head != 0) Libc.Munmap(raw, head);
+        if (tail != 0) Libc.Munmap(aligned + _bytes, tail);
+        byte* p = Libc.Mmap(aligned, _bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED | Libc.MAP_FIXED, fd, 0);
+        Libc.TryMadvise(p, _bytes, Libc.MADV_HUGEPAGE); // a hint: shmem THP may be off
+        return p;
+    }
+
+    /// <summary>Punch the pages out of the memfd: the kernel frees them, RSS drops, and they read zero again.</summary>
+    internal void Discard(int page, int count)
+        => Libc.Fallocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE,
+                          (long)page * PhysicalMemory.PageSize, (long)count * PhysicalMemory.PageSize);
+
+    /// <summary>True when a block of at least this order is free here.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool HasFree(int order) => (_freeMask >> order) != 0;
+
+    /// <summary>Take a free block of exactly this order, splitting a larger one; -1 when there is none.</summary>
+    internal int TryAllocate(int order)
+    {
+        int o = order;
+        while (o <= MaxOrder && _heads[o] < 0) o++;
+        if (o > MaxOrder) return -1;
+        int page = _heads[o];
+        Remove(o, page);
+        while (o > order)
+        {
+            o--;
+            Push(o, page + (1 << o)); // the upper half of each split stays free
+        }
+        FreePages -= 1 << order;
+        return page;
+    }
+
+    /// <summary>Return a block, merging it with its buddy while the buddy is free at the same order.</summary>
+    internal void Free(int page, int order)
+    {
+        FreePages += 1 << order;
+        while (order < MaxOrder)
+        {
+            int buddy = page ^ (1 << order);
+            if (_freeOrder[buddy] != order) break;
+            Remove(order, buddy);
+            page = Math.Min(page, buddy);
+            order++;
+        }
+        Push(order, page);
+    }
+
+    /// <summary>True when the block at this page is a free head (test and invariant use).</summary>
+    internal bool IsFreeHead(int page, out int order)
+    {
+        order = _freeOrder[page];
+        return order != NotFreeHead;
+    }
+
+    private void Push(int order, int page)
+    {
+        int head = _heads[order];
+        _next[page] = head;
+        _prev[page] = -1;
+        if (head >= 0) _prev[head] = page;
+        _heads[order] = page;
+        _freeOrder[page] = (byte)order;
+        _freeMask |= 1 << order;
+    }
+
+    private void Remove(int order, int page)
+    {
+        int next = _next[page], prev = _prev[page];
+        if (prev >= 0) _next[prev] = next; else _heads[order] = next;
+        if (next >= 0) _prev[next] = prev;
+        _freeOrder[page] = NotFreeHead;
+        if (_heads[order] < 0) _freeMask &= ~(1 << order);
+    }
+}

@@ -1,0 +1,67 @@
+using PagePool.Native;
+
+namespace PagePool.Memory;
+
+/// <summary>
+/// Caching changes with the kernel's cost shape (set_pages_array_wc / set_pages_array_wb on x86).
+/// Leaving write-back flushes every cache line of the page (clflushopt) and changes the page tables of the
+/// cached linear alias (mprotect to PROT_NONE, a real PTE change and TLB flush); going back to write-back
+/// restores the alias. A batch coalesces contiguous blocks with the same current mode into one mprotect per
+/// run and fences once at the end: that is what makes keeping converted pages in a pool worth it.
+/// </summary>
+internal static unsafe class CachingTransition
+{
+    /// <summary>
+    /// Change held blocks to <paramref name="target"/>; blocks already there are skipped.
+    /// Returns the number of page-table runs changed (mprotect calls made).
+    /// </summary>
+    internal static int Apply(PhysicalMemory memory, ReadOnlySpan<PageHandle> blocks, CachingMode target)
+    {
+        int runs = 0;
+        bool flushed = false;
+        int i = 0;
+        while (i < blocks.Length)
+        {
+            PageHandle first = blocks[i];
+            Arena arena = memory.ArenaOf(first);
+            ulong* meta = arena.Meta + first.Page;
+            CachingMode from = PageMeta.Caching(*meta);
+            if (from == target) { i++; continue; }
+
+            // Extend the run over blocks that follow contiguously in the same arena from the same mode.
+            int startPage = first.Page, endPage = startPage + first.PageCount, j = i + 1;
+            for (; j < blocks.Length; j++)
+            {
+                PageHandle next = blocks[j];
+                if (next.Arena != first.Arena || next.Page != endPage || PageMeta.Caching(arena.Meta[next.Page]) != from) break;
+                endPage += next.PageCount;
+            }
+
+            byte* view = arena.View + ((nuint)startPage << PhysicalMemory.PageShift);
+            byte* alias = arena.Alias + ((nuint)startPage << PhysicalMemory.PageShift);
+            nuint bytes = (nuint)(endPage - startPage) << PhysicalMemory.PageShift;
+            if (from == CachingMode.WriteBack)
+            {
+                // Flush through the view: the alias is about to lose its mapping, and both map the same lines.
+                Shim.FlushNoFence(view, bytes);
+                flushed = true;
+                Libc.Mprotect(alias, bytes, Libc.PROT_NONE);
+                runs++;
+            }
+            else if (target == CachingMode.WriteBack)
+            {
+                Libc.Mprotect(alias, bytes, Libc.PROT_READ | Libc.PROT_WRITE);
+                runs++;
+            }
+            // WC <-> UC changes only the PAT type; the alias stays unmapped and the lines are already clean.
+
+            for (int k = i; k < j; k++)
+            {
+                PageMeta.SetCaching(arena.Meta + blocks[k].Page, target);
+            }
+            i = j;
+        }
+        if (flushed) Shim.Fence();
+        return runs;
+    }
+}

@@ -1,0 +1,1 @@
+namespace PagePool.Shrinker.Tests; public class Smoke { [Xunit.Fact] public void Runs() => Xunit.Assert.True(1 + 1 == 2); }
