@@ -85,8 +85,8 @@ internal sealed unsafe class Arena
         Array.Fill(_heads, -1);
         _freeMask = 0;
         FreePages = 0;
-        for (int p = 0; p < Pages; p += 1 << MaxOrder)
-            Push(MaxOrder, p);
+        for (int p = Pages - (1 << MaxOrder); p >= 0; p -= 1 << MaxOrder)
+            Push(MaxOrder, p); // pushed high to low: the lowest block is handed out first, packing arenas low
         FreePages = Pages;
     }
 

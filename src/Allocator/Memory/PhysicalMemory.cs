@@ -404,7 +404,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void ClearAs(CachingMode caching, byte* p, nuint length)
     {
-        if (caching == CachingMode.WriteBack) NativeMemory.Clear(p, length);
+        if (caching == CachingMode.WriteBack) PageClear.Clear(p, length);
         else ClearUncachedOrCombined(caching, p, length);
     }
 

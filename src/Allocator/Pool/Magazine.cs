@@ -1,0 +1,20 @@
+namespace PagePool.Pool;
+
+/// <summary>
+/// A fixed-size stack of block handles: the unit the per-core caches and the depot trade in (the shape of
+/// Linux's iova_magazine and of DPDK's mempool cache). A magazine is owned by exactly one party at a time
+/// (a core slot's holder, or the depot), so its fields need no atomics.
+/// </summary>
+internal sealed class Magazine(int capacity, int id)
+{
+    internal readonly ulong[] Handles = new ulong[capacity];
+    internal int Count;
+
+    /// <summary>Registry id (1-based); names the magazine in the depot's tagged stack head.</summary>
+    internal readonly int Id = id;
+
+    /// <summary>The id of the magazine below this one in a depot stack (0 = bottom). Written only while pushing.</summary>
+    internal int NextId;
+
+    internal bool IsFull => Count == Handles.Length;
+}

@@ -1,0 +1,51 @@
+namespace PagePool.Pool;
+
+/// <summary>Where pages are cleared. Either way every page a caller receives reads zero unless it opts out.</summary>
+public enum ZeroPolicy
+{
+    /// <summary>Clear pooled pages as they are handed out (the default: the caller gets the lines warm in its cache,
+    /// pages the shrinker frees are never cleared for nothing, and <see cref="AllocationFlags.NoClear"/> saves the work).</summary>
+    OnAllocate,
+    /// <summary>Clear pages as they are given back, as Linux TTM does (ttm_pool_type_give).</summary>
+    OnRelease,
+}
+
+/// <summary>Per-call allocation options.</summary>
+[Flags]
+public enum AllocationFlags
+{
+    /// <summary>Pages read zero.</summary>
+    None = 0,
+    /// <summary>The caller will overwrite every byte: pooled pages may hold a previous owner's data.</summary>
+    NoClear = 1,
+}
+
+/// <summary>How a <see cref="PoolAllocator"/> behaves.</summary>
+public sealed class PoolOptions
+{
+    /// <summary>
+    /// Pages the pool may keep, in bytes, before it returns the excess to the system. Default: half of RAM
+    /// (TTM's page_pool_size). Per-core magazines may hold a bounded amount above it (see README).
+    /// </summary>
+    public long LimitBytes { get; init; } = SystemInfo.PhysicalMemoryBytes / 2;
+
+    /// <summary>
+    /// Keep write-back pages too. Linux gives cached pages straight back to the kernel, which is cheap there;
+    /// here a fresh page costs an mmap-class fault, so keeping them is the default. Measured by 'pagepool bench'.
+    /// </summary>
+    public bool PoolWriteBack { get; init; } = true;
+
+    /// <summary>Where pages are cleared.</summary>
+    public ZeroPolicy Zeroing { get; init; } = ZeroPolicy.OnAllocate;
+
+    /// <summary>4 KiB pages per magazine at order 0; higher orders hold proportionally fewer blocks (at least one).</summary>
+    public int MagazinePages { get; init; } = 64;
+
+    internal void Validate()
+    {
+        if (LimitBytes < 0) throw new ArgumentOutOfRangeException(nameof(LimitBytes), LimitBytes, "The pool limit cannot be negative.");
+        if (MagazinePages < 1 || MagazinePages > 4096)
+            throw new ArgumentOutOfRangeException(nameof(MagazinePages), MagazinePages, "MagazinePages must be 1..4096.");
+        if (!Enum.IsDefined(Zeroing)) throw new ArgumentOutOfRangeException(nameof(Zeroing), Zeroing, "Unknown zero policy.");
+    }
+}
