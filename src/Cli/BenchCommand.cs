@@ -16,6 +16,8 @@ internal static class BenchCommand
     [
         ("baseline", "kernel and CPU floors: mmap, memset", BaselineBench.Run),
         ("caching", "caching changes, single page versus batched", CachingBench.Run),
+        ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
+        ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
     ];
 
     internal static Command Create()

@@ -27,7 +27,10 @@ internal sealed unsafe class Arena
     internal readonly Zone Zone;
     internal readonly int Pages;
     internal readonly ulong BaseFrame;
-    internal readonly ulong* Meta;
+    // One metadata line per page, as Linux gives every page a 64-byte struct page: pages handed to different
+    // cores never share the cache line their ownership word lives on. 1.6% of the arena, allocated once per slot.
+    private readonly ulong* _meta;
+    internal const int MetaStride = 64 / sizeof(ulong);
 
     private readonly nuint _bytes;
     private readonly string _name;
@@ -50,11 +53,19 @@ internal sealed unsafe class Arena
         BaseFrame = baseFrame;
         _bytes = (nuint)pages * PhysicalMemory.PageSize;
         _name = $"pagepool-arena-{index}";
-        Meta = (ulong*)NativeMemory.AllocZeroed((nuint)pages, sizeof(ulong));
+        _meta = (ulong*)NativeMemory.AlignedAlloc((nuint)pages * 64, 64);
+        NativeMemory.Clear(_meta, (nuint)pages * 64);
         _next = new int[pages];
         _prev = new int[pages];
         _freeOrder = new byte[pages];
     }
+
+    /// <summary>The metadata word of a page (see PageMeta).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong* MetaOf(int page) => _meta + ((nuint)page * MetaStride);
+
+    /// <summary>Free the metadata: only when the memory space itself goes away.</summary>
+    internal void FreeMeta() => NativeMemory.AlignedFree(_meta);
 
     internal bool IsMapped => _fd >= 0;
     internal nuint Bytes => _bytes;

@@ -24,7 +24,7 @@ internal static unsafe class CachingTransition
         {
             PageHandle first = blocks[i];
             Arena arena = memory.ArenaOf(first);
-            ulong* meta = arena.Meta + first.Page;
+            ulong* meta = arena.MetaOf(first.Page);
             CachingMode from = PageMeta.Caching(*meta);
             if (from == target) { i++; continue; }
 
@@ -33,7 +33,7 @@ internal static unsafe class CachingTransition
             for (; j < blocks.Length; j++)
             {
                 PageHandle next = blocks[j];
-                if (next.Arena != first.Arena || next.Page != endPage || PageMeta.Caching(arena.Meta[next.Page]) != from) break;
+                if (next.Arena != first.Arena || next.Page != endPage || PageMeta.Caching(*arena.MetaOf(next.Page)) != from) break;
                 endPage += next.PageCount;
             }
 
@@ -57,7 +57,7 @@ internal static unsafe class CachingTransition
 
             for (int k = i; k < j; k++)
             {
-                PageMeta.SetCaching(arena.Meta + blocks[k].Page, target);
+                PageMeta.SetCaching(arena.MetaOf(blocks[k].Page), target);
             }
             i = j;
         }

@@ -139,7 +139,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
         }
         if (arena is null) { handle = default; return false; }
 
-        ulong* m = arena.Meta + page;
+        ulong* m = arena.MetaOf(page);
         ulong gen = PageMeta.Generation(Volatile.Read(ref *m));
         Volatile.Write(ref *m, PageMeta.Make(PageState.Allocated, CachingMode.WriteBack, order, owner, gen));
         handle = new PageHandle(SpaceId, arena.Index, page, order, gen);
@@ -241,7 +241,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     internal Arena ArenaOf(PageHandle h) => _arenas[h.Arena]!;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong* MetaOf(PageHandle h) => _arenas[h.Arena]!.Meta + h.Page;
+    internal ulong* MetaOf(PageHandle h) => _arenas[h.Arena]!.MetaOf(h.Page);
 
     /// <summary>Pointer to the view of a block the caller is known to hold (no checks: internal fast path).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -261,7 +261,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
         if (ai >= _arenas.Length || _arenas[ai] is not { } a || order > MaxOrder || page >= a.Pages || (page & ((1 << order) - 1)) != 0)
             throw new PageHandleException(h, HandleError.Malformed, "No block of this space has that arena, page and order.");
         arena = a;
-        return a.Meta + page;
+        return a.MetaOf(page);
     }
 
     /// <summary>
@@ -483,7 +483,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         foreach (var z in _zones)
             lock (z.Lock) { foreach (var a in z.Mapped) a.Unmap(); z.Mapped.Clear(); }
-        foreach (var a in _arenas) if (a is not null) NativeMemory.Free(a.Meta);
+        foreach (var a in _arenas) a?.FreeMeta();
         lock (s_spacesLock) s_spaces[SpaceId] = null;
     }
 }

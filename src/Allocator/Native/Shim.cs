@@ -38,6 +38,13 @@ internal static unsafe partial class Shim
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Fence() => pp_fence();
 
+    /// <summary>The CPU the calling thread runs on now (rseq cpu_id: exact after every migration).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int CurrentCpu() => pp_current_cpu();
+
+    [LibraryImport(Library), SuppressGCTransition]
+    private static partial int pp_current_cpu();
+
     [LibraryImport(Library), SuppressGCTransition]
     private static partial int pp_flush_kind();
 

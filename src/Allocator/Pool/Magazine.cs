@@ -7,8 +7,11 @@ namespace PagePool.Pool;
 /// </summary>
 internal sealed class Magazine(int capacity, int id)
 {
-    internal readonly ulong[] Handles = new ulong[capacity];
+    // Room past the last handle so two magazines' arrays never share the line their tops are written on.
+    internal readonly ulong[] Handles = new ulong[capacity + CacheLine.Ulongs];
+    internal readonly int Capacity = capacity;
     internal int Count;
+    private CacheLine _pad; // keeps Count of neighbouring magazines on separate lines
 
     /// <summary>Registry id (1-based); names the magazine in the depot's tagged stack head.</summary>
     internal readonly int Id = id;
@@ -16,5 +19,12 @@ internal sealed class Magazine(int capacity, int id)
     /// <summary>The id of the magazine below this one in a depot stack (0 = bottom). Written only while pushing.</summary>
     internal int NextId;
 
-    internal bool IsFull => Count == Handles.Length;
+    internal bool IsFull => Count == Capacity;
+}
+
+/// <summary>128 bytes of nothing (two lines: the adjacent-line prefetcher pulls pairs), to keep hot fields apart.</summary>
+[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = 128)]
+internal struct CacheLine
+{
+    internal const int Ulongs = 128 / sizeof(ulong);
 }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using PagePool.Memory;
+using PagePool.Native;
 
 namespace PagePool.Pool;
 
@@ -18,8 +19,9 @@ namespace PagePool.Pool;
 /// </summary>
 internal sealed class PoolType
 {
-    // One CoreCache reference per 64-byte line: cores writing their slots never share a cache line.
-    private const int SlotStride = 8;
+    // One CoreCache reference per 128 bytes (a pair of lines: the adjacent-line prefetcher moves pairs), the first
+    // one past the array header's line, so cores exchanging their slots never touch a line another core writes.
+    private const int SlotStride = 16;
 
     internal readonly CachingMode Caching;
     internal readonly int Order;
@@ -42,6 +44,7 @@ internal sealed class PoolType
     {
         internal Magazine Loaded = loaded, Previous = previous;
         internal long Taken, Given; // blocks; only the slot's holder writes them
+        private CacheLine _pad;     // core caches are allocated together: keep each on its own lines
     }
 
     internal PoolType(PoolAllocator pool, int index, CachingMode caching, int order, Zone zone, int slots, int magazineCapacity)
@@ -55,20 +58,20 @@ internal sealed class PoolType
         _full = new MagazineStack(_registry);
         _empty = new MagazineStack(_registry);
         _slotMask = slots - 1;
-        _slots = new CoreCache?[slots * SlotStride];
+        _slots = new CoreCache?[(slots + 1) * SlotStride];
         _caches = new CoreCache[slots];
         for (int s = 0; s < slots; s++)
-            _slots[s * SlotStride] = _caches[s] = new CoreCache(_registry.Create(), _registry.Create());
+            Slot(s) = _caches[s] = new CoreCache(_registry.Create(), _registry.Create());
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref CoreCache? Slot(int s) => ref _slots[(s & _slotMask) * SlotStride];
+    private ref CoreCache? Slot(int s) => ref _slots[((s & _slotMask) + 1) * SlotStride];
 
     /// <summary>Take one pooled block (the hit path). False when this type has nothing pooled.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool TryTake(out ulong handle)
     {
-        int core = Thread.GetCurrentProcessorId();
+        int core = Shim.CurrentCpu();
         ref CoreCache? slot = ref Slot(core);
         var cc = Interlocked.Exchange(ref slot, null);
         if (cc is not null)
@@ -153,14 +156,14 @@ internal sealed class PoolType
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Give(ulong handle)
     {
-        int core = Thread.GetCurrentProcessorId();
+        int core = Shim.CurrentCpu();
         ref CoreCache? slot = ref Slot(core);
         var cc = Interlocked.Exchange(ref slot, null);
         if (cc is not null)
         {
             var m = cc.Loaded;
             int n = m.Count;
-            if (n < m.Handles.Length)
+            if (n < m.Capacity)
             {
                 m.Handles[n] = handle;
                 m.Count = n + 1;

@@ -6,9 +6,12 @@
  * clflushopt is weakly ordered, so a batch of lines is flushed in parallel and ordered by one fence at the
  * end; clflush is strongly ordered and serialises. The instruction is chosen once, from CPUID, at load.
  */
+#define _GNU_SOURCE
 #include <cpuid.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/rseq.h>
 
 #define PP_LINE 64
 
@@ -69,4 +72,20 @@ void pp_flush_range(void *p, size_t len)
 	pp_fence();
 	pp_flush_range_nofence(p, len);
 	pp_fence();
+}
+
+/*
+ * The CPU this thread runs on now. glibc registers a restartable-sequences area for every thread and the
+ * kernel rewrites its cpu_id on every migration, so this is one load from the thread pointer: exact, where a
+ * cached processor number can be stale for thousands of calls. sched_getcpu() when rseq is not registered.
+ */
+int pp_current_cpu(void)
+{
+	if (__rseq_size > 0) {
+		const struct rseq *rs = (const struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
+		int cpu = (int)__atomic_load_n(&rs->cpu_id, __ATOMIC_RELAXED);
+		if (cpu >= 0)
+			return cpu;
+	}
+	return sched_getcpu();
 }

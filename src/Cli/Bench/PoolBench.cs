@@ -1,0 +1,128 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using PagePool.Memory;
+using PagePool.Pool;
+
+namespace PagePool.Cli.Bench;
+
+/// <summary>The pool's hit, miss and populate paths, its scaling, and the policies it was designed around.</summary>
+internal static unsafe class PoolBench
+{
+    internal static void Run(BenchContext ctx)
+    {
+        using var memory = new PhysicalMemory(new MemoryOptions { Dma32Bytes = 0, NormalBytes = 1L << 30 });
+        int ops = ctx.Quick ? 200_000 : 1_000_000;
+
+        using (var pool = new PoolAllocator(memory))
+        {
+            Warm(pool, CachingMode.WriteBack, 64);
+            Warm(pool, CachingMode.WriteCombined, 64);
+            ctx.Add("pool.hit.wb.ns", HitLoop(ctx, pool, CachingMode.WriteBack, ops), "allocate + release one 4 KiB WB page, warm pool (page cleared)");
+            ctx.Add("pool.hit.wc.ns", HitLoop(ctx, pool, CachingMode.WriteCombined, ops), "allocate + release one 4 KiB WC page, warm pool (cleared with streaming stores)");
+            ctx.Add("pool.hit.uc.ns", HitLoop(ctx, pool, CachingMode.Uncached, ops / 4), "allocate + release one 4 KiB UC page, warm pool (cleared, every line flushed)");
+
+            var blocks = new PageHandle[512];
+            pool.Release(blocks.AsSpan(0, pool.Allocate(512, CachingMode.WriteCombined, Zone.Normal, blocks)), CachingMode.WriteCombined);
+            int populates = ctx.Quick ? 300 : 2_000;
+            double populate = ctx.Median(() => BenchContext.NsPerOp(populates, () =>
+            {
+                int n = pool.Allocate(512, CachingMode.WriteCombined, Zone.Normal, blocks);
+                pool.Release(blocks.AsSpan(0, n), CachingMode.WriteCombined);
+            })) / 1000;
+            ctx.Add("pool.populate_2m.wc.us", populate, "allocate + release 512 WC pages (a 2 MiB buffer), warm pool");
+
+            ctx.Add("pool.scaling.2t", Scaling(ctx, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack), ops),
+                "hit throughput with two threads / one thread (WB)");
+            ctx.Add("baseline.scaling.2t", Scaling(ctx, null, ops),
+                "the machine's own ceiling: two threads / one clearing private 4 KiB buffers (no shared state)");
+        }
+
+        // What the pool avoids: every page fresh from the system, converted to WC, and converted back and freed.
+        using (var pool = new PoolAllocator(memory, new PoolOptions { LimitBytes = 0, MagazinePages = 1 }))
+        {
+            int misses = ctx.Quick ? 2_000 : 10_000;
+            double miss = ctx.Median(() => BenchContext.NsPerOp(misses, () =>
+            {
+                var h = pool.AllocatePage(CachingMode.WriteCombined);
+                pool.ReleasePage(h, CachingMode.WriteCombined);
+                pool.Scan(long.MaxValue);
+            }));
+            ctx.Add("pool.miss.wc.ns", miss, "fresh page + WB->WC change, then WC->WB and back to the system (nothing pooled)");
+        }
+
+        // Policy: keep write-back pages or give them straight back (Linux's choice).
+        using (var pool = new PoolAllocator(memory, new PoolOptions { PoolWriteBack = false }))
+        {
+            int n = ctx.Quick ? 2_000 : 10_000;
+            ctx.Add("pool.nopool.wb.ns", HitLoop(ctx, pool, CachingMode.WriteBack, n), "allocate + release one WB page with PoolWriteBack off: fresh page and punch each time");
+        }
+
+        // Policy: where pages are cleared. A caller's real cycle: take 64 pages, write all of them, give them back.
+        ctx.Add("pool.cycle.clear_on_alloc.ns_per_page", Cycle(ctx, memory, ZeroPolicy.OnAllocate, AllocationFlags.None), "64 WB pages: allocate (cleared), caller writes every byte, release");
+        ctx.Add("pool.cycle.clear_on_release.ns_per_page", Cycle(ctx, memory, ZeroPolicy.OnRelease, AllocationFlags.None), "64 WB pages: allocate, caller writes every byte, release (cleared)");
+        ctx.Add("pool.cycle.no_clear.ns_per_page", Cycle(ctx, memory, ZeroPolicy.OnAllocate, AllocationFlags.NoClear), "64 WB pages with NoClear: the caller overwrites everything anyway");
+    }
+
+    private static void Warm(PoolAllocator pool, CachingMode caching, int pages)
+    {
+        var held = new PageHandle[pages];
+        for (int i = 0; i < pages; i++) held[i] = pool.AllocatePage(caching);
+        foreach (var h in held) pool.ReleasePage(h, caching);
+    }
+
+    private static double HitLoop(BenchContext ctx, PoolAllocator pool, CachingMode caching, int ops)
+        => ctx.Median(() => BenchContext.NsPerOp(ops, () => pool.ReleasePage(pool.AllocatePage(caching), caching)));
+
+    // Two threads running an operation at once, against one alone, interleaved rep by rep so both see the same
+    // machine. A null operation clears a private page: no shared state at all, the ceiling of this machine.
+    private static double Scaling(BenchContext ctx, Action? op, int ops)
+    {
+        double one = 0;
+        return ctx.Median(() =>
+        {
+            one = Throughput(op, 1, ops);
+            return Throughput(op, 2, ops) / one;
+        });
+    }
+
+    private static double Throughput(Action? op, int threads, int opsPerThread)
+    {
+        using var start = new Barrier(threads + 1);
+        var workers = new Thread[threads];
+        for (int t = 0; t < threads; t++)
+        {
+            workers[t] = new Thread(() =>
+            {
+                byte* own = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
+                start.SignalAndWait();
+                if (op is null)
+                    for (int i = 0; i < opsPerThread; i++) PagePool.Native.PageClear.Clear(own, 4096);
+                else
+                    for (int i = 0; i < opsPerThread; i++) op();
+                NativeMemory.AlignedFree(own);
+            });
+            workers[t].Start();
+        }
+        start.SignalAndWait();
+        long t0 = Stopwatch.GetTimestamp();
+        foreach (var w in workers) w.Join();
+        return threads * (double)opsPerThread / Stopwatch.GetElapsedTime(t0).TotalSeconds;
+    }
+
+    private static double Cycle(BenchContext ctx, PhysicalMemory memory, ZeroPolicy zeroing, AllocationFlags flags)
+    {
+        using var pool = new PoolAllocator(memory, new PoolOptions { Zeroing = zeroing });
+        const int Pages = 64;
+        var held = new PageHandle[Pages];
+        int rounds = ctx.Quick ? 2_000 : 10_000;
+        return ctx.Median(() => BenchContext.NsPerOp(rounds, () =>
+        {
+            for (int i = 0; i < Pages; i++)
+            {
+                held[i] = pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, flags);
+                NativeMemory.Fill(memory.ViewOf(held[i]), 4096, 0x5A);
+            }
+            for (int i = 0; i < Pages; i++) pool.ReleasePage(held[i], CachingMode.WriteBack);
+        })) / Pages;
+    }
+}
