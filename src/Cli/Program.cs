@@ -11,7 +11,11 @@ root.Subcommands.Add(BenchCommand.Create());
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
 {
-    Console.Error.WriteLine($"pagepool: {parse.Errors[0].Message} (see 'pagepool {parse.CommandResult.Command.Name} --help')");
+    // The error naming an offending token says most; "a command is required" is what remains when there is none.
+    var error = parse.Errors.FirstOrDefault(e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
+    var command = parse.CommandResult.Command;
+    string help = command == root ? "pagepool --help" : $"pagepool {command.Name} --help";
+    Console.Error.WriteLine($"pagepool: {error.Message} (see '{help}')");
     return ExitCodes.BadArguments;
 }
 try

@@ -1,0 +1,25 @@
+using System.Diagnostics;
+
+namespace PagePool.Cli.Tests;
+
+/// <summary>Runs the pagepool built next to the tests (under the JIT, as 'dotnet pagepool.dll') and captures it.</summary>
+internal static class PagepoolProcess
+{
+    internal sealed record Result(int ExitCode, string Stdout, string Stderr);
+
+    internal static Result Run(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "pagepool.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"pagepool {string.Join(' ', args)} did not finish in 120 s");
+        }
+        return new Result(p.ExitCode, stdout.Result, stderr.Result);
+    }
+}

@@ -1,1 +1,0 @@
-namespace PagePool.Shrinker.Tests; public class Smoke { [Xunit.Fact] public void Runs() => Xunit.Assert.True(1 + 1 == 2); }
