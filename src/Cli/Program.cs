@@ -7,6 +7,7 @@ using PagePool.Cli;
 var root = new RootCommand("pagepool: stress, benchmark and inspect the PagePool native page pool.");
 root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(StressCommand.Create());
 
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
@@ -15,12 +16,13 @@ if (parse.Errors.Count > 0)
     var error = parse.Errors.FirstOrDefault(e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
     var command = parse.CommandResult.Command;
     string help = command == root ? "pagepool --help" : $"pagepool {command.Name} --help";
-    Console.Error.WriteLine($"pagepool: {error.Message} (see '{help}')");
+    string message = string.Join(' ', error.Message.Split(['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    Console.Error.WriteLine($"pagepool: {message} (see '{help}')");
     return ExitCodes.BadArguments;
 }
 try
 {
-    return parse.Invoke();
+    return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (UsageException e)
 {

@@ -17,7 +17,8 @@ internal static unsafe class CachingTransition
     /// </summary>
     internal static int Apply(PhysicalMemory memory, ReadOnlySpan<PageHandle> blocks, CachingMode target)
     {
-        int runs = 0;
+        long t0 = Diagnostics.PagePoolEventSource.CachingOn ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        int runs = 0, pages = 0;
         bool flushed = false;
         int i = 0;
         while (i < blocks.Length)
@@ -55,6 +56,7 @@ internal static unsafe class CachingTransition
             }
             // WC <-> UC changes only the PAT type; the alias stays unmapped and the lines are already clean.
 
+            pages += endPage - startPage;
             for (int k = i; k < j; k++)
             {
                 PageMeta.SetCaching(arena.MetaOf(blocks[k].Page), target);
@@ -62,6 +64,8 @@ internal static unsafe class CachingTransition
             i = j;
         }
         if (flushed) Shim.Fence();
+        if (t0 != 0 && pages != 0)
+            Diagnostics.PagePoolEventSource.Log.CachingTransition(target, pages, runs, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
         return runs;
     }
 }

@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using PagePool.Diagnostics;
 using PagePool.Memory;
 using PagePool.Shrinker;
 
@@ -65,6 +66,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                     int i = TypeIndex((CachingMode)c, o, (Zone)z);
                     _types[i] = new PoolType(this, i, (CachingMode)c, o, (Zone)z, slots, Math.Max(1, _options.MagazinePages >> o));
                 }
+        PagePoolMetrics.Register(this);
     }
 
     /// <summary>The memory this pool draws from.</summary>
@@ -96,6 +98,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
             TakeOwnership(h);
             if (_clearOnAllocate && (flags & AllocationFlags.NoClear) == 0)
                 PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), PhysicalMemory.PageSize);
+            if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit(caching, 0);
             return h;
         }
         return AllocatePageSlow(caching, zone, flags);
@@ -148,11 +151,13 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                     TakeOwnership(h);
                     if (clear) PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), (nuint)h.PageCount << PhysicalMemory.PageShift);
                     if (pending >= 0) { Convert(blocks[pending..n], caching, zone); pending = -1; }
+                    if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit(caching, order);
                     blocks[n++] = h;
                 }
                 else if (_memory.TryAllocateBlock(zone, order, Id, out var fresh))
                 {
                     type.CountMiss();
+                    if (PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolMiss(caching, order, zone);
                     if (caching != CachingMode.WriteBack && pending < 0) pending = n;
                     blocks[n++] = fresh; // fresh blocks read zero: their memfd range is new or was punched out
                 }
@@ -163,6 +168,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                 }
                 else if (ReclaimZone(zone) == 0)
                 {
+                    if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ZoneExhausted(zone, 0);
                     throw new ZoneExhaustedException(zone, 0, _memory.Capacity(zone));
                 }
                 else
@@ -331,9 +337,14 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
         if (Interlocked.CompareExchange(ref _limitShrinking, 1, 0) != 0) return; // one thread trims at a time
         try
         {
-            long excess;
+            long excess, freed = 0, over = Volatile.Read(ref _depotPages);
             while ((excess = Volatile.Read(ref _depotPages) - _limitPages) > 0)
-                if (Scan(excess) == 0) break;
+            {
+                long n = Scan(excess);
+                if (n == 0) break;
+                freed += n;
+            }
+            if (PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolLimitHit(over, _limitPages, freed);
         }
         finally
         {
@@ -355,6 +366,15 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
     /// returned to the system. Returns the pages freed.
     /// </summary>
     public long Scan(long toScan)
+    {
+        long t0 = PagePoolEventSource.ShrinkerOn ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        long freed = Drain(toScan);
+        if (t0 != 0)
+            PagePoolEventSource.Log.ShrinkerScan(Name, toScan, freed, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+        return freed;
+    }
+
+    private long Drain(long toScan)
     {
         long freed = 0;
         int idle = 0;
@@ -422,6 +442,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        PagePoolMetrics.Unregister(this);
         while (Scan(long.MaxValue) > 0) { }
     }
 }

@@ -1,0 +1,159 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Diagnostics.Tracing;
+using PagePool.Memory;
+
+namespace PagePool.Diagnostics;
+
+/// <summary>
+/// The library's one EventSource, provider name "PagePool". It reports what is rare and worth seeing: pool
+/// misses and refills, batched caching changes, shrinker scans, limit hits and memory given back to the system.
+/// Nothing is written on the hit path unless the <see cref="Keywords.HitPath"/> keyword is enabled.
+/// </summary>
+/// <remarks>
+/// Event ids are assigned in ranges per layer so layers added later never renumber: 1-19 pool, 20-39 memory and
+/// caching, 40-59 shrinker, 100-199 DMA, 200-299 dma-debug checker, 300-399 buffer page arrays and swap.
+/// Keywords likewise: low bits for the layers here, 0x100 and up reserved for DMA, checker and swap.
+/// </remarks>
+[EventSource(Name = ProviderName)]
+public sealed class PagePoolEventSource : EventSource
+{
+    /// <summary>The stable provider name to enable with dotnet-trace or an EventListener.</summary>
+    public const string ProviderName = "PagePool";
+
+    /// <summary>The single instance.</summary>
+    public static readonly PagePoolEventSource Log = new();
+
+    private PagePoolEventSource() { }
+
+    private const string PrimitivesOnly = "Every payload is ints, longs or a string: nothing for the trimmer to remove.";
+
+    /// <summary>Event groups.</summary>
+    public static class Keywords
+    {
+        /// <summary>Pool misses, refills and limit hits.</summary>
+        public const EventKeywords Pool = (EventKeywords)0x1;
+        /// <summary>Batched caching changes.</summary>
+        public const EventKeywords Caching = (EventKeywords)0x2;
+        /// <summary>Shrinker scans.</summary>
+        public const EventKeywords Shrinker = (EventKeywords)0x4;
+        /// <summary>Arenas mapped and unmapped, memory returned to the system, zones exhausted.</summary>
+        public const EventKeywords Memory = (EventKeywords)0x8;
+        /// <summary>Every pool hit (verbose, costly at high rates; off unless asked for).</summary>
+        public const EventKeywords HitPath = (EventKeywords)0x10;
+    }
+
+    // What listeners asked for, recomputed on every session change so a check is one static read.
+    internal static bool PoolOn, PoolVerboseOn, CachingOn, ShrinkerOn, MemoryOn, HitPathOn;
+
+    /// <inheritdoc/>
+    protected override void OnEventCommand(EventCommandEventArgs command)
+    {
+        PoolOn = IsEnabled(EventLevel.Informational, Keywords.Pool);
+        PoolVerboseOn = IsEnabled(EventLevel.Verbose, Keywords.Pool);
+        CachingOn = IsEnabled(EventLevel.Informational, Keywords.Caching);
+        ShrinkerOn = IsEnabled(EventLevel.Informational, Keywords.Shrinker);
+        MemoryOn = IsEnabled(EventLevel.Informational, Keywords.Memory);
+        HitPathOn = IsEnabled(EventLevel.Verbose, Keywords.HitPath);
+    }
+
+    // ---- pool: 1-19 ----
+
+    /// <summary>A pool type had nothing: a fresh block was taken from the system.</summary>
+    [Event(1, Level = EventLevel.Informational, Keywords = Keywords.Pool, Message = "pool miss {0} order {1} {2}")]
+    public void PoolMiss(CachingMode caching, int order, Zone zone) => WriteEvent(1, (int)caching, order, (int)zone);
+
+    /// <summary>A core's cache took a full magazine from the depot.</summary>
+    [Event(2, Level = EventLevel.Verbose, Keywords = Keywords.Pool, Message = "refill {0} order {1} {2}: {3} blocks")]
+    public void PoolRefill(CachingMode caching, int order, Zone zone, int blocks) => WriteEvent(2, (int)caching, order, (int)zone, blocks);
+
+    /// <summary>The pool went over its limit and trimmed back to it.</summary>
+    [Event(3, Level = EventLevel.Informational, Keywords = Keywords.Pool, Message = "pool limit hit: {0} pages over {1}, freed {2}")]
+    public void PoolLimitHit(long pooledPages, long limitPages, long freedPages) => WriteEvent(3, pooledPages, limitPages, freedPages);
+
+    /// <summary>A pool hit (only with the HitPath keyword).</summary>
+    [Event(4, Level = EventLevel.Verbose, Keywords = Keywords.HitPath, Message = "hit {0} order {1}")]
+    public void PoolHit(CachingMode caching, int order) => WriteEvent(4, (int)caching, order);
+
+    // ---- memory and caching: 20-39 ----
+
+    /// <summary>A batched caching change: pages, page-table runs, and how long it took.</summary>
+    [Event(20, Level = EventLevel.Informational, Keywords = Keywords.Caching, Message = "caching -> {0}: {1} pages in {2} runs, {3} ns")]
+    public void CachingTransition(CachingMode target, int pages, int runs, long nanoseconds) => WriteEvent(20, (int)target, pages, runs, nanoseconds);
+
+    /// <summary>Pages punched out of their arena: memory the kernel takes back now.</summary>
+    [Event(21, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "returned {1} pages of {0} to the system")]
+    public void MemoryReturned(Zone zone, long pages) => WriteEvent(21, (int)zone, pages);
+
+    /// <summary>An arena was mapped.</summary>
+    [Event(22, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "arena {1} mapped in {0}, {2} bytes")]
+    public void ArenaMapped(Zone zone, int arena, long bytes) => WriteEvent(22, (int)zone, arena, bytes);
+
+    /// <summary>A wholly free arena was unmapped.</summary>
+    [Event(23, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "arena {1} unmapped from {0}")]
+    public void ArenaUnmapped(Zone zone, int arena) => WriteEvent(23, (int)zone, arena);
+
+    /// <summary>A zone could not satisfy an allocation.</summary>
+    [Event(24, Level = EventLevel.Warning, Keywords = Keywords.Memory, Message = "{0} exhausted at order {1}")]
+    public void ZoneExhausted(Zone zone, int order) => WriteEvent(24, (int)zone, order);
+
+    // ---- shrinker: 40-59 ----
+
+    /// <summary>A shrinker scan: pages asked for, pages freed, time taken.</summary>
+    [Event(40, Level = EventLevel.Informational, Keywords = Keywords.Shrinker, Message = "{0} scan: asked {1}, freed {2}, {3} ns")]
+    public void ShrinkerScan(string shrinker, long asked, long freed, long nanoseconds) => WriteEvent(40, shrinker, asked, freed, nanoseconds);
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, int b, int c, long d)
+    {
+        EventData* data = stackalloc EventData[4];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 4 };
+        data[2] = new EventData { DataPointer = (nint)(&c), Size = 4 };
+        data[3] = new EventData { DataPointer = (nint)(&d), Size = 8 };
+        WriteEventCore(id, 4, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, int b, int c, int d)
+    {
+        EventData* data = stackalloc EventData[4];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 4 };
+        data[2] = new EventData { DataPointer = (nint)(&c), Size = 4 };
+        data[3] = new EventData { DataPointer = (nint)(&d), Size = 4 };
+        WriteEventCore(id, 4, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, int b, long c)
+    {
+        EventData* data = stackalloc EventData[3];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 4 };
+        data[2] = new EventData { DataPointer = (nint)(&c), Size = 8 };
+        WriteEventCore(id, 3, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, long b)
+    {
+        EventData* data = stackalloc EventData[2];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 8 };
+        WriteEventCore(id, 2, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, string s, long a, long b, long c)
+    {
+        fixed (char* p = s)
+        {
+            EventData* data = stackalloc EventData[4];
+            data[0] = new EventData { DataPointer = (nint)p, Size = (s.Length + 1) * 2 };
+            data[1] = new EventData { DataPointer = (nint)(&a), Size = 8 };
+            data[2] = new EventData { DataPointer = (nint)(&b), Size = 8 };
+            data[3] = new EventData { DataPointer = (nint)(&c), Size = 8 };
+            WriteEventCore(id, 4, data);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+namespace PagePool.Cli.Stress;
+
+/// <summary>
+/// A stress scenario: one step of work a worker repeats until the run ends. Adding a scenario is a subclass and a
+/// line in <see cref="All"/>; the runner brings threads, timing, progress, verification and the summary.
+/// </summary>
+internal abstract class StressScenario
+{
+    internal abstract string Name { get; }
+    internal abstract string Description { get; }
+
+    /// <summary>Adjust defaults the user did not set (for example, churn keeps the pool smaller than the working set).</summary>
+    internal virtual void Configure(StressSettings settings) { }
+
+    /// <summary>One step on one worker.</summary>
+    internal abstract void Step(StressWorker w);
+
+    internal static readonly StressScenario[] All =
+    [
+        new AllocScenario(),
+        new CachingScenario(),
+        new ChurnScenario(),
+        new MixedScenario(),
+    ];
+}
+
+/// <summary>Random sizes and orders, bulk and single pages, in every caching mode, up to the working set.</summary>
+internal sealed class AllocScenario : StressScenario
+{
+    internal override string Name => "alloc";
+    internal override string Description => "random sizes and orders, bulk and single pages, many threads";
+
+    internal override void Step(StressWorker w)
+    {
+        if (w.LiveBytes < w.ShareBytes && (w.LiveCount == 0 || w.Next(3) != 0))
+            w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
+        else
+            w.ReleaseRandom();
+    }
+}
+
+/// <summary>Live buffers switched between caching modes, with the pool now warm, now cold (shrunk to nothing).</summary>
+internal sealed class CachingScenario : StressScenario
+{
+    internal override string Name => "caching";
+    internal override string Description => "live buffers switched between modes, the pool kept warm and cold";
+
+    internal override void Step(StressWorker w)
+    {
+        int r = w.Next(64);
+        if (r == 0 && w.Next(4) == 0) w.Scan(long.MaxValue);     // now and then cold: every pooled page back to the system
+        else if (r < 24 && w.LiveCount > 0) w.SwitchRandom();
+        else if (w.LiveBytes < w.ShareBytes && r < 48) w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
+        else w.ReleaseRandom();
+    }
+}
+
+/// <summary>A working set larger than the pool limit: pages keep leaving for the system and coming back.</summary>
+internal sealed class ChurnScenario : StressScenario
+{
+    internal override string Name => "churn";
+    internal override string Description => "working set larger than the pool limit, pages leave and return";
+
+    internal override void Configure(StressSettings s)
+    {
+        if (!s.PoolLimitGiven) s.PoolLimitBytes = s.WorkingSetBytes / 4;
+    }
+
+    internal override void Step(StressWorker w)
+    {
+        if (w.LiveBytes < w.ShareBytes) w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
+        else w.TrimToShare(w.ShareBytes / 2); // give half the share back at once: far more than the pool keeps
+    }
+}
+
+/// <summary>All of the above at once, each step chosen at random.</summary>
+internal sealed class MixedScenario : StressScenario
+{
+    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario()];
+
+    internal override string Name => "mixed";
+    internal override string Description => "alloc, caching and churn steps interleaved on every thread";
+
+    internal override void Configure(StressSettings s)
+    {
+        if (!s.PoolLimitGiven) s.PoolLimitBytes = s.WorkingSetBytes / 2;
+    }
+
+    internal override void Step(StressWorker w) => _parts[w.Next(_parts.Length)].Step(w);
+}

@@ -1,0 +1,231 @@
+using System.Diagnostics;
+using PagePool.Memory;
+using PagePool.Pool;
+
+namespace PagePool.Cli.Stress;
+
+/// <summary>The operations a stress run times and counts.</summary>
+internal enum StressOp { Allocate, AllocatePage, Release, Switch, Scan }
+
+/// <summary>
+/// One stress thread: its seeded generator, the buffers it holds, and the operations scenarios compose. Every
+/// operation is timed into the worker's own histograms and folded into its sequence hash (what it did, not what
+/// it got back), so two runs with one seed and one operation count hash the same.
+/// </summary>
+internal sealed unsafe class StressWorker
+{
+    internal const int OpKinds = 5;
+
+    private readonly PoolAllocator _pool;
+    private readonly PhysicalMemory _memory;
+    private readonly StressSettings _settings;
+    private readonly List<LiveBuffer> _live = new();
+    private SplitMix _rng;
+    private ulong _nextId;
+    private long _liveBytes;
+    private readonly int _cachingTotal, _orderTotal;
+
+    internal readonly int Index;
+    internal readonly long ShareBytes;
+    internal readonly LatencyHistogram[] Latency = new LatencyHistogram[OpKinds];
+    internal long Operations;                 // read racily by the progress line
+    internal ulong SequenceHash = 0xCBF29CE484222325UL;
+    internal long VerifyFailures, ZoneExhausted, ScannedPages;
+    internal readonly List<string> Failures = new();
+    internal bool Injected;
+
+    internal StressWorker(int index, PoolAllocator pool, StressSettings settings)
+    {
+        Index = index;
+        _pool = pool;
+        _memory = pool.Memory;
+        _settings = settings;
+        _rng = new SplitMix(settings.Seed * 0x9E3779B97F4A7C15UL + (ulong)index + 1);
+        _nextId = ((ulong)index << 48) + 1;
+        ShareBytes = settings.WorkingSetBytes / settings.Threads;
+        for (int i = 0; i < OpKinds; i++) Latency[i] = new LatencyHistogram();
+        foreach (var (_, w) in settings.CachingMix) _cachingTotal += w;
+        foreach (var (_, w) in settings.OrderMix) _orderTotal += w;
+    }
+
+    internal int LiveCount => _live.Count;
+    internal long LiveBytes => _liveBytes;
+
+    /// <summary>A uniform number in [0, n).</summary>
+    internal int Next(int n) => (int)(_rng.Next() % (ulong)n);
+
+    internal CachingMode PickCaching()
+    {
+        int r = Next(_cachingTotal);
+        foreach (var (mode, w) in _settings.CachingMix) if ((r -= w) < 0) return mode;
+        return _settings.CachingMix[^1].Mode;
+    }
+
+    internal int PickPages()
+    {
+        int r = Next(_orderTotal);
+        foreach (var (order, w) in _settings.OrderMix) if ((r -= w) < 0) return 1 << order;
+        return 1 << _settings.OrderMix[^1].Order;
+    }
+
+    internal Zone PickZone() => Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
+
+    private void Note(StressOp op, long a, long b)
+    {
+        ulong h = SequenceHash;
+        h = (h ^ (ulong)op) * 0x100000001B3UL;
+        h = (h ^ (ulong)a) * 0x100000001B3UL;
+        SequenceHash = (h ^ (ulong)b) * 0x100000001B3UL;
+        Operations++;
+    }
+
+    private void Time(StressOp op, long t0) => Latency[(int)op].Record((long)Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+
+    /// <summary>Allocate a buffer; a single page sometimes takes the AllocatePage fast path.</summary>
+    internal void Allocate(int pages, CachingMode caching, Zone zone)
+    {
+        bool single = pages == 1 && Next(2) == 0;
+        Note(single ? StressOp.AllocatePage : StressOp.Allocate, pages, (long)caching * 2 + (long)zone);
+        var blocks = new PageHandle[pages];
+        int count;
+        long t0 = Stopwatch.GetTimestamp();
+        try
+        {
+            if (single) { blocks[0] = _pool.AllocatePage(caching, zone); count = 1; }
+            else count = _pool.Allocate(pages, caching, zone, blocks);
+        }
+        catch (ZoneExhaustedException)
+        {
+            ZoneExhausted++; // the zone is full: a legitimate outcome under load, counted and survived
+            return;
+        }
+        Time(single ? StressOp.AllocatePage : StressOp.Allocate, t0);
+        var buffer = new LiveBuffer(blocks, count, pages, caching, zone, _nextId++);
+        Fill(buffer);
+        _live.Add(buffer);
+        _liveBytes += (long)pages << PhysicalMemory.PageShift;
+    }
+
+    /// <summary>Give back a random live buffer, checking its contents first.</summary>
+    internal void ReleaseRandom()
+    {
+        if (_live.Count == 0) return;
+        Release(Next(_live.Count));
+    }
+
+    private void Release(int index)
+    {
+        var b = _live[index];
+        _live[index] = _live[^1];
+        _live.RemoveAt(_live.Count - 1);
+        _liveBytes -= (long)b.Pages << PhysicalMemory.PageShift;
+        Note(StressOp.Release, b.Pages, (long)b.Caching);
+        Check(b, "at release");
+        long t0 = Stopwatch.GetTimestamp();
+        _pool.Release(b.Handles, b.Caching);
+        Time(StressOp.Release, t0);
+    }
+
+    /// <summary>Release random buffers until this worker holds no more than its share of the working set.</summary>
+    internal void TrimToShare(long share)
+    {
+        while (_liveBytes > share && _live.Count > 0) ReleaseRandom();
+    }
+
+    /// <summary>Switch a live buffer to another caching mode (one batched change); its bytes must survive.</summary>
+    internal void SwitchRandom()
+    {
+        if (_live.Count == 0) return;
+        var b = _live[Next(_live.Count)];
+        var to = (CachingMode)(((int)b.Caching + 1 + Next(2)) % 3);
+        Note(StressOp.Switch, b.Pages, (long)to);
+        long t0 = Stopwatch.GetTimestamp();
+        _memory.SetCaching(b.Handles, to);
+        Time(StressOp.Switch, t0);
+        b.Caching = to;
+        Check(b, $"after switching to {to}");
+    }
+
+    /// <summary>Run the pool's shrinker: the next allocations find the pool cold.</summary>
+    internal void Scan(long pages)
+    {
+        Note(StressOp.Scan, pages, 0);
+        long t0 = Stopwatch.GetTimestamp();
+        ScannedPages += _pool.Scan(pages);
+        Time(StressOp.Scan, t0);
+    }
+
+    /// <summary>Flip one byte of a held buffer behind the library's back, so verification must catch it.</summary>
+    internal void InjectCorruption()
+    {
+        if (Injected || _live.Count == 0) return;
+        var b = _live[0];
+        _memory.ViewOf(b.Blocks[0])[0] ^= 0xFF;
+        Injected = true;
+    }
+
+    /// <summary>Release everything still held (checked), at the end of the run.</summary>
+    internal void Finish()
+    {
+        while (_live.Count > 0) Release(_live.Count - 1);
+    }
+
+    // Every word of a verified buffer is a function of its id and position; otherwise each block's first word.
+    private static ulong Word(ulong id, long index)
+    {
+        ulong z = id * 0x9E3779B97F4A7C15UL + (ulong)index;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    private void Fill(LiveBuffer b)
+    {
+        Span<ulong> page = stackalloc ulong[PhysicalMemory.PageSize / 8];
+        long word = 0;
+        foreach (var h in b.Handles)
+        {
+            byte* p = _memory.ViewOf(h);
+            if (_settings.Verify)
+            {
+                if (new ReadOnlySpan<byte>(p, h.PageCount << PhysicalMemory.PageShift).IndexOfAnyExcept((byte)0) >= 0)
+                    Fail($"{h} of buffer {b.Id} was not zero when handed out");
+                for (int pg = 0; pg < h.PageCount; pg++)
+                {
+                    for (int i = 0; i < page.Length; i++) page[i] = Word(b.Id, word++);
+                    fixed (ulong* src = page)
+                        PhysicalMemory.StoreAs(b.Caching, p + (pg << PhysicalMemory.PageShift), (byte*)src, PhysicalMemory.PageSize);
+                }
+            }
+            else
+            {
+                if (*(ulong*)p != 0) Fail($"{h} of buffer {b.Id} was not zero when handed out");
+                ulong tag = Word(b.Id, word++);
+                PhysicalMemory.StoreAs(b.Caching, p, (byte*)&tag, 8);
+            }
+        }
+    }
+
+    private void Check(LiveBuffer b, string when)
+    {
+        long word = 0;
+        foreach (var h in b.Handles)
+        {
+            ulong* p = (ulong*)_memory.ViewOf(h);
+            long words = _settings.Verify ? (long)h.PageCount * (PhysicalMemory.PageSize / 8) : 1;
+            for (long i = 0; i < words; i++)
+                if (p[i] != Word(b.Id, word + i))
+                {
+                    Fail($"buffer {b.Id} ({b.Caching}, {b.Pages} pages) corrupt {when}: {h} word {i}");
+                    return;
+                }
+            word += words;
+        }
+    }
+
+    private void Fail(string message)
+    {
+        VerifyFailures++;
+        if (Failures.Count < 8) Failures.Add(message);
+    }
+}
