@@ -8,6 +8,7 @@ var root = new RootCommand("pagepool: stress, benchmark and inspect the PagePool
 root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(StressCommand.Create());
+root.Subcommands.Add(TraceCommand.Create());
 
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)

@@ -9,6 +9,15 @@ public sealed class ArgumentTests
     [InlineData("bench --frobnicate", "--frobnicate")]
     [InlineData("nosuchcommand", "nosuchcommand")]
     [InlineData("info --json extra", "extra")]
+    [InlineData("stress nosuchscenario", "nosuchscenario")]
+    [InlineData("stress --threads 0", "--threads")]
+    [InlineData("stress --duration forever", "--duration")]
+    [InlineData("stress --working-set lots", "--working-set")]
+    [InlineData("stress --caching-mix wb:x", "--caching-mix")]
+    [InlineData("stress --order-mix 10:1", "--order-mix")]
+    [InlineData("stress -d 1s -n 10", "--ops")]
+    [InlineData("trace", "trace")]
+    [InlineData("trace --pid 1 --read x.nettrace", "trace")]
     public void A_bad_argument_is_one_line_naming_it_and_exit_code_2(string args, string named)
     {
         var r = PagepoolProcess.Run(args.Split(' '));

@@ -1,6 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Diagnostics.Tracing;
-using PagePool.Memory;
 
 namespace PagePool.Diagnostics;
 
@@ -10,7 +9,8 @@ namespace PagePool.Diagnostics;
 /// Nothing is written on the hit path unless the <see cref="Keywords.HitPath"/> keyword is enabled.
 /// </summary>
 /// <remarks>
-/// Event ids are assigned in ranges per layer so layers added later never renumber: 1-19 pool, 20-39 memory and
+/// Payloads are ints and longs (caching: 0 WB, 1 WC, 2 UC; zone: 0 DMA32, 1 normal) so the metadata every
+/// decoder reads declares exactly what is written. Event ids are assigned in ranges per layer so layers added later never renumber: 1-19 pool, 20-39 memory and
 /// caching, 40-59 shrinker, 100-199 DMA, 200-299 dma-debug checker, 300-399 buffer page arrays and swap.
 /// Keywords likewise: low bits for the layers here, 0x100 and up reserved for DMA, checker and swap.
 /// </remarks>
@@ -60,11 +60,11 @@ public sealed class PagePoolEventSource : EventSource
 
     /// <summary>A pool type had nothing: a fresh block was taken from the system.</summary>
     [Event(1, Level = EventLevel.Informational, Keywords = Keywords.Pool, Message = "pool miss {0} order {1} {2}")]
-    public void PoolMiss(CachingMode caching, int order, Zone zone) => WriteEvent(1, (int)caching, order, (int)zone);
+    public void PoolMiss(int caching, int order, int zone) => WriteEvent(1, caching, order, zone);
 
     /// <summary>A core's cache took a full magazine from the depot.</summary>
     [Event(2, Level = EventLevel.Verbose, Keywords = Keywords.Pool, Message = "refill {0} order {1} {2}: {3} blocks")]
-    public void PoolRefill(CachingMode caching, int order, Zone zone, int blocks) => WriteEvent(2, (int)caching, order, (int)zone, blocks);
+    public void PoolRefill(int caching, int order, int zone, int blocks) => WriteEvent(2, caching, order, zone, blocks);
 
     /// <summary>The pool went over its limit and trimmed back to it.</summary>
     [Event(3, Level = EventLevel.Informational, Keywords = Keywords.Pool, Message = "pool limit hit: {0} pages over {1}, freed {2}")]
@@ -72,29 +72,29 @@ public sealed class PagePoolEventSource : EventSource
 
     /// <summary>A pool hit (only with the HitPath keyword).</summary>
     [Event(4, Level = EventLevel.Verbose, Keywords = Keywords.HitPath, Message = "hit {0} order {1}")]
-    public void PoolHit(CachingMode caching, int order) => WriteEvent(4, (int)caching, order);
+    public void PoolHit(int caching, int order) => WriteEvent(4, caching, order);
 
     // ---- memory and caching: 20-39 ----
 
     /// <summary>A batched caching change: pages, page-table runs, and how long it took.</summary>
     [Event(20, Level = EventLevel.Informational, Keywords = Keywords.Caching, Message = "caching -> {0}: {1} pages in {2} runs, {3} ns")]
-    public void CachingTransition(CachingMode target, int pages, int runs, long nanoseconds) => WriteEvent(20, (int)target, pages, runs, nanoseconds);
+    public void CachingTransition(int target, int pages, int runs, long nanoseconds) => WriteEvent(20, target, pages, runs, nanoseconds);
 
     /// <summary>Pages punched out of their arena: memory the kernel takes back now.</summary>
     [Event(21, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "returned {1} pages of {0} to the system")]
-    public void MemoryReturned(Zone zone, long pages) => WriteEvent(21, (int)zone, pages);
+    public void MemoryReturned(int zone, long pages) => WriteEvent(21, zone, pages);
 
     /// <summary>An arena was mapped.</summary>
     [Event(22, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "arena {1} mapped in {0}, {2} bytes")]
-    public void ArenaMapped(Zone zone, int arena, long bytes) => WriteEvent(22, (int)zone, arena, bytes);
+    public void ArenaMapped(int zone, int arena, long bytes) => WriteEvent(22, zone, arena, bytes);
 
     /// <summary>A wholly free arena was unmapped.</summary>
     [Event(23, Level = EventLevel.Informational, Keywords = Keywords.Memory, Message = "arena {1} unmapped from {0}")]
-    public void ArenaUnmapped(Zone zone, int arena) => WriteEvent(23, (int)zone, arena);
+    public void ArenaUnmapped(int zone, int arena) => WriteEvent(23, zone, arena);
 
     /// <summary>A zone could not satisfy an allocation.</summary>
     [Event(24, Level = EventLevel.Warning, Keywords = Keywords.Memory, Message = "{0} exhausted at order {1}")]
-    public void ZoneExhausted(Zone zone, int order) => WriteEvent(24, (int)zone, order);
+    public void ZoneExhausted(int zone, int order) => WriteEvent(24, zone, order);
 
     // ---- shrinker: 40-59 ----
 

@@ -65,7 +65,7 @@ internal static unsafe class CachingTransition
         }
         if (flushed) Shim.Fence();
         if (t0 != 0 && pages != 0)
-            Diagnostics.PagePoolEventSource.Log.CachingTransition(target, pages, runs, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+            Diagnostics.PagePoolEventSource.Log.CachingTransition((int)target, pages, runs, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
         return runs;
     }
 }

@@ -156,7 +156,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
             var a = _arenas[index] ??= new Arena(index, z.Zone, _arenaPages, z.BaseFrame + (ulong)s * (ulong)_arenaPages);
             if (a.IsMapped) continue;
             a.Map();
-            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ArenaMapped(z.Zone, index, (long)a.Bytes);
+            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ArenaMapped((int)z.Zone, index, (long)a.Bytes);
             int at = z.Mapped.FindIndex(m => m.Index > index);
             z.Mapped.Insert(at < 0 ? z.Mapped.Count : at, a); // keep address order: first fit packs low arenas
             return a;
@@ -205,7 +205,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
             int end = first.Page + first.PageCount, j = i + 1;
             while (j < blocks.Length && blocks[j].Arena == first.Arena && blocks[j].Page == end) end += blocks[j++].PageCount;
             arena.Discard(first.Page, end - first.Page);
-            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned(arena.Zone, end - first.Page);
+            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned((int)arena.Zone, end - first.Page);
             i = j;
         }
         foreach (var z in _zones)
@@ -235,7 +235,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
             if (!a.IsEmpty || ++empty <= SpareEmptyArenas) continue;
             a.Unmap();
             z.Mapped.RemoveAt(i);
-            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ArenaUnmapped(z.Zone, a.Index);
+            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ArenaUnmapped((int)z.Zone, a.Index);
         }
     }
 

@@ -98,7 +98,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
             TakeOwnership(h);
             if (_clearOnAllocate && (flags & AllocationFlags.NoClear) == 0)
                 PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), PhysicalMemory.PageSize);
-            if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit(caching, 0);
+            if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit((int)caching, 0);
             return h;
         }
         return AllocatePageSlow(caching, zone, flags);
@@ -151,13 +151,13 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                     TakeOwnership(h);
                     if (clear) PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), (nuint)h.PageCount << PhysicalMemory.PageShift);
                     if (pending >= 0) { Convert(blocks[pending..n], caching, zone); pending = -1; }
-                    if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit(caching, order);
+                    if (PagePoolEventSource.HitPathOn) PagePoolEventSource.Log.PoolHit((int)caching, order);
                     blocks[n++] = h;
                 }
                 else if (_memory.TryAllocateBlock(zone, order, Id, out var fresh))
                 {
                     type.CountMiss();
-                    if (PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolMiss(caching, order, zone);
+                    if (PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolMiss((int)caching, order, (int)zone);
                     if (caching != CachingMode.WriteBack && pending < 0) pending = n;
                     blocks[n++] = fresh; // fresh blocks read zero: their memfd range is new or was punched out
                 }
@@ -168,7 +168,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                 }
                 else if (ReclaimZone(zone) == 0)
                 {
-                    if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ZoneExhausted(zone, 0);
+                    if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ZoneExhausted((int)zone, 0);
                     throw new ZoneExhaustedException(zone, 0, _memory.Capacity(zone));
                 }
                 else

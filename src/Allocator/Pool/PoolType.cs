@@ -102,7 +102,7 @@ internal sealed class PoolType
         }
         else if (_full.Pop() is { } full)
         {
-            if (Diagnostics.PagePoolEventSource.PoolVerboseOn) Diagnostics.PagePoolEventSource.Log.PoolRefill(Caching, Order, Zone, full.Count);
+            if (Diagnostics.PagePoolEventSource.PoolVerboseOn) Diagnostics.PagePoolEventSource.Log.PoolRefill((int)Caching, Order, (int)Zone, full.Count);
             Interlocked.Add(ref _depotBlocks, -full.Count);
             _pool.DepotChanged(-full.Count << Order);
             _empty.Push(cc.Loaded);

@@ -38,6 +38,7 @@ internal static class StressRunner
         {
             var w = workers[i];
             long mine = s.Operations is { } t ? perThread + (i < t % s.Threads ? 1 : 0) : long.MaxValue;
+            w.Budget = mine;
             threads[i] = new Thread(() =>
             {
                 try

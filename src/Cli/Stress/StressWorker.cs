@@ -29,6 +29,7 @@ internal sealed unsafe class StressWorker
     internal readonly long ShareBytes;
     internal readonly LatencyHistogram[] Latency = new LatencyHistogram[OpKinds];
     internal long Operations;                 // read racily by the progress line
+    internal long Budget = long.MaxValue;     // operations this worker may do (--ops): steps never overshoot it
     internal ulong SequenceHash = 0xCBF29CE484222325UL;
     internal long VerifyFailures, ZoneExhausted, ScannedPages;
     internal readonly List<string> Failures = new();
@@ -129,7 +130,7 @@ internal sealed unsafe class StressWorker
     /// <summary>Release random buffers until this worker holds no more than its share of the working set.</summary>
     internal void TrimToShare(long share)
     {
-        while (_liveBytes > share && _live.Count > 0) ReleaseRandom();
+        while (_liveBytes > share && _live.Count > 0 && Operations < Budget) ReleaseRandom();
     }
 
     /// <summary>Switch a live buffer to another caching mode (one batched change); its bytes must survive.</summary>

@@ -1,0 +1,50 @@
+using PagePool.Cli.Trace;
+using Xunit;
+
+namespace PagePool.Cli.Tests;
+
+public sealed class TraceTests
+{
+    [Fact]
+    public void A_trace_of_a_short_stress_holds_the_pool_events_and_the_metrics()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"pagepool-trace-{Guid.NewGuid():N}.nettrace");
+        try
+        {
+            var r = PagepoolProcess.Run("trace", "-o", file, "--", "stress", "churn", "-d", "2500ms", "-t", "2", "-w", "32M");
+            Assert.Equal(0, r.ExitCode);
+            var events = NettraceReader.Read(file);
+            var names = events.Where(e => e.Metadata.Provider == "PagePool").Select(e => e.Metadata.Name).ToHashSet();
+            Assert.Contains("PoolMiss", names);
+            Assert.Contains("CachingTransition", names);
+            Assert.Contains("PoolLimitHit", names); // churn keeps the pool over its limit
+            var miss = events.First(e => e.Metadata.Name == "PoolMiss");
+            Assert.InRange((int)miss.Field("order")!, 0, 9);
+            var series = TraceSummary.MetricSeries(events);
+            Assert.Contains("pagepool.pool.hit_ratio", series.Keys);
+            Assert.Contains("pagepool.pages.pooled{caching=wc}", series.Keys);
+            Assert.Contains("PoolMiss", r.Stdout); // the printed summary
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public void Reading_a_file_that_is_not_a_nettrace_fails_with_a_clear_message()
+    {
+        string file = Path.GetTempFileName();
+        File.WriteAllText(file, "not a trace at all, just some text that is long enough");
+        try
+        {
+            var r = PagepoolProcess.Run("trace", "--read", file);
+            Assert.Equal(1, r.ExitCode);
+            Assert.Contains("not a NetTrace file", r.Stderr);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}
