@@ -42,18 +42,23 @@ public sealed class PagePoolEventSource : EventSource
         public const EventKeywords HitPath = (EventKeywords)0x10;
     }
 
-    // What listeners asked for, recomputed on every session change so a check is one static read.
-    internal static bool PoolOn, PoolVerboseOn, CachingOn, ShrinkerOn, MemoryOn, HitPathOn;
+    // What listeners asked for, recomputed on every session change (see TraceFlags).
+    internal static bool PoolOn => TraceFlags.Pool;
+    internal static bool PoolVerboseOn => TraceFlags.PoolVerbose;
+    internal static bool CachingOn => TraceFlags.Caching;
+    internal static bool ShrinkerOn => TraceFlags.Shrinker;
+    internal static bool MemoryOn => TraceFlags.Memory;
+    internal static bool HitPathOn => TraceFlags.HitPath;
 
     /// <inheritdoc/>
     protected override void OnEventCommand(EventCommandEventArgs command)
     {
-        PoolOn = IsEnabled(EventLevel.Informational, Keywords.Pool);
-        PoolVerboseOn = IsEnabled(EventLevel.Verbose, Keywords.Pool);
-        CachingOn = IsEnabled(EventLevel.Informational, Keywords.Caching);
-        ShrinkerOn = IsEnabled(EventLevel.Informational, Keywords.Shrinker);
-        MemoryOn = IsEnabled(EventLevel.Informational, Keywords.Memory);
-        HitPathOn = IsEnabled(EventLevel.Verbose, Keywords.HitPath);
+        TraceFlags.Pool = IsEnabled(EventLevel.Informational, Keywords.Pool);
+        TraceFlags.PoolVerbose = IsEnabled(EventLevel.Verbose, Keywords.Pool);
+        TraceFlags.Caching = IsEnabled(EventLevel.Informational, Keywords.Caching);
+        TraceFlags.Shrinker = IsEnabled(EventLevel.Informational, Keywords.Shrinker);
+        TraceFlags.Memory = IsEnabled(EventLevel.Informational, Keywords.Memory);
+        TraceFlags.HitPath = IsEnabled(EventLevel.Verbose, Keywords.HitPath);
     }
 
     // ---- pool: 1-19 ----
@@ -156,4 +161,13 @@ public sealed class PagePoolEventSource : EventSource
             WriteEventCore(id, 4, data);
         }
     }
+}
+
+/// <summary>
+/// The enable flags, in a class of plain zero-initialised statics with no static constructor: reading one is a
+/// single load, with no class-initialisation check (which the EventSource class itself, holding Log, would need).
+/// </summary>
+internal static class TraceFlags
+{
+    internal static bool Pool, PoolVerbose, Caching, Shrinker, Memory, HitPath;
 }

@@ -24,6 +24,7 @@ internal sealed class XenP2M
     private readonly Dictionary<ulong, (ulong Machine, int Order)> _exchanged = new();
     private readonly bool[] _windowUsed = new bool[(int)WindowFrames];
     private readonly Lock _lock = new();
+    private int _exchangedCount; // published count of exchanged ranges: lookups skip the lock while it is 0
 
     /// <summary>A P2M covering pseudo frames below <paramref name="pseudoFrames"/>, scrambled by <paramref name="seed"/>.</summary>
     internal XenP2M(ulong pseudoFrames, ulong seed)
@@ -43,8 +44,9 @@ internal sealed class XenP2M
     /// <summary>The machine frame backing a pseudo frame.</summary>
     internal ulong ToMachine(ulong pfn)
     {
-        lock (_lock)
-            if (_p2mOverride.Count != 0 && _p2mOverride.TryGetValue(pfn, out ulong m)) return m;
+        if (Volatile.Read(ref _exchangedCount) != 0)
+            lock (_lock)
+                if (_p2mOverride.TryGetValue(pfn, out ulong m)) return m;
         ulong r = pfn;
         do r = Scramble(r); while (r >= _domain); // cycle-walk keeps the bijection inside the domain
         return r < WindowStart ? r : r + WindowFrames;
@@ -63,6 +65,7 @@ internal sealed class XenP2M
         ulong x = rank;
         do x = Unscramble(x); while (x >= _domain);
         pfn = x;
+        if (Volatile.Read(ref _exchangedCount) == 0) return true;
         lock (_lock)
             return !_p2mOverride.ContainsKey(pfn); // exchanged away: the old machine frame backs nothing now
     }
@@ -94,6 +97,7 @@ internal sealed class XenP2M
                     _m2pOverride[start + k] = pfn + k;
                 }
                 _exchanged[pfn] = (start, order);
+                Volatile.Write(ref _exchangedCount, _exchanged.Count);
                 machineFrame = start;
                 return true;
             }
@@ -115,6 +119,7 @@ internal sealed class XenP2M
                 _m2pOverride.Remove(run.Machine + k);
             }
             Array.Fill(_windowUsed, false, (int)(run.Machine - WindowStart), (int)count);
+            Volatile.Write(ref _exchangedCount, _exchanged.Count);
             return true;
         }
     }
