@@ -276,4 +276,18 @@ public sealed class PoolTests : IDisposable
             Assert.Equal(400 - PoolAllocator.ShrinkBatch, s.PooledPages);
         }
     }
+
+    [Fact]
+    public void In_use_pages_follow_a_caller_who_switches_a_held_page_to_another_mode()
+    {
+        using var pool = NewPool();
+        var page = pool.AllocatePage(CachingMode.WriteBack);
+        Assert.Equal(1, pool.InUsePages(CachingMode.WriteBack));
+        pool.Memory.SetCaching(page, CachingMode.Uncached);
+        Assert.Equal(0, pool.InUsePages(CachingMode.WriteBack));
+        Assert.Equal(1, pool.InUsePages(CachingMode.Uncached));
+        pool.ReleasePage(page, CachingMode.Uncached);
+        Assert.Equal(0, pool.InUsePages(CachingMode.WriteBack));
+        Assert.Equal(0, pool.InUsePages(CachingMode.Uncached));
+    }
 }

@@ -25,6 +25,12 @@ public sealed class PagePoolEventSource : EventSource
 
     private PagePoolEventSource() { }
 
+    /// <summary>
+    /// Create the source (once) so sessions can enable it. The enable flags live in <see cref="TraceFlags"/>, whose
+    /// reads do not run this class's static constructor, so the library calls this when a memory space is made.
+    /// </summary>
+    internal static void EnsureCreated() => GC.KeepAlive(Log);
+
     private const string PrimitivesOnly = "Every payload is ints, longs or a string: nothing for the trimmer to remove.";
 
     /// <summary>Event groups.</summary>

@@ -21,7 +21,7 @@ public static class PagePoolMetrics
     static PagePoolMetrics()
     {
         s_meter.CreateObservableGauge("pagepool.pages.pooled", () => PerCaching(s => s.PooledPages), "{page}", "Pages kept in the pools, by caching mode.");
-        s_meter.CreateObservableGauge("pagepool.pages.in_use", () => PerCaching(s => s.InUsePages), "{page}", "Pages handed out by the pools and not yet given back, by caching mode.");
+        s_meter.CreateObservableGauge("pagepool.pages.in_use", InUse, "{page}", "Pages callers hold, by caching mode.");
         s_meter.CreateObservableCounter("pagepool.pool.hits", () => Total(s => s.Hits), "{block}", "Blocks served from a pool.");
         s_meter.CreateObservableCounter("pagepool.pool.misses", () => Total(s => s.Misses), "{block}", "Blocks that had to come fresh from the system.");
         s_meter.CreateObservableGauge("pagepool.pool.hit_ratio", HitRatio, "1", "Hits / (hits + misses) since the pools were created.");
@@ -53,6 +53,16 @@ public static class PagePoolMetrics
             foreach (var w in s_pools)
                 if (w.TryGetTarget(out var p)) all.AddRange(p.Statistics());
         return all;
+    }
+
+    private static IEnumerable<Measurement<long>> InUse()
+    {
+        var pools = new List<PoolAllocator>();
+        lock (s_lock)
+            foreach (var w in s_pools)
+                if (w.TryGetTarget(out var p)) pools.Add(p);
+        foreach (var mode in new[] { CachingMode.WriteBack, CachingMode.WriteCombined, CachingMode.Uncached })
+            yield return new Measurement<long>(pools.Sum(p => p.InUsePages(mode)), new KeyValuePair<string, object?>("caching", Name(mode)));
     }
 
     private static IEnumerable<Measurement<long>> PerCaching(Func<PoolTypeStatistics, long> field)

@@ -59,6 +59,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>Lay out an address space. Nothing is mapped until the first block is allocated.</summary>
     public PhysicalMemory(MemoryOptions? options = null)
     {
+        PagePoolEventSource.EnsureCreated();
         Options = options ?? new MemoryOptions();
         Options.Validate();
         _arenaPages = (int)(Options.ArenaBytes >> PageShift);
@@ -361,7 +362,33 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public int SetCaching(ReadOnlySpan<PageHandle> blocks, CachingMode mode)
     {
         foreach (var h in blocks) ResolveHeld(h, out _);
-        return CachingTransition.Apply(this, blocks, mode);
+        if (_cachingListeners.Count == 0) return CachingTransition.Apply(this, blocks, mode);
+
+        // Tell each owning pool which pages changed mode under its caller, so per-mode counts stay true.
+        Span<ulong> before = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
+        for (int i = 0; i < blocks.Length; i++) before[i] = Volatile.Read(ref *MetaOf(blocks[i]));
+        int runs = CachingTransition.Apply(this, blocks, mode);
+        lock (_cachingListeners)
+            for (int i = 0; i < blocks.Length; i++)
+            {
+                var from = PageMeta.Caching(before[i]);
+                if (from != mode && _cachingListeners.TryGetValue(PageMeta.Owner(before[i]), out var listener))
+                    listener.OnCachingChanged(from, mode, blocks[i].PageCount);
+            }
+        return runs;
+    }
+
+    private readonly Dictionary<int, ICachingListener> _cachingListeners = new();
+
+    /// <summary>Be told when a caller changes the caching of a block this owner handed out.</summary>
+    internal void AddCachingListener(int owner, ICachingListener listener)
+    {
+        lock (_cachingListeners) _cachingListeners[owner] = listener;
+    }
+
+    internal void RemoveCachingListener(int owner)
+    {
+        lock (_cachingListeners) _cachingListeners.Remove(owner);
     }
 
     /// <summary>

@@ -22,7 +22,7 @@ namespace PagePool.Pool;
 /// <para>The pool limit is checked when a magazine moves into the depot, off the hit path; per-core magazines may
 /// hold a bounded number of pages above it, like Linux's per-CPU page lists.</para>
 /// </remarks>
-public sealed unsafe class PoolAllocator : IShrinker, IDisposable
+public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListener
 {
     /// <summary>Pages freed per shrinker step (TTM's batch).</summary>
     public const int ShrinkBatch = 352;
@@ -39,6 +39,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
     private readonly long _limitPages;
     private readonly bool _clearOnAllocate, _clearOnRelease;
     private long _depotPages;
+    private readonly long[] _switchedInUse = new long[Cachings]; // held pages callers moved between modes
     private int _shrinkCursor, _limitShrinking, _disposed;
 
     /// <summary>The owner id this pool stamps on its blocks (1..65535).</summary>
@@ -66,7 +67,25 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
                     int i = TypeIndex((CachingMode)c, o, (Zone)z);
                     _types[i] = new PoolType(this, i, (CachingMode)c, o, (Zone)z, slots, Math.Max(1, _options.MagazinePages >> o));
                 }
+        _memory.AddCachingListener(Id, this);
         PagePoolMetrics.Register(this);
+    }
+
+    void ICachingListener.OnCachingChanged(CachingMode from, CachingMode to, int pages)
+    {
+        Interlocked.Add(ref _switchedInUse[(int)from], -pages);
+        Interlocked.Add(ref _switchedInUse[(int)to], pages);
+    }
+
+    /// <summary>
+    /// Pages of a caching mode that callers hold now: handed out in that mode, plus those callers switched into
+    /// it, less those they switched out of it (PoolTypeStatistics.InUsePages counts by the type handed out of).
+    /// </summary>
+    public long InUsePages(CachingMode caching)
+    {
+        long pages = Volatile.Read(ref _switchedInUse[(int)caching]);
+        foreach (var t in _types) if (t.Caching == caching) pages += t.Snapshot().InUsePages;
+        return pages;
     }
 
     /// <summary>The memory this pool draws from.</summary>
@@ -443,6 +462,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         PagePoolMetrics.Unregister(this);
+        _memory.RemoveCachingListener(Id);
         while (Scan(long.MaxValue) > 0) { }
     }
 }

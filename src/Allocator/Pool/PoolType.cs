@@ -308,7 +308,9 @@ internal sealed class PoolType
 /// <param name="Order">The block order of the type.</param>
 /// <param name="Zone">The zone of the type.</param>
 /// <param name="PooledPages">Pages sitting in the pool now.</param>
-/// <param name="InUsePages">Pages handed out of this type (hits and fresh blocks) not yet given back into it.</param>
+/// <param name="InUsePages">Pages handed out of this type (hits and fresh blocks) less those given back into it. A
+/// caller that switches a held page's caching gives it back into another type, so one type can read negative;
+/// <see cref="PoolAllocator.InUsePages"/> gives the true count per caching mode.</param>
 /// <param name="Hits">Blocks served from the pool.</param>
 /// <param name="Misses">Blocks that had to come fresh from the system.</param>
 /// <param name="TransitionPages">Pages whose caching was changed to enter this type.</param>
