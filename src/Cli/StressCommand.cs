@@ -111,17 +111,8 @@ internal static class StressCommand
 
     private static TimeSpan? ParseDuration(ArgumentResult r)
     {
-        string text = r.Tokens[0].Value.Trim();
-        (string digits, double scale) = text switch
-        {
-            _ when text.EndsWith("ms", StringComparison.Ordinal) => (text[..^2], 0.001),
-            _ when text.EndsWith('s') => (text[..^1], 1.0),
-            _ when text.EndsWith('m') => (text[..^1], 60.0),
-            _ when text.EndsWith('h') => (text[..^1], 3600.0),
-            _ => (text, 1.0),
-        };
-        if (double.TryParse(digits, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0 && v * scale <= 7 * 86400)
-            return TimeSpan.FromSeconds(v * scale);
+        string text = r.Tokens[0].Value;
+        if (Duration.TryParse(text, out var d)) return d;
         r.AddError($"--duration: '{text}' is not a duration; use 10s, 500ms, 2m or 1h.");
         return null;
     }

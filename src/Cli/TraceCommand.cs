@@ -23,11 +23,8 @@ internal static class TraceCommand
             CustomParser = r =>
             {
                 string t = r.Tokens[0].Value;
-                double scale = t.EndsWith("ms", StringComparison.Ordinal) ? 0.001 : t.EndsWith('m') ? 60 : 1;
-                string digits = t.TrimEnd('s', 'm');
-                if (double.TryParse(digits, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v > 0)
-                    return TimeSpan.FromSeconds(v * scale);
-                r.AddError($"--duration: '{t}' is not a duration; use 10s, 500ms or 2m.");
+                if (Duration.TryParse(t, out var d)) return d;
+                r.AddError($"--duration: '{t}' is not a duration; use 10s, 500ms, 2m or 1h.");
                 return null;
             },
         };
@@ -79,10 +76,7 @@ internal static class TraceCommand
     // Start pagepool suspended at its first instruction, connect, start the session, then let it run: no event lost.
     private static int Launch(string[] arguments, string path, TimeSpan? duration, bool hitPath)
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet")
-            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "pagepool.dll"));
-        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        var psi = SelfProcess.StartInfo(arguments);
         psi.Environment["DOTNET_DefaultDiagnosticPortSuspend"] = "1";
         using var child = Process.Start(psi) ?? throw new UsageException("trace: could not start pagepool.");
         if (!DiagnosticPort.WaitFor(child.Id, TimeSpan.FromSeconds(10), () => !child.HasExited))

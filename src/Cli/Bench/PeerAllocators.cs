@@ -55,11 +55,10 @@ internal static unsafe class PeerAllocators
             return;
         }
         string json = Path.Combine(Path.GetTempPath(), $"pagepool-peers-{Environment.ProcessId}.json");
-        var psi = new System.Diagnostics.ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet")
-            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "pagepool.dll")); // under the JIT: dotnet pagepool.dll
-        foreach (var a in new[] { "bench", "--only", "peers", "--json", json }) psi.ArgumentList.Add(a);
-        if (ctx.Quick) psi.ArgumentList.Add("--quick");
+        string[] args = ctx.Quick ? ["bench", "--only", "peers", "--json", json, "--quick"] : ["bench", "--only", "peers", "--json", json];
+        var psi = SelfProcess.StartInfo(args);
+        psi.RedirectStandardOutput = true;
+        psi.RedirectStandardError = true;
         psi.Environment["GLIBC_TUNABLES"] = Tunable;
         try
         {
