@@ -242,6 +242,13 @@ public sealed unsafe class PhysicalMemory : IDisposable
 
     // ---- handles -------------------------------------------------------------------------------------
 
+    /// <summary>
+    /// The handle for a raw value this space produced (what pools keep in their magazines). Every handle a pool
+    /// hands out is rebuilt here, so the space decides what identity a handle carries beyond its raw bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal PageHandle HandleOf(ulong raw) => new(raw);
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal Arena ArenaOf(PageHandle h) => _arenas[h.Arena]!;
 

@@ -113,7 +113,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
     {
         if ((uint)caching < Cachings && (uint)zone < Zones && _types[TypeIndex(caching, 0, zone)].TryTake(out ulong raw))
         {
-            var h = new PageHandle(raw);
+            var h = _memory.HandleOf(raw);
             TakeOwnership(h);
             if (_clearOnAllocate && (flags & AllocationFlags.NoClear) == 0)
                 PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), PhysicalMemory.PageSize);
@@ -166,7 +166,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
                 var type = _types[TypeIndex(caching, order, zone)];
                 if (pooled && type.TryTake(out ulong raw))
                 {
-                    var h = new PageHandle(raw);
+                    var h = _memory.HandleOf(raw);
                     TakeOwnership(h);
                     if (clear) PhysicalMemory.ClearAs(caching, _memory.ViewOf(h), (nuint)h.PageCount << PhysicalMemory.PageShift);
                     if (pending >= 0) { Convert(blocks[pending..n], caching, zone); pending = -1; }
@@ -440,7 +440,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
             t.CollectPooled(handles);
             foreach (ulong raw in handles)
             {
-                var h = new PageHandle(raw);
+                var h = _memory.HandleOf(raw);
                 ulong frame = _memory.FrameOf(h);
                 if (!seen.Add(frame))
                     throw new InvalidOperationException($"{h} is pooled twice.");
