@@ -425,11 +425,13 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
     }
 
     /// <summary>
-    /// Check, while no other thread uses the pool, that every pooled block is recorded exactly once, in the type
-    /// matching its caching, order and zone, as Pooled by this pool in its current generation. Returns the pages
-    /// pooled; throws <see cref="InvalidOperationException"/> naming the first violation.
+    /// A consistency check for tests and stress tools: while no other thread uses the pool, verify that every
+    /// pooled block is recorded exactly once, in the pool type matching its caching, order and zone, as pooled by
+    /// this pool in its current generation, and that <see cref="Count"/> agrees. Returns the pages pooled.
+    /// Costs a walk of every pooled block: never call it on a hot path.
     /// </summary>
-    internal long Audit()
+    /// <exception cref="InvalidOperationException">An invariant is broken; the message names the first violation.</exception>
+    public long Audit()
     {
         var seen = new HashSet<ulong>();
         var handles = new List<ulong>();

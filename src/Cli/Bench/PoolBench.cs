@@ -96,7 +96,7 @@ internal static unsafe class PoolBench
                 byte* own = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
                 start.SignalAndWait();
                 if (op is null)
-                    for (int i = 0; i < opsPerThread; i++) PagePool.Native.PageClear.Clear(own, 4096);
+                    for (int i = 0; i < opsPerThread; i++) CachingStores.ClearPages(CachingMode.WriteBack, new Span<byte>(own, 4096));
                 else
                     for (int i = 0; i < opsPerThread; i++) op();
                 NativeMemory.AlignedFree(own);
@@ -120,7 +120,7 @@ internal static unsafe class PoolBench
             for (int i = 0; i < Pages; i++)
             {
                 held[i] = pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, flags);
-                NativeMemory.Fill(memory.ViewOf(held[i]), 4096, 0x5A);
+                memory.GetSpan(held[i]).Fill(0x5A);
             }
             for (int i = 0; i < Pages; i++) pool.ReleasePage(held[i], CachingMode.WriteBack);
         })) / Pages;

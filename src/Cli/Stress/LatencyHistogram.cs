@@ -11,14 +11,12 @@ internal sealed class LatencyHistogram
 
     internal long Count { get; private set; }
     internal long Max { get; private set; }
-    internal long TotalNs { get; private set; }
 
     internal void Record(long ns)
     {
         if (ns < 0) ns = 0;
         _buckets[Index(ns)]++;
         Count++;
-        TotalNs += ns;
         if (ns > Max) Max = ns;
     }
 
@@ -26,7 +24,6 @@ internal sealed class LatencyHistogram
     {
         for (int i = 0; i < _buckets.Length; i++) _buckets[i] += other._buckets[i];
         Count += other.Count;
-        TotalNs += other.TotalNs;
         Max = Math.Max(Max, other.Max);
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using PagePool.Memory;
 using PagePool.Pool;
 
@@ -12,7 +13,7 @@ internal enum StressOp { Allocate, AllocatePage, Release, Switch, Scan }
 /// operation is timed into the worker's own histograms and folded into its sequence hash (what it did, not what
 /// it got back), so two runs with one seed and one operation count hash the same.
 /// </summary>
-internal sealed unsafe class StressWorker
+internal sealed class StressWorker
 {
     internal const int OpKinds = 5;
 
@@ -101,7 +102,7 @@ internal sealed unsafe class StressWorker
             return;
         }
         Time(single ? StressOp.AllocatePage : StressOp.Allocate, t0);
-        var buffer = new LiveBuffer(blocks, count, pages, caching, zone, _nextId++);
+        var buffer = new LiveBuffer(blocks, count, pages, caching, _nextId++);
         Fill(buffer);
         _live.Add(buffer);
         _liveBytes += (long)pages << PhysicalMemory.PageShift;
@@ -161,7 +162,7 @@ internal sealed unsafe class StressWorker
     {
         if (Injected || _live.Count == 0) return;
         var b = _live[0];
-        _memory.ViewOf(b.Blocks[0])[0] ^= 0xFF;
+        _memory.GetSpan(b.Blocks[0])[0] ^= 0xFF;
         Injected = true;
     }
 
@@ -172,13 +173,7 @@ internal sealed unsafe class StressWorker
     }
 
     // Every word of a verified buffer is a function of its id and position; otherwise each block's first word.
-    private static ulong Word(ulong id, long index)
-    {
-        ulong z = id * 0x9E3779B97F4A7C15UL + (ulong)index;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    private static ulong Word(ulong id, long index) => SplitMix.Mix(id * SplitMix.Golden + (ulong)index);
 
     private void Fill(LiveBuffer b)
     {
@@ -186,23 +181,22 @@ internal sealed unsafe class StressWorker
         long word = 0;
         foreach (var h in b.Handles)
         {
-            byte* p = _memory.ViewOf(h);
+            Span<byte> block = _memory.GetSpan(h);
             if (_settings.Verify)
             {
-                if (new ReadOnlySpan<byte>(p, h.PageCount << PhysicalMemory.PageShift).IndexOfAnyExcept((byte)0) >= 0)
+                if (block.IndexOfAnyExcept((byte)0) >= 0)
                     Fail($"{h} of buffer {b.Id} was not zero when handed out");
                 for (int pg = 0; pg < h.PageCount; pg++)
                 {
                     for (int i = 0; i < page.Length; i++) page[i] = Word(b.Id, word++);
-                    fixed (ulong* src = page)
-                        PhysicalMemory.StoreAs(b.Caching, p + (pg << PhysicalMemory.PageShift), (byte*)src, PhysicalMemory.PageSize);
+                    CachingStores.Copy(b.Caching, MemoryMarshal.AsBytes(page), block.Slice(pg << PhysicalMemory.PageShift));
                 }
             }
             else
             {
-                if (*(ulong*)p != 0) Fail($"{h} of buffer {b.Id} was not zero when handed out");
+                if (MemoryMarshal.Read<ulong>(block) != 0) Fail($"{h} of buffer {b.Id} was not zero when handed out");
                 ulong tag = Word(b.Id, word++);
-                PhysicalMemory.StoreAs(b.Caching, p, (byte*)&tag, 8);
+                CachingStores.Copy(b.Caching, MemoryMarshal.AsBytes(new ReadOnlySpan<ulong>(in tag)), block);
             }
         }
     }
@@ -212,9 +206,9 @@ internal sealed unsafe class StressWorker
         long word = 0;
         foreach (var h in b.Handles)
         {
-            ulong* p = (ulong*)_memory.ViewOf(h);
+            var p = MemoryMarshal.Cast<byte, ulong>(_memory.GetSpan(h));
             long words = _settings.Verify ? (long)h.PageCount * (PhysicalMemory.PageSize / 8) : 1;
-            for (long i = 0; i < words; i++)
+            for (int i = 0; i < words; i++)
                 if (p[i] != Word(b.Id, word + i))
                 {
                     Fail($"buffer {b.Id} ({b.Caching}, {b.Pages} pages) corrupt {when}: {h} word {i}");
