@@ -121,7 +121,16 @@ internal sealed unsafe class Arena
         nuint head = (nuint)(aligned - raw), tail = reserve - head - _bytes;
         if (head != 0) Libc.Munmap(raw, head);
         if (tail != 0) Libc.Munmap(aligned + _bytes, tail);
-        byte* p = Libc.Mmap(aligned, _bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED | Libc.MAP_FIXED, fd, 0);
+        byte* p;
+        try
+        {
+            p = Libc.Mmap(aligned, _bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED | Libc.MAP_FIXED, fd, 0);
+        }
+        catch
+        {
+            Libc.Munmap(aligned, _bytes); // the reservation would otherwise stay mapped for the life of the process
+            throw;
+        }
         Libc.TryMadvise(p, _bytes, Libc.MADV_HUGEPAGE); // a hint: shmem THP may be off
         return p;
     }

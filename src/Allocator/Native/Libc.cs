@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using PagePool.Faults;
 
 namespace PagePool.Native;
 
@@ -22,6 +23,8 @@ internal static unsafe partial class Libc
     /// <summary>mmap; throws on MAP_FAILED.</summary>
     internal static byte* Mmap(void* addr, nuint length, int prot, int flags, int fd, long offset)
     {
+        if (FaultInjector.ShouldFail(FaultPoint.Mmap))
+            throw NativeCallException.Injected("mmap", Errno.ENOMEM, $"length {length}");
         nint p = mmap(addr, length, prot, flags, fd, offset);
         if (p == MAP_FAILED)
             throw NativeCallException.FromErrno("mmap", $"length {length}, prot {prot}, flags 0x{flags:x}, fd {fd}");
@@ -38,6 +41,8 @@ internal static unsafe partial class Libc
     /// <summary>mprotect; throws on failure (ENOMEM here usually means vm.max_map_count was reached).</summary>
     internal static void Mprotect(void* addr, nuint length, int prot)
     {
+        if (FaultInjector.ShouldFail(FaultPoint.Mprotect))
+            throw NativeCallException.Injected("mprotect", Errno.ENOMEM, $"address 0x{(nuint)addr:x}, length {length}, prot {prot}");
         if (mprotect(addr, length, prot) != 0)
             throw NativeCallException.FromErrno("mprotect", $"address 0x{(nuint)addr:x}, length {length}, prot {prot}");
     }
@@ -50,11 +55,14 @@ internal static unsafe partial class Libc
     }
 
     /// <summary>madvise that reports failure instead of throwing (for hints the kernel may refuse).</summary>
-    internal static bool TryMadvise(void* addr, nuint length, int advice) => madvise(addr, length, advice) == 0;
+    internal static bool TryMadvise(void* addr, nuint length, int advice)
+        => !FaultInjector.ShouldFail(FaultPoint.Madvise) && madvise(addr, length, advice) == 0;
 
     /// <summary>memfd_create; returns the descriptor.</summary>
     internal static int MemfdCreate(string name, uint flags)
     {
+        if (FaultInjector.ShouldFail(FaultPoint.MemfdCreate))
+            throw NativeCallException.Injected("memfd_create", Errno.EMFILE, $"name '{name}'");
         int fd = memfd_create(name, flags);
         if (fd < 0)
             throw NativeCallException.FromErrno("memfd_create", $"name '{name}'");
@@ -64,6 +72,8 @@ internal static unsafe partial class Libc
     /// <summary>ftruncate; throws on failure.</summary>
     internal static void Ftruncate(int fd, long length)
     {
+        if (FaultInjector.ShouldFail(FaultPoint.Ftruncate))
+            throw NativeCallException.Injected("ftruncate", Errno.ENOSPC, $"fd {fd}, length {length}");
         if (ftruncate(fd, length) != 0)
             throw NativeCallException.FromErrno("ftruncate", $"fd {fd}, length {length}");
     }
@@ -71,6 +81,8 @@ internal static unsafe partial class Libc
     /// <summary>fallocate; throws on failure.</summary>
     internal static void Fallocate(int fd, int mode, long offset, long length)
     {
+        if (FaultInjector.ShouldFail(FaultPoint.Fallocate))
+            throw NativeCallException.Injected("fallocate", Errno.EIO, $"fd {fd}, mode {mode}, offset {offset}, length {length}");
         if (fallocate(fd, mode, offset, length) != 0)
             throw NativeCallException.FromErrno("fallocate", $"fd {fd}, mode {mode}, offset {offset}, length {length}");
     }

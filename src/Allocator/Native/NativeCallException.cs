@@ -22,6 +22,10 @@ public sealed class NativeCallException : PagePoolException
         ErrnoName = Native.Errno.Name(errno);
     }
 
+    /// <summary>The failure a <see cref="Faults.FaultInjector"/> fault point stands in for: the errno the real call would leave.</summary>
+    internal static NativeCallException Injected(string operation, int errno, string detail)
+        => new(operation, errno, detail + ", injected fault", Native.Errno.Advice(operation, errno));
+
     /// <summary>Build the exception from the errno the last P/Invoke left.</summary>
     internal static NativeCallException FromErrno(string operation, string detail)
     {
