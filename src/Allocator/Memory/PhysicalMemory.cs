@@ -335,9 +335,19 @@ public sealed unsafe class PhysicalMemory : IDisposable
             for (int k = 0; k < i; k++) Volatile.Write(ref *MetaOf(blocks[k]), before[k]);
             if (blocks[..i].Contains(h))
                 throw new PageHandleException(h, HandleError.DoubleFree, "The handle appears twice in one call; nothing was changed.");
-            throw state == PageState.Busy ? Busy(h)
-                : new PageHandleException(h, HandleError.Stale, "Another thread gave the block back at the same time; nothing was changed.");
+            throw LostRace(h, Volatile.Read(ref *m));
         }
+    }
+
+    // Say why a block could not be taken, from the word as it is now (the one the failed CAS saw has gone).
+    private static PageHandleException LostRace(PageHandle h, ulong now)
+    {
+        if (PageMeta.State(now) == PageState.Busy) return Busy(h);
+        if ((PageMeta.Generation(now) & PageHandle.GenerationMask) != h.Generation || PageMeta.State(now) == PageState.Free)
+            return new PageHandleException(h, HandleError.Stale, "Another thread gave the block back at the same time; nothing was changed.");
+        if (PageMeta.State(now) == PageState.Pooled)
+            return new PageHandleException(h, HandleError.WrongState, "The block is sitting in a pool, not held by a caller.");
+        return Busy(h); // it was Busy a moment ago and is held again: still two threads on one block
     }
 
     private static PageHandleException Busy(PageHandle h) => new(h, HandleError.WrongState,
