@@ -133,17 +133,17 @@ internal static class TraceCommand
     private static int Summarise(string path)
     {
         if (!File.Exists(path)) throw new UsageException($"--read: no file '{path}'.");
-        List<NettraceEvent> events;
+        TraceSummary summary;
         try
         {
-            events = NettraceReader.Read(path);
+            summary = TraceSummary.Of(path);
         }
         catch (NettraceFormatException e)
         {
             Console.Error.WriteLine($"pagepool: trace: {path}: {e.Message}");
             return ExitCodes.Failed;
         }
-        TraceSummary.Print(events, Console.Out);
+        summary.Print(Console.Out);
         return ExitCodes.Ok;
     }
 }

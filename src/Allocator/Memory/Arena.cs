@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PagePool.Native;
@@ -13,6 +14,12 @@ namespace PagePool.Memory;
 /// The slot is permanent, the mapping is not: when every block of the arena is free the mapping and the memfd
 /// can be given back, and mapped anew later. The slot's frame range and its metadata words outlive that, so
 /// generations keep counting and a handle from an earlier life never matches again.
+///
+/// When the memory space is disposed, each mapped arena is retired: both mappings are replaced, at the same
+/// addresses, by private anonymous memory that costs nothing until touched, and the memfd is closed (its memory
+/// goes back to the system). A thread that was already inside the space reads zeros or writes into that scratch
+/// instead of faulting. The address ranges and the metadata words are released by the finalizer, once nothing
+/// can reach the space any more.
 ///
 /// Inside, a binary buddy allocator hands out 2^order blocks (orders 0..9) and merges freed buddies. It is the
 /// stand-in for the kernel's page allocator and runs under the zone's lock: it is the slow path by design.
@@ -64,8 +71,15 @@ internal sealed unsafe class Arena
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong* MetaOf(int page) => _meta + ((nuint)page * MetaStride);
 
-    /// <summary>Free the metadata: only when the memory space itself goes away.</summary>
-    internal void FreeMeta() => NativeMemory.AlignedFree(_meta);
+    // Only the finalizer frees the metadata and a retired arena's address ranges: it runs when nothing can reach
+    // the memory space, so no thread can be inside it (a Dispose cannot promise that for the hot paths).
+    ~Arena()
+    {
+        if (_fd >= 0) Libc.Close(_fd);
+        if (View != null) Libc.Munmap(View, _bytes);
+        if (Alias != null) Libc.Munmap(Alias, _bytes);
+        NativeMemory.AlignedFree(_meta);
+    }
 
     internal bool IsMapped => _fd >= 0;
     internal nuint Bytes => _bytes;
@@ -74,6 +88,7 @@ internal sealed unsafe class Arena
     /// <summary>Create the memfd and both mappings; every block starts free.</summary>
     internal void Map()
     {
+        Debug.Assert(!IsMapped && View == null && Alias == null, "an arena is mapped once per life, after any retirement ended its use");
         int fd = Libc.MemfdCreate(_name, Libc.MFD_CLOEXEC);
         byte* alias = null, view = null;
         try
@@ -105,11 +120,27 @@ internal sealed unsafe class Arena
     internal void Unmap()
     {
         if (!IsMapped) return;
+        Debug.Assert(IsEmpty, "an arena is unmapped only when every block in it is free");
         Libc.Munmap(View, _bytes);
         Libc.Munmap(Alias, _bytes);
         Libc.Close(_fd);
         _fd = -1;
         View = Alias = null;
+    }
+
+    /// <summary>
+    /// The memory space is going away: swap both mappings for scratch anonymous memory at the same addresses (a
+    /// late reader sees zeros, a late writer writes into nothing) and close the memfd, which frees its memory.
+    /// The address ranges stay reserved until the finalizer.
+    /// </summary>
+    internal void Retire()
+    {
+        if (!IsMapped) return;
+        const int Scratch = Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_FIXED | Libc.MAP_NORESERVE;
+        Libc.Mmap(View, _bytes, Libc.PROT_READ | Libc.PROT_WRITE, Scratch, -1, 0);
+        Libc.Mmap(Alias, _bytes, Libc.PROT_READ | Libc.PROT_WRITE, Scratch, -1, 0);
+        Libc.Close(_fd);
+        _fd = -1; // View and Alias keep pointing at the scratch: the finalizer unmaps it
     }
 
     // Reserve 2 MiB-aligned address space, then map the memfd over it (MAP_FIXED) and ask for huge pages.
@@ -137,8 +168,11 @@ internal sealed unsafe class Arena
 
     /// <summary>Punch the pages out of the memfd: the kernel frees them, RSS drops, and they read zero again.</summary>
     internal void Discard(int page, int count)
-        => Libc.Fallocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE,
+    {
+        Debug.Assert(IsMapped && page >= 0 && count > 0 && page + count <= Pages);
+        Libc.Fallocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE,
                           (long)page * PhysicalMemory.PageSize, (long)count * PhysicalMemory.PageSize);
+    }
 
     /// <summary>True when a block of at least this order is free here.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -147,6 +181,7 @@ internal sealed unsafe class Arena
     /// <summary>Take a free block of exactly this order, splitting a larger one; -1 when there is none.</summary>
     internal int TryAllocate(int order)
     {
+        Debug.Assert(IsMapped && (uint)order <= MaxOrder);
         int o = order;
         while (o <= MaxOrder && _heads[o] < 0) o++;
         if (o > MaxOrder) return -1;
@@ -164,6 +199,9 @@ internal sealed unsafe class Arena
     /// <summary>Return a block, merging it with its buddy while the buddy is free at the same order.</summary>
     internal void Free(int page, int order)
     {
+        Debug.Assert((uint)order <= MaxOrder && (page & ((1 << order) - 1)) == 0 && page + (1 << order) <= Pages,
+                     "a block is freed at its own order and alignment");
+        Debug.Assert(_freeOrder[page] == NotFreeHead, "a block is not freed twice");
         FreePages += 1 << order;
         while (order < MaxOrder)
         {
@@ -174,13 +212,6 @@ internal sealed unsafe class Arena
             order++;
         }
         Push(order, page);
-    }
-
-    /// <summary>True when the block at this page is a free head (test and invariant use).</summary>
-    internal bool IsFreeHead(int page, out int order)
-    {
-        order = _freeOrder[page];
-        return order != NotFreeHead;
     }
 
     private void Push(int order, int page)

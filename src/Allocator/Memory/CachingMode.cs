@@ -10,12 +10,3 @@ public enum CachingMode : byte
     /// <summary>Uncached: every line written is flushed; the cached alias is unmapped.</summary>
     Uncached = 2,
 }
-
-/// <summary>The emulated physical zone a page lives in.</summary>
-public enum Zone : byte
-{
-    /// <summary>Frames below 4 GiB, reachable by 32-bit DMA devices (GFP_DMA32). Limited in size.</summary>
-    Dma32 = 0,
-    /// <summary>Frames at or above 4 GiB.</summary>
-    Normal = 1,
-}

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using PagePool.Native;
 
 namespace PagePool.Memory;
@@ -17,6 +18,15 @@ internal static unsafe class CachingTransition
     /// </summary>
     internal static int Apply(PhysicalMemory memory, ReadOnlySpan<PageHandle> blocks, CachingMode target)
     {
+        Debug.Assert((uint)target <= (uint)CachingMode.Uncached, "callers validate the mode: a wider value would spill into the order bits");
+#if DEBUG
+        foreach (var h in blocks)
+        {
+            // "Held blocks": a pool's fresh blocks (Allocated, not yet handed out) or blocks this thread took Busy.
+            var state = PageMeta.State(*memory.MetaOf(h));
+            Debug.Assert(state is PageState.Allocated or PageState.Busy, $"{h} is {state}: only held blocks change caching");
+        }
+#endif
         long t0 = Diagnostics.PagePoolEventSource.CachingOn ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         int runs = 0, pages = 0;
         bool flushed = false;

@@ -5,12 +5,18 @@ namespace PagePool.Memory;
 /// <summary>
 /// A compact name for one page or one 2^order block of pages. Handles are plain values: copying one is free,
 /// and using one after the page went back (a stale handle), twice (a double free) or with another memory space
-/// (a foreign handle) is detected through the generation and space fields, never trusted.
+/// (a foreign handle) is detected through the generation and the space identity, never trusted.
 /// </summary>
 /// <remarks>
-/// Layout, high to low: space id (8 bits) | arena (12) | page within arena (16) | order (4) | generation (24).
-/// The generation is the low 24 bits of the page's own counter, which moves every time the page changes hands
-/// back (to its pool or to the system), so an old handle stops matching the moment its page is given back.
+/// <para>A handle is two words. <see cref="Value"/>, high to low: space tag (8 bits) | arena (12) | page within
+/// arena (16) | order (4) | generation (24). The generation is the low 24 bits of the page's own counter, which
+/// moves every time the page changes hands back (to its pool or to the system), so an old handle stops matching
+/// the moment its page is given back. The second word is the serial of the memory space that made the handle:
+/// serials count up for the life of the process and are never reused, so a handle of a disposed space is foreign
+/// to every space created after it, however many come and go (the 8-bit tag alone would wrap after 255).</para>
+/// <para>A handle rebuilt with <see cref="PageHandle(ulong)"/> from its raw value alone carries no space: every
+/// space refuses it as foreign. Rebuild one with <see cref="PhysicalMemory.HandleOf(ulong)"/> of the space it came
+/// from.</para>
 /// </remarks>
 public readonly struct PageHandle : IEquatable<PageHandle>
 {
@@ -20,17 +26,37 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     internal const int ArenaShift = PageShift + PageBits;
     internal const int SpaceShift = ArenaShift + ArenaBits;
     internal const ulong GenerationMask = (1UL << GenerationBits) - 1;
+    internal const ulong SpaceTagMask = (1UL << SpaceBits) - 1;
 
-    /// <summary>The raw 64-bit value, for storage in native arrays. Zero is never a valid handle.</summary>
+    /// <summary>
+    /// The raw 64-bit value, for storage in native arrays; rebuild the handle with
+    /// <see cref="PhysicalMemory.HandleOf(ulong)"/>. Zero is never a valid handle.
+    /// </summary>
     public ulong Value { get; }
 
-    /// <summary>Wrap a raw value produced by <see cref="Value"/>; it is validated when used.</summary>
+    /// <summary>The serial of the memory space that made this handle; 0 when none did.</summary>
+    internal ulong SpaceSerial { get; }
+
+    /// <summary>
+    /// Wrap a raw value with no memory space attached: every space refuses the result as foreign. Use
+    /// <see cref="PhysicalMemory.HandleOf(ulong)"/> to rebuild a handle a space will accept.
+    /// </summary>
     public PageHandle(ulong value) => Value = value;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal PageHandle(int space, int arena, int page, int order, ulong generation)
-        => Value = ((ulong)space << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
-                   | ((ulong)order << OrderShift) | (generation & GenerationMask);
+    internal PageHandle(ulong value, ulong spaceSerial)
+    {
+        Value = value;
+        SpaceSerial = spaceSerial;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal PageHandle(ulong spaceSerial, int arena, int page, int order, ulong generation)
+    {
+        Value = ((spaceSerial & SpaceTagMask) << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
+                | ((ulong)order << OrderShift) | (generation & GenerationMask);
+        SpaceSerial = spaceSerial;
+    }
 
     /// <summary>The null handle (value 0).</summary>
     public static PageHandle Null => default;
@@ -44,25 +70,31 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     /// <summary>How many 4 KiB pages this handle names.</summary>
     public int PageCount => 1 << Order;
 
-    internal int Space => (int)(Value >> SpaceShift);
+    internal int SpaceTag => (int)(Value >> SpaceShift);
     internal int Arena => (int)(Value >> ArenaShift) & ((1 << ArenaBits) - 1);
     internal int Page => (int)(Value >> PageShift) & ((1 << PageBits) - 1);
     internal uint Generation => (uint)(Value & GenerationMask);
 
-    /// <summary>The same handle with another generation (tests use it to forge stale handles).</summary>
-    internal PageHandle WithGeneration(ulong generation) => new((Value & ~GenerationMask) | (generation & GenerationMask));
+    /// <summary>The same handle with another generation (a release names the block's next life with it).</summary>
+    internal PageHandle WithGeneration(ulong generation)
+        => new((Value & ~GenerationMask) | (generation & GenerationMask), SpaceSerial);
+
+    /// <summary>The same handle with other raw bits in the same space (tests use it to forge handles).</summary>
+    internal PageHandle WithValue(ulong value) => new(value, SpaceSerial);
 
     /// <inheritdoc/>
-    public bool Equals(PageHandle other) => Value == other.Value;
+    public bool Equals(PageHandle other) => Value == other.Value && SpaceSerial == other.SpaceSerial;
     /// <inheritdoc/>
     public override bool Equals(object? obj) => obj is PageHandle h && Equals(h);
     /// <inheritdoc/>
-    public override int GetHashCode() => Value.GetHashCode();
-    /// <summary>Equality of raw values.</summary>
-    public static bool operator ==(PageHandle a, PageHandle b) => a.Value == b.Value;
-    /// <summary>Inequality of raw values.</summary>
-    public static bool operator !=(PageHandle a, PageHandle b) => a.Value != b.Value;
+    public override int GetHashCode() => HashCode.Combine(Value, SpaceSerial);
+    /// <summary>Equality of the raw value and the memory space.</summary>
+    public static bool operator ==(PageHandle a, PageHandle b) => a.Equals(b);
+    /// <summary>Inequality of the raw value or the memory space.</summary>
+    public static bool operator !=(PageHandle a, PageHandle b) => !a.Equals(b);
 
-    /// <summary>space:arena:page/order@generation, for messages.</summary>
-    public override string ToString() => IsNull ? "PageHandle(null)" : $"PageHandle({Space}:{Arena}:{Page}/o{Order}@{Generation})";
+    /// <summary>space:arena:page/order@generation, for messages (space is the space's serial, "?" when none).</summary>
+    public override string ToString()
+        => IsNull ? "PageHandle(null)"
+           : $"PageHandle({(SpaceSerial == 0 ? "?" : SpaceSerial.ToString(System.Globalization.CultureInfo.InvariantCulture))}:{Arena}:{Page}/o{Order}@{Generation})";
 }

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PagePool.Diagnostics;
@@ -14,8 +16,19 @@ namespace PagePool.Memory;
 /// <remarks>
 /// Frame layout: DMA32 arenas take frames from 16 MiB (above ZONE_DMA) up, normal arenas from 4 GiB up; arena
 /// slot i of a zone always covers the same frames, so a frame number is arena base + page index, O(1) both ways.
-/// Every block's metadata word (see <see cref="PageMeta"/>) changes by compare-and-swap only; this class owns
-/// the Free state, the pools above own Pooled, callers own Allocated.
+/// <para>Every block's metadata word (see <see cref="PageMeta"/>) says who holds it: this class owns the Free
+/// state, the pools above own Pooled, callers own Allocated, and a thread changing a block's caching or giving it
+/// back holds it Busy. Words change by compare-and-swap where threads race and by a plain store by the one thread
+/// that holds the block; PageMeta says exactly when each is used.</para>
+/// <para>Identity: each space takes a serial that is never reused in the process, and every handle carries it, so
+/// a handle of a disposed space is foreign to every space created later.</para>
+/// <para>Dispose: afterwards every member throws <see cref="ObjectDisposedException"/>. Dispose waits for calls
+/// that allocate, free or change caching (the ones that touch the memfds and the page tables) to finish, then
+/// retires the arenas: their memory goes back to the system and their file descriptors are closed. A call
+/// already past its check on a hot path (a pool hit, a release, a read or write through a span) when Dispose runs
+/// does not fault: metadata and address ranges stay valid until the space is garbage collected, and what such a
+/// call writes is lost. Handles and spans of a disposed space must not be used; if they are, the result is an
+/// exception or a read of zeros, never a write into another space's memory.</para>
 /// </remarks>
 public sealed unsafe class PhysicalMemory : IDisposable
 {
@@ -31,17 +44,17 @@ public sealed unsafe class PhysicalMemory : IDisposable
     private const int MaxArenas = 1 << PageHandle.ArenaBits;
     private const int SpareEmptyArenas = 1;                            // hysteresis against map/unmap churn
 
-    private static readonly PhysicalMemory?[] s_spaces = new PhysicalMemory?[1 << PageHandle.SpaceBits];
-    private static readonly Lock s_spacesLock = new();
-    private static int s_lastSpaceId;
+    private static long s_lastSerial;
 
     private readonly Arena?[] _arenas;
     private readonly ZoneState[] _zones;
     private readonly XenP2M? _p2m;
     private readonly int _arenaPages;
     private int _disposed;
+    private int _callsInside; // calls that touch memfds or page tables, running now; Dispose waits for them
 
-    internal readonly int SpaceId;
+    /// <summary>This space's identity, unique for the life of the process (never 0); every handle carries it.</summary>
+    internal readonly ulong Serial;
 
     /// <summary>The options this space was built with.</summary>
     public MemoryOptions Options { get; }
@@ -74,36 +87,68 @@ public sealed unsafe class PhysicalMemory : IDisposable
         if (Options.Xen)
             _p2m = new XenP2M(NormalBaseFrame + (ulong)normalSlots * (ulong)_arenaPages, Options.XenSeed);
 
-        lock (s_spacesLock)
-        {
-            // Round-robin, so a disposed space's id is not reused at once and its old handles stay foreign.
-            int id = -1;
-            for (int k = 1; k < s_spaces.Length && id < 0; k++)
-            {
-                int candidate = (s_lastSpaceId + k) % s_spaces.Length;
-                if (candidate != 0 && s_spaces[candidate] is null) id = candidate;
-            }
-            if (id < 0)
-                throw new PagePoolException($"Too many live PhysicalMemory instances (at most {s_spaces.Length - 1}); dispose the ones you no longer use.");
-            s_spaces[id] = this;
-            SpaceId = s_lastSpaceId = id;
-        }
+        // 64 bits never wrap in a process's life: a space a nanosecond for 500 years.
+        Serial = (ulong)Interlocked.Increment(ref s_lastSerial);
     }
 
     /// <summary>True when this space emulates a Xen guest (pseudo-physical frames, scattered machine frames).</summary>
     public bool IsXen => _p2m is not null;
 
+    /// <summary>True once <see cref="Dispose"/> has begun.</summary>
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    [DoesNotReturn]
+    private void ThrowDisposed() => throw new ObjectDisposedException(nameof(PhysicalMemory),
+        "This memory space was disposed: its pages went back to the system and its handles name nothing any more.");
+
+    // Enter a call that touches the memfds, the page tables or the buddy allocators; Dispose waits until every
+    // such call has left. The increment and Dispose's exchange are both full fences, so either Dispose sees this
+    // call and waits, or this call sees Dispose and backs out.
+    private void EnterCall()
+    {
+        Interlocked.Increment(ref _callsInside);
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            Interlocked.Decrement(ref _callsInside);
+            ThrowDisposed();
+        }
+    }
+
+    private void ExitCall() => Interlocked.Decrement(ref _callsInside);
+
+    // The zone's state, for a zone value the caller passed: anything but Dma32 and Normal is an argument error.
+    private ZoneState ZoneStateOf(Zone zone)
+    {
+        ThrowIfDisposed();
+        if ((uint)zone >= (uint)_zones.Length)
+            throw new ArgumentOutOfRangeException(nameof(zone), zone, "The zone must be Zone.Dma32 or Zone.Normal.");
+        return _zones[(int)zone];
+    }
+
+    private static void CheckCaching(CachingMode mode)
+    {
+        if ((uint)mode > (uint)CachingMode.Uncached)
+            throw new ArgumentOutOfRangeException(nameof(mode), mode, "The caching mode must be WriteBack, WriteCombined or Uncached.");
+    }
+
     /// <summary>Bytes currently mapped in arenas of a zone (mapped, not necessarily resident).</summary>
     public long MappedBytes(Zone zone)
     {
-        var z = _zones[(int)zone];
+        var z = ZoneStateOf(zone);
         lock (z.Lock) return (long)z.Mapped.Count * Options.ArenaBytes;
     }
 
     /// <summary>Bytes handed out of a zone by the block allocator (to pools or callers).</summary>
     public long UsedBytes(Zone zone)
     {
-        var z = _zones[(int)zone];
+        var z = ZoneStateOf(zone);
         lock (z.Lock)
         {
             long used = 0;
@@ -113,13 +158,13 @@ public sealed unsafe class PhysicalMemory : IDisposable
     }
 
     /// <summary>The capacity of a zone in bytes.</summary>
-    public long Capacity(Zone zone) => _zones[(int)zone].Capacity;
+    public long Capacity(Zone zone) => ZoneStateOf(zone).Capacity;
 
     // ---- the page allocator (slow path) --------------------------------------------------------------
 
     /// <summary>Allocate a block of 2^order pages from a zone, write-back, zeroed; throws when the zone is exhausted.</summary>
     public PageHandle AllocateBlock(Zone zone, int order)
-        => TryAllocateBlock(zone, order, 0, out var h) ? h : throw new ZoneExhaustedException(zone, order, Capacity(zone));
+        => TryAllocateBlock(zone, order, 0, out var h) ? h : throw new ZoneExhaustedException(zone, order, _zones[(int)zone].Capacity);
 
     /// <summary>
     /// Allocate a block of 2^order pages held by <paramref name="owner"/> (a pool id, 0 for a direct caller).
@@ -127,30 +172,42 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// </summary>
     internal bool TryAllocateBlock(Zone zone, int order, int owner, out PageHandle handle)
     {
+        Debug.Assert((uint)owner <= 0xFFFF, "owner ids fit the metadata word's 16 bits");
+        var z = ZoneStateOf(zone);
         if ((uint)order > MaxOrder)
-            throw new ArgumentOutOfRangeException(nameof(order), order, $"Order must be 0..{MaxOrder}.");
-        var z = _zones[(int)zone];
-        Arena? arena = null;
-        int page = -1;
-        lock (z.Lock)
+            throw new ArgumentOutOfRangeException(nameof(order), order, $"The order must be 0..{MaxOrder} (1 to {1 << MaxOrder} pages).");
+        EnterCall();
+        try
         {
-            foreach (var a in z.Mapped)
-                if (a.HasFree(order)) { arena = a; page = a.TryAllocate(order); break; }
-            if (arena is null && (arena = MapArena(z)) is not null)
-                page = arena.TryAllocate(order);
-        }
-        if (arena is null) { handle = default; return false; }
+            Arena? arena = null;
+            int page = -1;
+            lock (z.Lock)
+            {
+                foreach (var a in z.Mapped)
+                    if (a.HasFree(order)) { arena = a; page = a.TryAllocate(order); break; }
+                if (arena is null && (arena = MapArena(z)) is not null)
+                    page = arena.TryAllocate(order);
+            }
+            if (arena is null) { handle = default; return false; }
 
-        ulong* m = arena.MetaOf(page);
-        ulong gen = PageMeta.Generation(Volatile.Read(ref *m));
-        Volatile.Write(ref *m, PageMeta.Make(PageState.Allocated, CachingMode.WriteBack, order, owner, gen));
-        handle = new PageHandle(SpaceId, arena.Index, page, order, gen);
-        return true;
+            // Plain store: the buddy allocator handed this block to us alone, under the zone lock.
+            ulong* m = arena.MetaOf(page);
+            ulong gen = PageMeta.Generation(Volatile.Read(ref *m));
+            Debug.Assert(PageMeta.State(Volatile.Read(ref *m)) == PageState.Free, "the buddy allocator hands out only free blocks");
+            Volatile.Write(ref *m, PageMeta.Make(PageState.Allocated, CachingMode.WriteBack, order, owner, gen));
+            handle = new PageHandle(Serial, arena.Index, page, order, gen);
+            return true;
+        }
+        finally
+        {
+            ExitCall();
+        }
     }
 
     // Map an unused slot of the zone; null when the zone is at capacity. Called under the zone lock.
     private Arena? MapArena(ZoneState z)
     {
+        Debug.Assert(z.Lock.IsHeldByCurrentThread);
         for (int s = 0; s < z.Slots; s++)
         {
             int index = z.FirstSlot + s;
@@ -165,70 +222,141 @@ public sealed unsafe class PhysicalMemory : IDisposable
         return null;
     }
 
-    /// <summary>Give a block back to the system (see <see cref="FreeBlocks"/>).</summary>
+    /// <summary>Give a block back to the system (see <see cref="FreeBlocks(ReadOnlySpan{PageHandle}, int)"/>).</summary>
     public void FreeBlock(PageHandle block) => FreeBlocks([block], 0);
+
+    /// <summary>Give back blocks a pool keeps as raw values (see <see cref="FreeBlocks(ReadOnlySpan{PageHandle}, int)"/>).</summary>
+    internal void FreeBlocks(ReadOnlySpan<ulong> raw, int owner)
+    {
+        Span<PageHandle> blocks = raw.Length <= 512 ? stackalloc PageHandle[raw.Length] : new PageHandle[raw.Length];
+        for (int i = 0; i < raw.Length; i++) blocks[i] = HandleOf(raw[i]);
+        FreeBlocks(blocks, owner);
+    }
 
     /// <summary>
     /// Give blocks back to the system: caching back to write-back (batched), memory punched out of the memfd
     /// (RSS drops), blocks merged in the buddy allocator, and wholly free arenas unmapped beyond a spare one.
-    /// Every handle is checked first; on any error nothing has changed.
+    /// Every handle is checked first and every block taken Busy before anything changes; on any error nothing has
+    /// changed (unless the kernel refuses a page-table change half way, which leaves the blocks held, with the
+    /// caching they reached).
     /// </summary>
     internal void FreeBlocks(ReadOnlySpan<PageHandle> blocks, int owner)
     {
-        foreach (var h in blocks)
+        EnterCall();
+        try
         {
-            ulong w = ResolveLive(h, out _);
-            if (PageMeta.Owner(w) != owner)
-                throw new PageHandleException(h, HandleError.Foreign, $"The block belongs to pool {PageMeta.Owner(w)}, not {owner}.");
-        }
-        CachingTransition.Apply(this, blocks, CachingMode.WriteBack);
-
-        // Commit: each block to Free with a new generation; undo on a lost race so nothing is half done.
-        Span<ulong> old = blocks.Length <= 512 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
-        for (int i = 0; i < blocks.Length; i++)
-        {
-            ulong* m = MetaOf(blocks[i]);
-            ulong w = old[i] = Volatile.Read(ref *m);
-            ulong next = PageMeta.NextGeneration(PageMeta.WithState(w, PageState.Free));
-            if (PageMeta.State(w) == PageState.Free || (PageMeta.Generation(w) & PageHandle.GenerationMask) != blocks[i].Generation
-                || Interlocked.CompareExchange(ref *m, next, w) != w)
+            foreach (var h in blocks)
             {
-                for (int k = 0; k < i; k++) Volatile.Write(ref *MetaOf(blocks[k]), old[k]);
-                throw new PageHandleException(blocks[i], HandleError.Stale, "Another thread gave the block back at the same time.");
+                ulong w = ResolveLive(h, out _);
+                if (PageMeta.Owner(w) != owner)
+                    throw new PageHandleException(h, HandleError.Foreign, owner == 0
+                        ? "The block belongs to a page pool; give it back to that pool."
+                        : "The block does not belong to this page pool.");
+                if (PageMeta.State(w) == PageState.Busy)
+                    throw Busy(h);
             }
-        }
-
-        // Punch contiguous runs with one fallocate each, then hand the blocks to the buddy allocator.
-        for (int i = 0; i < blocks.Length;)
-        {
-            var first = blocks[i];
-            var arena = ArenaOf(first);
-            int end = first.Page + first.PageCount, j = i + 1;
-            while (j < blocks.Length && blocks[j].Arena == first.Arena && blocks[j].Page == end) end += blocks[j++].PageCount;
-            arena.Discard(first.Page, end - first.Page);
-            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned((int)arena.Zone, end - first.Page);
-            i = j;
-        }
-        foreach (var z in _zones)
-        {
-            bool touched = false;
-            foreach (var h in blocks) if (ArenaOf(h).Zone == z.Zone) { touched = true; break; }
-            if (!touched) continue;
-            lock (z.Lock)
+            Span<ulong> before = blocks.Length <= 512 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
+            TakeBusy(blocks, before, allowPooled: true);
+            try
             {
-                foreach (var h in blocks)
+                CachingTransition.Apply(this, blocks, CachingMode.WriteBack);
+            }
+            catch
+            {
+                for (int i = 0; i < blocks.Length; i++)
                 {
-                    var a = ArenaOf(h);
-                    if (a.Zone == z.Zone) a.Free(h.Page, h.Order);
+                    ulong* m = MetaOf(blocks[i]);
+                    Volatile.Write(ref *m, PageMeta.WithState(Volatile.Read(ref *m), PageMeta.State(before[i])));
                 }
-                UnmapEmptyArenas(z);
+                throw;
             }
+
+            // Commit: each block to Free with a new generation, by plain store: this thread holds them all Busy.
+            foreach (var h in blocks)
+            {
+                ulong* m = MetaOf(h);
+                Volatile.Write(ref *m, PageMeta.NextGeneration(PageMeta.WithState(Volatile.Read(ref *m), PageState.Free)));
+            }
+
+            // Punch contiguous runs with one fallocate each, then hand the blocks to the buddy allocator.
+            for (int i = 0; i < blocks.Length;)
+            {
+                var first = blocks[i];
+                var arena = ArenaOf(first);
+                int end = first.Page + first.PageCount, j = i + 1;
+                while (j < blocks.Length && blocks[j].Arena == first.Arena && blocks[j].Page == end) end += blocks[j++].PageCount;
+                arena.Discard(first.Page, end - first.Page);
+                if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned((int)arena.Zone, end - first.Page);
+                i = j;
+            }
+            foreach (var z in _zones)
+            {
+                bool touched = false;
+                foreach (var h in blocks) if (ArenaOf(h).Zone == z.Zone) { touched = true; break; }
+                if (!touched) continue;
+                lock (z.Lock)
+                {
+                    foreach (var h in blocks)
+                    {
+                        var a = ArenaOf(h);
+                        if (a.Zone == z.Zone) a.Free(h.Page, h.Order);
+                    }
+                    UnmapEmptyArenas(z);
+                }
+            }
+        }
+        finally
+        {
+            ExitCall();
         }
     }
+
+    /// <summary>
+    /// Take every block for this thread alone (state Busy), by compare-and-swap from the word the checks saw; on a
+    /// lost race or a block named twice, put back the ones taken and throw. <paramref name="before"/> receives the
+    /// words as they were. The checks before this one said which words are acceptable; this re-checks what a racing
+    /// thread may have changed since: the state, the generation and the order.
+    /// </summary>
+    private void TakeBusy(ReadOnlySpan<PageHandle> blocks, Span<ulong> before, bool allowPooled)
+    {
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            var h = blocks[i];
+            ulong* m = MetaOf(h);
+            ulong w = Volatile.Read(ref *m);
+            var state = PageMeta.State(w);
+            bool takeable = (state == PageState.Allocated || (allowPooled && state == PageState.Pooled))
+                            && (PageMeta.Generation(w) & PageHandle.GenerationMask) == h.Generation && PageMeta.Order(w) == h.Order;
+            if (takeable && Interlocked.CompareExchange(ref *m, PageMeta.WithState(w, PageState.Busy), w) == w)
+            {
+                before[i] = w;
+                continue;
+            }
+            for (int k = 0; k < i; k++) Volatile.Write(ref *MetaOf(blocks[k]), before[k]);
+            if (blocks[..i].Contains(h))
+                throw new PageHandleException(h, HandleError.DoubleFree, "The handle appears twice in one call; nothing was changed.");
+            throw LostRace(h, Volatile.Read(ref *m));
+        }
+    }
+
+    // Say why a block could not be taken, from the word as it is now (the one the failed CAS saw has gone).
+    private static PageHandleException LostRace(PageHandle h, ulong now)
+    {
+        if (PageMeta.State(now) == PageState.Busy) return Busy(h);
+        if ((PageMeta.Generation(now) & PageHandle.GenerationMask) != h.Generation || PageMeta.State(now) == PageState.Free)
+            return new PageHandleException(h, HandleError.Stale, "Another thread gave the block back at the same time; nothing was changed.");
+        if (PageMeta.State(now) == PageState.Pooled)
+            return new PageHandleException(h, HandleError.WrongState, "The block is sitting in a pool, not held by a caller.");
+        return Busy(h); // it was Busy a moment ago and is held again: still two threads on one block
+    }
+
+    private static PageHandleException Busy(PageHandle h) => new(h, HandleError.WrongState,
+        "Another thread is changing the caching of this block or giving it back right now; two threads must not use one block at once.");
 
     // Keep one wholly free arena mapped per zone; give the rest back. Called under the zone lock.
     private void UnmapEmptyArenas(ZoneState z)
     {
+        Debug.Assert(z.Lock.IsHeldByCurrentThread);
         int empty = 0;
         for (int i = z.Mapped.Count - 1; i >= 0; i--)
         {
@@ -243,11 +371,25 @@ public sealed unsafe class PhysicalMemory : IDisposable
     // ---- handles -------------------------------------------------------------------------------------
 
     /// <summary>
-    /// The handle for a raw value this space produced (what pools keep in their magazines). Every handle a pool
-    /// hands out is rebuilt here, so the space decides what identity a handle carries beyond its raw bits.
+    /// Rebuild a handle of this space from its <see cref="PageHandle.Value"/> (what pools keep in their magazines,
+    /// or what a caller stored in a native array). The space attaches its identity: only a value this space produced
+    /// gives a handle that passes its checks. A value whose space tag is not this space's is refused as foreign;
+    /// 0 gives <see cref="PageHandle.Null"/>. Nothing else is checked here: a stale or forged value is refused when used.
     /// </summary>
+    /// <exception cref="PageHandleException">The value was made by another memory space.</exception>
+    /// <exception cref="ObjectDisposedException">This space was disposed.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal PageHandle HandleOf(ulong raw) => new(raw);
+    public PageHandle HandleOf(ulong value)
+    {
+        if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
+        if (((value >> PageHandle.SpaceShift) ^ Serial) % (1UL << PageHandle.SpaceBits) != 0) return ForeignValue(value);
+        return new PageHandle(value, Serial);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private PageHandle ForeignValue(ulong value)
+        => value == 0 ? PageHandle.Null
+           : throw new PageHandleException(new PageHandle(value), HandleError.Foreign, "The value was made by another memory space.");
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal Arena ArenaOf(PageHandle h) => _arenas[h.Arena]!;
@@ -260,20 +402,32 @@ public sealed unsafe class PhysicalMemory : IDisposable
     internal byte* ViewOf(PageHandle h) => _arenas[h.Arena]!.View + ((nuint)h.Page << PageShift);
 
     /// <summary>
-    /// Check that the bits of a handle name a block of this space: its space, arena, alignment and range.
+    /// Check that a handle names a block of this space: its space, arena, alignment and range.
     /// Says nothing about whether the block is live; see <see cref="ResolveLive"/>.
     /// </summary>
     internal ulong* Resolve(PageHandle h, out Arena arena)
     {
-        if (h.IsNull)
-            throw new PageHandleException(h, HandleError.Malformed, "The null handle names no page.");
-        if (h.Space != SpaceId)
-            throw new PageHandleException(h, HandleError.Foreign, $"It was made by memory space {h.Space}, this is space {SpaceId}.");
+        if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
+        if (h.SpaceSerial != Serial || h.IsNull) ThrowNotOfThisSpace(h);
         int ai = h.Arena, page = h.Page, order = h.Order;
         if (ai >= _arenas.Length || _arenas[ai] is not { } a || order > MaxOrder || page >= a.Pages || (page & ((1 << order) - 1)) != 0)
-            throw new PageHandleException(h, HandleError.Malformed, "No block of this space has that arena, page and order.");
+            throw new PageHandleException(h, HandleError.Malformed, "No block of this memory space has that arena, page and order.");
         arena = a;
         return a.MetaOf(page);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    [DoesNotReturn]
+    private void ThrowNotOfThisSpace(PageHandle h)
+    {
+        if (h.IsNull)
+            throw new PageHandleException(h, HandleError.Malformed, "The null handle names no page.");
+        if (h.SpaceSerial == 0)
+            throw new PageHandleException(h, HandleError.Foreign,
+                "It was rebuilt from a raw value alone; rebuild handles with PhysicalMemory.HandleOf of the memory space that made them.");
+        throw new PageHandleException(h, HandleError.Foreign, h.SpaceSerial < Serial
+            ? $"It was made by memory space {h.SpaceSerial}, this is space {Serial} (the other space may have been disposed since)."
+            : $"It was made by memory space {h.SpaceSerial}, this is space {Serial}.");
     }
 
     /// <summary>
@@ -309,7 +463,9 @@ public sealed unsafe class PhysicalMemory : IDisposable
     private ulong ResolveHeld(PageHandle h, out Arena arena)
     {
         ulong w = ResolveLive(h, out arena);
-        if (PageMeta.State(w) != PageState.Allocated)
+        var state = PageMeta.State(w);
+        if (state == PageState.Busy) throw Busy(h);
+        if (state != PageState.Allocated)
             throw new PageHandleException(h, HandleError.WrongState, "The block is sitting in a pool, not held by a caller.");
         return w;
     }
@@ -327,10 +483,14 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public ulong PhysicalAddress(PageHandle h) => FrameOf(h) << PageShift;
 
     /// <summary>The machine address of the block's first page: the physical address, or the P2M's answer under Xen.</summary>
-    public ulong MachineAddress(PageHandle h) => (_p2m is null ? FrameOf(h) : _p2m.ToMachine(FrameOf(h))) << PageShift;
+    public ulong MachineAddress(PageHandle h) => MachineFrameOf(FrameOf(h)) << PageShift;
 
-    /// <summary>The machine address of any pseudo-physical frame (identity without Xen).</summary>
-    public ulong MachineFrameOf(ulong pseudoFrame) => _p2m is null ? pseudoFrame : _p2m.ToMachine(pseudoFrame);
+    /// <summary>The machine frame behind any pseudo-physical frame (identity without Xen).</summary>
+    public ulong MachineFrameOf(ulong pseudoFrame)
+    {
+        ThrowIfDisposed();
+        return _p2m is null ? pseudoFrame : _p2m.ToMachine(pseudoFrame);
+    }
 
     /// <summary>The zone of the block.</summary>
     public Zone ZoneOf(PageHandle h)
@@ -350,8 +510,8 @@ public sealed unsafe class PhysicalMemory : IDisposable
     }
 
     /// <summary>
-    /// The cached linear-map alias of a held block, checked: for a write-combined or uncached block this is the
-    /// double mapping of shared/seeds/003 and raises <see cref="DoubleMappingException"/> instead of aliasing.
+    /// The cached linear-map alias of a held block, checked: for a write-combined or uncached block this would be
+    /// a cached and an uncached mapping of one page at once, and raises <see cref="DoubleMappingException"/> instead.
     /// </summary>
     public Span<byte> GetAliasSpan(PageHandle h)
     {
@@ -365,24 +525,45 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>Change the caching of one held block: flush and unmap the alias, or restore it.</summary>
     public void SetCaching(PageHandle h, CachingMode mode) => SetCaching([h], mode);
 
-    /// <summary>Change the caching of held blocks as one batch (one mprotect per contiguous run, one fence). Returns the runs changed.</summary>
+    /// <summary>
+    /// Change the caching of held blocks as one batch (one mprotect per contiguous run, one fence). Returns the runs
+    /// changed. Every handle and the mode are checked before anything changes. The blocks are held Busy while they
+    /// change: a second thread changing, freeing or releasing one of them at the same time gets a
+    /// <see cref="PageHandleException"/> (<see cref="HandleError.WrongState"/>) and changes nothing.
+    /// </summary>
     public int SetCaching(ReadOnlySpan<PageHandle> blocks, CachingMode mode)
     {
-        foreach (var h in blocks) ResolveHeld(h, out _);
-        if (_cachingListeners.Count == 0) return CachingTransition.Apply(this, blocks, mode);
-
-        // Tell each owning pool which pages changed mode under its caller, so per-mode counts stay true.
-        Span<ulong> before = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
-        for (int i = 0; i < blocks.Length; i++) before[i] = Volatile.Read(ref *MetaOf(blocks[i]));
-        int runs = CachingTransition.Apply(this, blocks, mode);
-        lock (_cachingListeners)
-            for (int i = 0; i < blocks.Length; i++)
+        CheckCaching(mode);
+        EnterCall();
+        try
+        {
+            foreach (var h in blocks) ResolveHeld(h, out _);
+            Span<ulong> before = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
+            TakeBusy(blocks, before, allowPooled: false);
+            try
             {
-                var from = PageMeta.Caching(before[i]);
-                if (from != mode && _cachingListeners.TryGetValue(PageMeta.Owner(before[i]), out var listener))
-                    listener.OnCachingChanged(from, mode, blocks[i].PageCount);
+                return CachingTransition.Apply(this, blocks, mode);
             }
-        return runs;
+            finally
+            {
+                // Back to Allocated, and tell each owning pool what changed under its caller, even after a failure
+                // half way: the pool's per-mode in-use counts follow what the pages really are.
+                lock (_cachingListeners)
+                    for (int i = 0; i < blocks.Length; i++)
+                    {
+                        ulong* m = MetaOf(blocks[i]);
+                        ulong w = Volatile.Read(ref *m);
+                        Volatile.Write(ref *m, PageMeta.WithState(w, PageState.Allocated));
+                        CachingMode from = PageMeta.Caching(before[i]), to = PageMeta.Caching(w);
+                        if (from != to && _cachingListeners.TryGetValue(PageMeta.Owner(w), out var listener))
+                            listener.OnCachingChanged(from, to, blocks[i].PageCount);
+                    }
+            }
+        }
+        finally
+        {
+            ExitCall();
+        }
     }
 
     private readonly Dictionary<int, ICachingListener> _cachingListeners = new();
@@ -390,6 +571,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>Be told when a caller changes the caching of a block this owner handed out.</summary>
     internal void AddCachingListener(int owner, ICachingListener listener)
     {
+        ThrowIfDisposed();
         lock (_cachingListeners) _cachingListeners[owner] = listener;
     }
 
@@ -500,6 +682,8 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>True when 2^order pseudo frames from <paramref name="frame"/> are machine-contiguous.</summary>
     public bool IsMachineContiguous(ulong frame, int order)
     {
+        if ((uint)order > MaxOrder)
+            throw new ArgumentOutOfRangeException(nameof(order), order, $"The order must be 0..{MaxOrder}.");
         ulong first = MachineFrameOf(frame);
         for (ulong k = 1; k < 1UL << order; k++)
             if (MachineFrameOf(frame + k) != first + k) return false;
@@ -509,19 +693,34 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>The pseudo frame a machine frame backs (M2P); identity without Xen. False when it backs none.</summary>
     public bool TryPseudoFrameOf(ulong machineFrame, out ulong pseudoFrame)
     {
+        ThrowIfDisposed();
         if (_p2m is null) { pseudoFrame = machineFrame; return true; }
         return _p2m.TryToPseudo(machineFrame, out pseudoFrame);
     }
 
     // ---- teardown --------------------------------------------------------------------------------------
 
-    /// <summary>Unmap every arena and free the metadata. Handles of this space are foreign afterwards.</summary>
+    /// <summary>
+    /// Give every arena back to the system (memory and file descriptors). Afterwards every member throws
+    /// <see cref="ObjectDisposedException"/> and handles of this space are refused by every other space. Waits for
+    /// calls that allocate, free or change caching to finish; see the class remarks for calls on the hot paths.
+    /// A second Dispose does nothing.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        var wait = new SpinWait();
+        while (Volatile.Read(ref _callsInside) != 0) wait.SpinOnce();
         foreach (var z in _zones)
-            lock (z.Lock) { foreach (var a in z.Mapped) a.Unmap(); z.Mapped.Clear(); }
-        foreach (var a in _arenas) a?.FreeMeta();
-        lock (s_spacesLock) s_spaces[SpaceId] = null;
+            lock (z.Lock)
+            {
+                foreach (var a in z.Mapped)
+                {
+                    a.Retire();
+                    if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.ArenaUnmapped((int)z.Zone, a.Index);
+                }
+                z.Mapped.Clear();
+            }
+        // The arenas and their metadata stay reachable from this object: their finalizers release the rest.
     }
 }

@@ -338,7 +338,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
     // Blocks drained from a pool type go to the system: caching back to WB in one batch, memory punched out.
     private void FreeDrained(PoolType t, Span<ulong> drained)
     {
-        _memory.FreeBlocks(MemoryMarshal.Cast<ulong, PageHandle>(drained), Id);
+        _memory.FreeBlocks(drained, Id);
         t.CountReturned(drained.Length);
         if (t.Caching != CachingMode.WriteBack) t.CountTransitions(drained.Length);
     }

@@ -160,9 +160,9 @@ public sealed class MemoryTests : IDisposable
         Assert.Equal(HandleError.Malformed, Assert.Throws<PageHandleException>(() => _memory.GetSpan(PageHandle.Null)).Error);
         var wrongGeneration = page.WithGeneration(page.Generation + 5);
         Assert.Equal(HandleError.Stale, Assert.Throws<PageHandleException>(() => _memory.GetSpan(wrongGeneration)).Error);
-        var unaligned = new PageHandle(page.Value + (1UL << PageHandle.PageShift));
+        var unaligned = page.WithValue(page.Value + (1UL << PageHandle.PageShift));
         Assert.Equal(HandleError.Malformed, Assert.Throws<PageHandleException>(() => _memory.GetSpan(unaligned)).Error);
-        var wrongOrder = new PageHandle(page.Value & ~(0xFUL << PageHandle.OrderShift));
+        var wrongOrder = page.WithValue(page.Value & ~(0xFUL << PageHandle.OrderShift));
         Assert.Equal(HandleError.Mismatch, Assert.Throws<PageHandleException>(() => _memory.GetSpan(wrongOrder)).Error);
         Assert.Equal(0, _memory.GetSpan(page)[0]);
     }

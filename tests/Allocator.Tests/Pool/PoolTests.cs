@@ -183,7 +183,7 @@ public sealed class PoolTests : IDisposable
         using var pool = NewPool();
         var blocks = new PageHandle[2];
         pool.Allocate(2, CachingMode.WriteBack, Zone.Normal, blocks);
-        var forged = new PageHandle(blocks[0].Value & ~(0xFUL << PageHandle.OrderShift));
+        var forged = blocks[0].WithValue(blocks[0].Value & ~(0xFUL << PageHandle.OrderShift));
         Assert.Equal(HandleError.Mismatch, Assert.Throws<PageHandleException>(() => pool.ReleasePage(forged, CachingMode.WriteBack)).Error);
         pool.Release(blocks.AsSpan(0, 1), CachingMode.WriteBack);
     }

@@ -13,14 +13,16 @@ public sealed class TraceTests
         {
             var r = PagepoolProcess.Run("trace", "-o", file, "--", "stress", "churn", "-d", "2500ms", "-t", "2", "-w", "32M");
             Assert.Equal(0, r.ExitCode);
-            var events = NettraceReader.Read(file);
+            var events = NettraceReader.ReadAll(file);
             var names = events.Where(e => e.Metadata.Provider == "PagePool").Select(e => e.Metadata.Name).ToHashSet();
             Assert.Contains("PoolMiss", names);
             Assert.Contains("CachingTransition", names);
             Assert.Contains("PoolLimitHit", names); // churn keeps the pool over its limit
             var miss = events.First(e => e.Metadata.Name == "PoolMiss");
             Assert.InRange((int)miss.Field("order")!, 0, 9);
-            var series = TraceSummary.MetricSeries(events);
+            var summary = new TraceSummary();
+            events.ForEach(summary.Add);
+            var series = summary.MetricSeries;
             Assert.Contains("pagepool.pool.hit_ratio", series.Keys);
             Assert.Contains("pagepool.pages.pooled{caching=wc}", series.Keys);
             Assert.Contains("PoolMiss", r.Stdout); // the printed summary
