@@ -74,7 +74,27 @@ internal static class InfoCommand
             new("mem.available_bytes", MemoryStatus.AvailableBytes),
             new("vm.max_map_count", MemoryStatus.MaxMapCount),
             new("process.rss_bytes", SystemInfo.ResidentBytes()),
+            .. PressureSourceRows(),
         ];
+    }
+
+    // What the reclaim thread would watch here, detected by opening each source for real.
+    private static List<KeyValuePair<string, object?>> PressureSourceRows()
+    {
+        var rows = new List<KeyValuePair<string, object?>>();
+        var absent = new List<string>();
+        var sources = PressureSources.Detect(absent);
+        foreach (var s in sources)
+        {
+            rows.Add(new($"reclaim.source.{s.Name}", s.Mode));
+            s.Dispose();
+        }
+        foreach (var a in absent)
+        {
+            int colon = a.IndexOf(':');
+            rows.Add(new($"reclaim.source.{a[..colon]}", "absent:" + a[(colon + 1)..]));
+        }
+        return rows;
     }
 
     private static string Format(string key, object? value) => value switch

@@ -74,9 +74,14 @@ internal static class StressCommand
             Description = "Testing aid: flip one byte of a live buffer behind the library's back; verification must catch it (exit 1).",
         };
 
+        var reclaim = new Option<bool>("--reclaim")
+        {
+            Description = "Run the reclaim thread with this machine's pressure sources (PSI, cgroup limit, MemAvailable, GC): the pool gives pages back under memory pressure.",
+        };
+
         var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.")
         {
-            scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject,
+            scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject, reclaim,
         };
         cmd.Validators.Add(r =>
         {
@@ -103,6 +108,7 @@ internal static class StressCommand
                 Verify = r.GetValue(verify),
                 InjectCorruption = r.GetValue(inject),
                 JsonPath = r.GetValue(json),
+                Reclaim = r.GetValue(reclaim),
             };
             return StressRunner.Run(settings);
         });

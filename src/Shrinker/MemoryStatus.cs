@@ -69,9 +69,20 @@ public static class MemoryStatus
     /// <summary>vm.max_map_count: how many mappings one process may have (caching changes split mappings).</summary>
     public static long? MaxMapCount => long.TryParse(TryRead("/proc/sys/vm/max_map_count")?.Trim(), out long v) ? v : null;
 
-    private static string? CgroupLimitFile()
+    private static string? CgroupLimitFile() => MemoryCgroup() switch
     {
-        var cgroup = TryRead("/proc/self/cgroup");
+        null => null,
+        (var dir, 1) => dir + "/memory.limit_in_bytes",
+        (var dir, _) => dir + "/memory.max",
+    };
+
+    /// <summary>
+    /// The directory of this process's memory cgroup and its version (1 or 2), from /proc/self/cgroup; null when
+    /// no memory controller is mounted where it is expected.
+    /// </summary>
+    internal static (string Directory, int Version)? MemoryCgroup(string procSelfCgroup = "/proc/self/cgroup", string root = "/sys/fs/cgroup")
+    {
+        var cgroup = TryRead(procSelfCgroup);
         if (cgroup is null) return null;
         foreach (var line in cgroup.Split('\n'))
         {
@@ -79,11 +90,11 @@ public static class MemoryStatus
             if (parts.Length != 3) continue;
             string path = parts[2] == "/" ? "" : parts[2];
             if (parts[1].Split(',').Contains("memory"))
-                foreach (var root in new[] { "/sys/fs/cgroup/memory" + path, "/sys/fs/cgroup/memory" })
-                    if (File.Exists(root + "/memory.limit_in_bytes")) return root + "/memory.limit_in_bytes";
+                foreach (var dir in new[] { root + "/memory" + path, root + "/memory" })
+                    if (File.Exists(dir + "/memory.limit_in_bytes")) return (dir, 1);
             if (parts[0] == "0" && parts[1].Length == 0)
-                foreach (var root in new[] { "/sys/fs/cgroup" + path, "/sys/fs/cgroup/unified" + path })
-                    if (File.Exists(root + "/memory.max")) return root + "/memory.max";
+                foreach (var dir in new[] { root + path, root + "/unified" + path })
+                    if (File.Exists(dir + "/memory.max")) return (dir, 2);
         }
         return null;
     }

@@ -85,6 +85,10 @@ public sealed class PagePoolEventSource : EventSource
     [Event(4, Level = EventLevel.Verbose, Keywords = Keywords.HitPath, Message = "hit {0} order {1}")]
     public void PoolHit(int caching, int order) => WriteEvent(4, caching, order);
 
+    /// <summary>A pool was disposed while callers still held pages of it (ttm_pool_fini's warning): they now belong to the memory space.</summary>
+    [Event(5, Level = EventLevel.Warning, Keywords = Keywords.Pool, Message = "pool {0} disposed with {1} blocks ({2} pages) still held")]
+    public void PoolDisposedWithPagesHeld(int pool, long blocks, long pages) => WriteEvent(5, pool, blocks, pages);
+
     // ---- memory and caching: 20-39 ----
 
     /// <summary>A batched caching change: pages, page-table runs, and how long it took.</summary>
@@ -112,6 +116,56 @@ public sealed class PagePoolEventSource : EventSource
     /// <summary>A shrinker scan: pages asked for, pages freed, time taken.</summary>
     [Event(40, Level = EventLevel.Informational, Keywords = Keywords.Shrinker, Message = "{0} scan: asked {1}, freed {2}, {3} ns")]
     public void ShrinkerScan(string shrinker, long asked, long freed, long nanoseconds) => WriteEvent(40, shrinker, asked, freed, nanoseconds);
+
+    /// <summary>A pressure source changed its level (0 none, 1 low, 2 medium, 3 critical).</summary>
+    [Event(41, Level = EventLevel.Informational, Keywords = Keywords.Shrinker, Message = "pressure from {0}: level {1}")]
+    public void PressureChanged(string source, int level) => WriteEvent(41, source, level);
+
+    /// <summary>A reclaim pass of the shrinker registry: the level that started it, its priority, pages freed, time.</summary>
+    [Event(42, Level = EventLevel.Informational, Keywords = Keywords.Shrinker, Message = "reclaim pass at level {0}, priority {1}: freed {2} in {3} ns")]
+    public void ReclaimPass(int level, int priority, long freed, long nanoseconds) => WriteEvent(42, level, priority, freed, nanoseconds);
+
+    /// <summary>What one shrinker was asked for and freed in one reclaim pass.</summary>
+    [Event(43, Level = EventLevel.Informational, Keywords = Keywords.Shrinker, Message = "{0} in a reclaim pass: asked {1}, freed {2}")]
+    public void ShrinkerPassScanned(string shrinker, long asked, long freed) => WriteEvent(43, shrinker, asked, freed);
+
+    /// <summary>A shrinker (or a pressure source) threw during reclaim; the reclaim thread went on.</summary>
+    [Event(44, Level = EventLevel.Error, Keywords = Keywords.Shrinker, Message = "{0} failed during reclaim: {1}")]
+    public void ShrinkerFailed(string shrinker, string error) => WriteEvent(44, shrinker, error);
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, long b, long c)
+    {
+        EventData* data = stackalloc EventData[3];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 8 };
+        data[2] = new EventData { DataPointer = (nint)(&c), Size = 8 };
+        WriteEventCore(id, 3, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, int a, int b, long c, long d)
+    {
+        EventData* data = stackalloc EventData[4];
+        data[0] = new EventData { DataPointer = (nint)(&a), Size = 4 };
+        data[1] = new EventData { DataPointer = (nint)(&b), Size = 4 };
+        data[2] = new EventData { DataPointer = (nint)(&c), Size = 8 };
+        data[3] = new EventData { DataPointer = (nint)(&d), Size = 8 };
+        WriteEventCore(id, 4, data);
+    }
+
+    [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
+    private unsafe void WriteEvent(int id, string s, long a, long b)
+    {
+        fixed (char* p = s)
+        {
+            EventData* data = stackalloc EventData[3];
+            data[0] = new EventData { DataPointer = (nint)p, Size = (s.Length + 1) * 2 };
+            data[1] = new EventData { DataPointer = (nint)(&a), Size = 8 };
+            data[2] = new EventData { DataPointer = (nint)(&b), Size = 8 };
+            WriteEventCore(id, 3, data);
+        }
+    }
 
     [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
     private unsafe void WriteEvent(int id, int a, int b, int c, long d)

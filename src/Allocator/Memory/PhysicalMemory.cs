@@ -698,6 +698,38 @@ public sealed unsafe class PhysicalMemory : IDisposable
         return _p2m.TryToPseudo(machineFrame, out pseudoFrame);
     }
 
+    // ---- a pool going away (PoolAllocator.Dispose) ------------------------------------------------------
+
+    /// <summary>
+    /// Re-own every block <paramref name="owner"/> handed out that a caller still holds (Allocated) to owner 0, as
+    /// if the caller had taken it from this space directly: the handle stays valid, <see cref="FreeBlock"/> takes it
+    /// back, and a later pool that reuses the owner id cannot accept it. A pass over the metadata of every mapped
+    /// arena. Returns the blocks and pages re-owned.
+    /// </summary>
+    internal (long Blocks, long Pages) Disown(int owner)
+    {
+        long blocks = 0, pages = 0;
+        foreach (var z in _zones)
+            lock (z.Lock)
+                foreach (var a in z.Mapped)
+                    for (int p = 0; p < a.Pages;)
+                    {
+                        ulong* m = a.MetaOf(p);
+                        ulong w = Volatile.Read(ref *m);
+                        if (PageMeta.State(w) != PageState.Allocated) { p++; continue; } // tails and free heads: step one
+                        int order = PageMeta.Order(w);
+                        if (PageMeta.Owner(w) == owner)
+                        {
+                            ulong orphan = PageMeta.Make(PageState.Allocated, PageMeta.Caching(w), order, 0, PageMeta.Generation(w));
+                            if (Interlocked.CompareExchange(ref *m, orphan, w) != w) continue; // raced: read it again
+                            blocks++;
+                            pages += 1L << order;
+                        }
+                        p += 1 << order; // an allocated block's tail pages are never heads
+                    }
+        return (blocks, pages);
+    }
+
     // ---- teardown --------------------------------------------------------------------------------------
 
     /// <summary>

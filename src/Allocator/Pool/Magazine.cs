@@ -1,3 +1,6 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
 namespace PagePool.Pool;
 
 /// <summary>
@@ -19,12 +22,26 @@ internal sealed class Magazine(int capacity, int id)
     /// <summary>The id of the magazine below this one in a depot stack (0 = bottom). Written only while pushing.</summary>
     internal int NextId;
 
-    internal bool IsFull => Count == Capacity;
-}
+    /// <summary>Pop the top handle; false when empty. Only the magazine's owner calls this.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryPop(out ulong handle)
+    {
+        int n = Count - 1;
+        if (n < 0) { handle = 0; return false; }
+        handle = Handles[n];
+        Count = n;
+        return true;
+    }
 
-/// <summary>128 bytes of nothing (two lines: the adjacent-line prefetcher pulls pairs), to keep hot fields apart.</summary>
-[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = 128)]
-internal struct CacheLine
-{
-    internal const int Ulongs = 128 / sizeof(ulong);
+    /// <summary>Push a handle; false when full. Only the magazine's owner calls this.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryPush(ulong handle)
+    {
+        int n = Count;
+        Debug.Assert(handle != 0, "the null handle is never pooled");
+        if (n >= Capacity) return false;
+        Handles[n] = handle;
+        Count = n + 1;
+        return true;
+    }
 }

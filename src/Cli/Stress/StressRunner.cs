@@ -1,8 +1,10 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using PagePool.Diagnostics;
 using PagePool.Memory;
 using PagePool.Pool;
+using PagePool.Shrinker;
 
 namespace PagePool.Cli.Stress;
 
@@ -23,7 +25,14 @@ internal static class StressRunner
             Dma32Bytes = Math.Min(2L << 30, Math.Max(64L << 20, s.WorkingSetBytes)),
             NormalBytes = SystemInfo.PhysicalMemoryBytes,
         });
-        using var pool = new PoolAllocator(memory, new PoolOptions { LimitBytes = s.PoolLimitBytes });
+        var shrinkers = s.Reclaim ? new ShrinkerRegistry { Observer = ReclaimEventForwarder.Instance } : null;
+        using var pool = new PoolAllocator(memory, new PoolOptions { LimitBytes = s.PoolLimitBytes }, shrinkers);
+        using var reclaim = shrinkers is null ? null : new ReclaimThread(shrinkers, PressureSources.Detect());
+        if (reclaim is not null)
+        {
+            foreach (var source in reclaim.Sources) Console.Error.WriteLine($"reclaim: {source.Name}: {source.Mode}");
+            reclaim.Start();
+        }
         var workers = new StressWorker[s.Threads];
         for (int i = 0; i < workers.Length; i++) workers[i] = new StressWorker(i, pool, s);
 
@@ -66,6 +75,8 @@ internal static class StressRunner
         }
         var elapsed = clock.Elapsed;
         progress.Done();
+        reclaim?.Stop();
+        if (reclaim is not null) Console.Error.WriteLine($"reclaim: {reclaim.Passes:N0} passes freed {reclaim.Freed:N0} pages");
 
         // Give everything back (checked), then every page must be pooled or free: none lost, none twice.
         long ops = workers.Sum(w => w.Operations);

@@ -18,4 +18,5 @@ internal sealed class StressSettings
     internal bool Verify { get; init; }
     internal bool InjectCorruption { get; init; }
     internal string? JsonPath { get; init; }
+    internal bool Reclaim { get; init; }
 }

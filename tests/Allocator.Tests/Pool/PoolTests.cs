@@ -258,7 +258,7 @@ public sealed class PoolTests : IDisposable
     }
 
     [Fact]
-    public void Scan_frees_in_batches_of_352_round_robin_over_pool_types()
+    public void Scan_frees_in_batches_of_ShrinkBatch_pages_round_robin_over_pool_types()
     {
         using var pool = NewPool();
         var modes = new[] { CachingMode.WriteBack, CachingMode.WriteCombined, CachingMode.Uncached };
@@ -268,7 +268,7 @@ public sealed class PoolTests : IDisposable
         foreach (var (page, caching) in held) pool.ReleasePage(page, caching);
 
         Assert.Equal(3 * PoolAllocator.ShrinkBatch, pool.Scan(3 * PoolAllocator.ShrinkBatch));
-        // One batch from each type in turn, not 1056 pages from the first type found.
+        // One batch from each type in turn, not three batches from the first type found.
         foreach (var caching in modes)
         {
             var s = pool.Statistics().Single(x => x.Caching == caching);
