@@ -33,7 +33,7 @@ internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte
     }
 
     /// <summary>The block this buffer holds; the null handle once disposed.</summary>
-    internal PageHandle Block => new(Volatile.Read(ref _block));
+    internal PageHandle Block => Volatile.Read(ref _block) is var raw && raw != 0 ? _allocator.Memory.HandleOf(raw) : PageHandle.Null;
 
     /// <inheritdoc/>
     public override Memory<byte> Memory
@@ -72,7 +72,7 @@ internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte
     protected override void Dispose(bool disposing)
     {
         ulong raw = Interlocked.Exchange(ref _block, 0);
-        if (raw != 0) _allocator.ReleasePage(new PageHandle(raw), _caching);
+        if (raw != 0) _allocator.ReleasePage(_allocator.Memory.HandleOf(raw), _caching);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
