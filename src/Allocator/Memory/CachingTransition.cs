@@ -15,6 +15,9 @@ internal static unsafe class CachingTransition
     /// <summary>
     /// Change held blocks to <paramref name="target"/>; blocks already there are skipped.
     /// Returns the number of page-table runs changed (mprotect calls made).
+    /// All or nothing: when a page-table change fails part way, the runs already changed are changed back and the
+    /// error is rethrown, so every block is in the mode it was in before the call. Should a change back fail too,
+    /// the metadata still tells the truth: a block's caching field is written only after its alias was changed.
     /// </summary>
     internal static int Apply(PhysicalMemory memory, ReadOnlySpan<PageHandle> blocks, CachingMode target)
     {
@@ -31,6 +34,11 @@ internal static unsafe class CachingTransition
         int runs = 0, pages = 0;
         bool flushed = false;
         int i = 0;
+        // The mode each block starts in, so a failure part way can put the changed ones back.
+        Span<CachingMode> previous = blocks.Length <= 1024 ? stackalloc CachingMode[blocks.Length] : new CachingMode[blocks.Length];
+        for (int k = 0; k < blocks.Length; k++) previous[k] = PageMeta.Caching(*memory.MetaOf(blocks[k]));
+        try
+        {
         while (i < blocks.Length)
         {
             PageHandle first = blocks[i];
@@ -73,9 +81,42 @@ internal static unsafe class CachingTransition
             }
             i = j;
         }
+        }
+        catch
+        {
+            if (flushed) Shim.Fence();
+            Revert(memory, blocks[..i], previous, target);
+            throw;
+        }
         if (flushed) Shim.Fence();
         if (t0 != 0 && pages != 0)
             Diagnostics.PagePoolEventSource.Log.CachingTransition((int)target, pages, runs, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
         return runs;
+    }
+
+    // Undo the runs a failed Apply changed: every block of blocks[..done] that is now in target goes back to the
+    // mode its run came from. Only the page-table change is undone; the flush already done is harmless.
+    private static void Revert(PhysicalMemory memory, ReadOnlySpan<PageHandle> done, ReadOnlySpan<CachingMode> previous, CachingMode target)
+    {
+        for (int k = 0; k < done.Length; k++)
+        {
+            var h = done[k];
+            var from = previous[k];
+            Arena arena = memory.ArenaOf(h);
+            ulong* meta = arena.MetaOf(h.Page);
+            if (from == target || PageMeta.Caching(*meta) != target) continue;
+            byte* alias = arena.Alias + ((nuint)h.Page << PhysicalMemory.PageShift);
+            nuint bytes = (nuint)h.PageCount << PhysicalMemory.PageShift;
+            try
+            {
+                if (from == CachingMode.WriteBack) Libc.Mprotect(alias, bytes, Libc.PROT_READ | Libc.PROT_WRITE);
+                else if (target == CachingMode.WriteBack) Libc.Mprotect(alias, bytes, Libc.PROT_NONE);
+            }
+            catch (Native.NativeCallException)
+            {
+                continue; // this block stays in target, and its metadata says so
+            }
+            PageMeta.SetCaching(meta, from);
+        }
     }
 }

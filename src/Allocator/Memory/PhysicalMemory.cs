@@ -176,6 +176,11 @@ public sealed unsafe class PhysicalMemory : IDisposable
         var z = ZoneStateOf(zone);
         if ((uint)order > MaxOrder)
             throw new ArgumentOutOfRangeException(nameof(order), order, $"The order must be 0..{MaxOrder} (1 to {1 << MaxOrder} pages).");
+        if (zone == Zone.Dma32 && Faults.FaultInjector.ShouldFail(Faults.FaultPoint.Dma32Zone))
+        {
+            handle = default;
+            return false; // as if the zone were full: callers take their exhaustion path
+        }
         EnterCall();
         try
         {
@@ -285,8 +290,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
                 var arena = ArenaOf(first);
                 int end = first.Page + first.PageCount, j = i + 1;
                 while (j < blocks.Length && blocks[j].Arena == first.Arena && blocks[j].Page == end) end += blocks[j++].PageCount;
-                arena.Discard(first.Page, end - first.Page);
-                if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned((int)arena.Zone, end - first.Page);
+                ReturnToKernel(arena, first.Page, end - first.Page);
                 i = j;
             }
             foreach (var z in _zones)
@@ -310,6 +314,33 @@ public sealed unsafe class PhysicalMemory : IDisposable
             ExitCall();
         }
     }
+
+    /// <summary>
+    /// Punch freed pages out of the memory file so the kernel takes them back. The free itself cannot fail here: if
+    /// the kernel refuses the punch (fallocate failing), the pages are cleared instead, so they still read zero when
+    /// handed out again, and <see cref="PunchFailures"/> counts it; the memory stays resident until the arena goes.
+    /// </summary>
+    private void ReturnToKernel(Arena arena, int page, int count)
+    {
+        try
+        {
+            arena.Discard(page, count);
+            if (PagePoolEventSource.MemoryOn) PagePoolEventSource.Log.MemoryReturned((int)arena.Zone, count);
+        }
+        catch (NativeCallException)
+        {
+            Interlocked.Increment(ref _punchFailures);
+            NativeMemory.Clear(arena.View + ((nuint)page << PageShift), (nuint)count << PageShift);
+        }
+    }
+
+    private long _punchFailures;
+
+    /// <summary>
+    /// Runs of freed pages the kernel refused to take back (fallocate failed): they were cleared and stay resident.
+    /// Zero on a healthy system.
+    /// </summary>
+    public long PunchFailures => Volatile.Read(ref _punchFailures);
 
     /// <summary>
     /// Take every block for this thread alone (state Busy), by compare-and-swap from the word the checks saw; on a

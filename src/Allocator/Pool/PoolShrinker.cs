@@ -134,7 +134,16 @@ internal sealed class PoolShrinker : IShrinker
     // Blocks drained from a pool type go to the system: caching back to WB in one batch, memory punched out.
     private void FreeDrained(PoolType t, Span<ulong> drained)
     {
-        _memory.FreeBlocks(drained, _owner);
+        try
+        {
+            _memory.FreeBlocks(drained, _owner);
+        }
+        catch
+        {
+            // Nothing was freed (FreeBlocks is all or nothing): the blocks are pooled still, so back into the pool.
+            foreach (ulong raw in drained) t.Restore(raw);
+            throw;
+        }
         t.CountReturned(drained.Length);
         if (t.Caching != CachingMode.WriteBack) t.CountTransitions(drained.Length);
     }

@@ -284,6 +284,16 @@ internal sealed class PoolType
     }
 
     /// <summary>
+    /// Put back a block the shrinker drained but could not free (the system refused a page-table change): pooled
+    /// again, counted as neither a give nor a return.
+    /// </summary>
+    internal void Restore(ulong handle)
+    {
+        GiveToDepot(handle);
+        Interlocked.Decrement(ref _directGives);
+    }
+
+    /// <summary>
     /// Take up to <paramref name="max"/> blocks out of the pool for the shrinker, depot first, then the core
     /// caches of idle slots. Returns how many were written.
     /// </summary>
