@@ -29,6 +29,12 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     internal const ulong SpaceTagMask = (1UL << SpaceBits) - 1;
 
     /// <summary>
+    /// The 8-bit tag a space stamps into its handles' values: 1..255, never 0, so that no live block's value is 0
+    /// (the null handle) whatever its arena, page and generation.
+    /// </summary>
+    internal static ulong TagOf(ulong spaceSerial) => spaceSerial % SpaceTagMask + 1;
+
+    /// <summary>
     /// The raw 64-bit value, for storage in native arrays; rebuild the handle with
     /// <see cref="PhysicalMemory.HandleOf(ulong)"/>. Zero is never a valid handle.
     /// </summary>
@@ -53,7 +59,7 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal PageHandle(ulong spaceSerial, int arena, int page, int order, ulong generation)
     {
-        Value = ((spaceSerial & SpaceTagMask) << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
+        Value = (TagOf(spaceSerial) << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
                 | ((ulong)order << OrderShift) | (generation & GenerationMask);
         SpaceSerial = spaceSerial;
     }

@@ -413,7 +413,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public PageHandle HandleOf(ulong value)
     {
         if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
-        if (((value >> PageHandle.SpaceShift) ^ Serial) % (1UL << PageHandle.SpaceBits) != 0) return ForeignValue(value);
+        if ((value >> PageHandle.SpaceShift) != PageHandle.TagOf(Serial)) return ForeignValue(value);
         return new PageHandle(value, Serial);
     }
 
