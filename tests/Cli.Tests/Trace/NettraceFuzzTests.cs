@@ -121,14 +121,16 @@ public sealed class NettraceFuzzTests
                 outcomes[(int)outcome]++;
                 if (outcome == Outcome.Misbehaved && failures.Count < 10) failures.Add($"case {i}: {detail}");
             }
-        }, 64 << 20);
+        }, 64 << 20) { IsBackground = true }; // a hung reader must not keep the test process alive
         worker.Start();
         // A hang is a failure, not a stuck test run: a case takes milliseconds, allow a generous 50 ms each.
         Assert.True(worker.Join(TimeSpan.FromSeconds(30 + cases / 20)), "the reader did not finish: a mutation made it hang");
         Assert.True(failures.Count == 0, string.Join("\n", failures));
         Assert.Equal(cases, outcomes.Sum());
         Assert.True(outcomes[(int)Outcome.Damaged] > cases / 4, $"read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}");
-        TestContext.Current.TestOutputHelper?.WriteLine($"nettrace fuzz: {cases} cases: read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}, misbehaved {outcomes[3]}");
+        string figures = $"nettrace fuzz: {cases} cases: read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}, misbehaved {outcomes[3]}";
+        TestContext.Current.TestOutputHelper?.WriteLine(figures);
+        if (Environment.GetEnvironmentVariable("PAGEPOOL_FUZZ_REPORT") is { Length: > 0 } report) File.AppendAllText(report, figures + "\n");
     }
 
     // One seeded case: mutate, read, classify. Misbehaved: any other exception, more than a second, or more than
@@ -168,8 +170,16 @@ public sealed class NettraceFuzzTests
     private static (byte[] Bytes, string What) Mutate(Random rng)
     {
         var t = Trace;
-        switch (rng.Next(7))
+        switch (rng.Next(8))
         {
+            case 7:
+            {
+                // The magic and serialization header: the file stops being a trace at all.
+                var b = (byte[])t.Clone();
+                int at = rng.Next(32);
+                b[at] ^= (byte)(1 << rng.Next(8));
+                return (b, $"header byte {at} flipped");
+            }
             case 0:
             {
                 int len = rng.Next(t.Length);
