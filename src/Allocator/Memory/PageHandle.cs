@@ -70,7 +70,6 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     /// <summary>How many 4 KiB pages this handle names.</summary>
     public int PageCount => 1 << Order;
 
-    internal int SpaceTag => (int)(Value >> SpaceShift);
     internal int Arena => (int)(Value >> ArenaShift) & ((1 << ArenaBits) - 1);
     internal int Page => (int)(Value >> PageShift) & ((1 << PageBits) - 1);
     internal uint Generation => (uint)(Value & GenerationMask);

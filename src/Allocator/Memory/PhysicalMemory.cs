@@ -94,9 +94,6 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>True when this space emulates a Xen guest (pseudo-physical frames, scattered machine frames).</summary>
     public bool IsXen => _p2m is not null;
 
-    /// <summary>True once <see cref="Dispose"/> has begun.</summary>
-    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ThrowIfDisposed()
     {
@@ -382,7 +379,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public PageHandle HandleOf(ulong value)
     {
         if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
-        if (((value >> PageHandle.SpaceShift) ^ Serial) % (1UL << PageHandle.SpaceBits) != 0) return ForeignValue(value);
+        if ((((value >> PageHandle.SpaceShift) ^ Serial) & PageHandle.SpaceTagMask) != 0) return ForeignValue(value);
         return new PageHandle(value, Serial);
     }
 
