@@ -161,16 +161,16 @@ public sealed class MemoryMisuseTests
         // Before: two threads read the same "from" mode and both told the pool; counters ended at wc -18 / uc +18.
         using var memory = new PhysicalMemory(Small);
         using var pool = new PoolAllocator(memory);
-        var pages = new PageHandle[4];
+        var pages = new PageHandle[2];
         for (int i = 0; i < pages.Length; i++) pages[i] = pool.AllocatePage(CachingMode.WriteBack);
-        int threads = Math.Max(8, 4 * Environment.ProcessorCount), refused = 0;
+        int threads = Math.Max(16, 8 * Environment.ProcessorCount), refused = 0;
         var unexpected = new List<Exception>();
         using var start = new Barrier(threads);
         var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
         {
             var rng = new Random(t);
             start.SignalAndWait(TestContext.Current.CancellationToken);
-            for (int k = 0; k < 300; k++)
+            for (int k = 0; k < 2000; k++)
             {
                 try
                 {

@@ -16,7 +16,8 @@ namespace PagePool.Cli.Tests;
 public sealed class NettraceFuzzTests
 {
     private static readonly byte[] Trace = File.ReadAllBytes(DataFile("stress-churn.nettrace"));
-    private static readonly int[] BlockSizeOffsets = FindBlockSizes(Trace);
+    private static readonly int[] BlockSizeOffsets = FindBlockSizes(Trace, out ObjectOffsets);
+    private static readonly int[] ObjectOffsets; // where the object holding each block starts
 
     private static string DataFile(string name, [CallerFilePath] string here = "")
         => Path.Combine(Path.GetDirectoryName(here)!, "data", name);
@@ -36,12 +37,20 @@ public sealed class NettraceFuzzTests
     [Fact]
     public void A_negative_block_size_is_damage_at_the_size_field_not_an_endless_loop()
     {
+        // Before: a size leading back to the start of its own object made the reader parse that object forever.
         var bytes = (byte[])Trace.Clone();
-        int at = BlockSizeOffsets[1];
-        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(at), -8);
+        int at = BlockSizeOffsets[1], back = LoopingSize(1);
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(at), back);
         var e = Assert.Throws<DamagedNettraceException>(() => NettraceReader.Read(new MemoryStream(bytes), _ => { }));
         Assert.Equal(at, e.Offset);
-        Assert.Contains("block size -8", e.Message);
+        Assert.Contains($"block size {back}", e.Message);
+    }
+
+    // The negative size that takes a reader trusting it back to the first byte of the block's own object.
+    private static int LoopingSize(int block)
+    {
+        int content = (BlockSizeOffsets[block] + 4 + 3) & ~3;
+        return ObjectOffsets[block] - content;
     }
 
     [Fact]
@@ -222,9 +231,9 @@ public sealed class NettraceFuzzTests
             {
                 // A block size made huge, negative, zero or slightly off.
                 var b = (byte[])t.Clone();
-                int at = BlockSizeOffsets[rng.Next(BlockSizeOffsets.Length)];
+                int block = rng.Next(BlockSizeOffsets.Length), at = BlockSizeOffsets[block];
                 int size = BinaryPrimitives.ReadInt32LittleEndian(b.AsSpan(at));
-                int[] choices = [int.MaxValue, int.MinValue, -1, -rng.Next(1, 1 << 20), 0, size + rng.Next(-8, 9), 16 << 20, (16 << 20) + 1, rng.Next()];
+                int[] choices = [int.MaxValue, int.MinValue, -1, -rng.Next(1, 1 << 20), 0, size + rng.Next(-8, 9), 16 << 20, (16 << 20) + 1, rng.Next(), LoopingSize(block)];
                 int value = choices[rng.Next(choices.Length)];
                 BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(at), value);
                 return (b, $"block size at {at} set to {value}");
@@ -242,22 +251,24 @@ public sealed class NettraceFuzzTests
     }
 
     // The offsets of every block's size field: right after the EndObject tag that closes a *Block type name.
-    private static int[] FindBlockSizes(byte[] t)
+    private static int[] FindBlockSizes(byte[] t, out int[] objects)
     {
-        var found = new List<int>();
+        var found = new List<(int Size, int Object)>();
         foreach (string type in new[] { "MetadataBlock", "EventBlock", "StackBlock", "SPBlock" })
         {
             var name = Encoding.ASCII.GetBytes(type);
             for (int at = t.AsSpan().IndexOf(name); at >= 0;)
             {
                 int size = at + name.Length + 1;
-                if (at >= 4 && t[at - 4] == (byte)name.Length && t[at + name.Length] == 6) found.Add(size);
+                // [5][5][1][version][min version][name length][name][6][size]: the object starts 16 bytes before the name.
+                if (at >= 16 && t[at - 4] == (byte)name.Length && t[at + name.Length] == 6) found.Add((size, at - 15));
                 int next = t.AsSpan(at + 1).IndexOf(name);
                 at = next < 0 ? -1 : at + 1 + next;
             }
         }
         found.Sort();
-        return [.. found];
+        objects = found.Select(f => f.Object).ToArray();
+        return found.Select(f => f.Size).ToArray();
     }
 
     // A valid trace of `bytes` length, all of it SPBlock objects of 16 MiB whose content is never written (sparse).
