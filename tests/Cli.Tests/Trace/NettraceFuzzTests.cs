@@ -46,11 +46,12 @@ public sealed class NettraceFuzzTests
         Assert.Contains($"block size {back}", e.Message);
     }
 
-    // The negative size that takes a reader trusting it back to the first byte of the block's own object.
+    // The negative size that takes a reader trusting it back to the end tag of the object before the block's own:
+    // it checks that tag, then reads the block's object again, and again.
     private static int LoopingSize(int block)
     {
         int content = (BlockSizeOffsets[block] + 4 + 3) & ~3;
-        return ObjectOffsets[block] - content;
+        return ObjectOffsets[block] - 1 - content;
     }
 
     [Fact]
