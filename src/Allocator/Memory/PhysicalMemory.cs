@@ -27,8 +27,9 @@ namespace PagePool.Memory;
 /// retires the arenas: their memory goes back to the system and their file descriptors are closed. A call
 /// already past its check on a hot path (a pool hit, a release, a read or write through a span) when Dispose runs
 /// does not fault: metadata and address ranges stay valid until the space is garbage collected, and what such a
-/// call writes is lost. Handles and spans of a disposed space must not be used; if they are, the result is an
-/// exception or a read of zeros, never a write into another space's memory.</para>
+/// call writes is lost. A handle of a disposed space is refused by every space, this one included. A span taken
+/// before Dispose is native memory freed under it and must not be used: until the space is collected it reads
+/// zeros and its writes are lost, after that its addresses may be mapped again for anything.</para>
 /// </remarks>
 public sealed unsafe class PhysicalMemory : IDisposable
 {
