@@ -56,6 +56,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
 
     /// <summary>This space's identity, unique for the life of the process (never 0); every handle carries it.</summary>
     internal readonly ulong Serial;
+    private readonly ulong _spaceTag; // the serial's 8-bit tag in every handle's Value
 
     /// <summary>The options this space was built with.</summary>
     public MemoryOptions Options { get; }
@@ -90,6 +91,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
 
         // 64 bits never wrap in a process's life: a space a nanosecond for 500 years.
         Serial = (ulong)Interlocked.Increment(ref s_lastSerial);
+        _spaceTag = PageHandle.SpaceTagOf(Serial);
     }
 
     /// <summary>True when this space emulates a Xen guest (pseudo-physical frames, scattered machine frames).</summary>
@@ -380,7 +382,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public PageHandle HandleOf(ulong value)
     {
         if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
-        if ((((value >> PageHandle.SpaceShift) ^ Serial) & PageHandle.SpaceTagMask) != 0) return ForeignValue(value);
+        if (value >> PageHandle.SpaceShift != _spaceTag) return ForeignValue(value);
         return new PageHandle(value, Serial);
     }
 

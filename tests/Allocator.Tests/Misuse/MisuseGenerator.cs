@@ -404,7 +404,7 @@ internal sealed class MisuseGenerator
         _outcomes[key] = _outcomes.GetValueOrDefault(key) + 1;
     }
 
-    private void Fail(Exception e) => _failures.Add($"{_op}: unexpected {e.GetType().Name}: {e.Message}");
+    private void Fail(Exception e) => _failures.Add($"{_op}: unexpected {e.GetType().Name}: {e.Message} {e.StackTrace}");
 
     private void Check(string op, Func<bool> call)
     {

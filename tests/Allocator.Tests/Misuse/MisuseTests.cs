@@ -20,6 +20,7 @@ public sealed class MisuseTests
         for (int episode = 0; episode * StepsPerEpisode < cases && failures.Count == 0; episode++)
         {
             new MisuseGenerator(episode, outcomes, failures).Run(Math.Min(StepsPerEpisode, cases - episode * StepsPerEpisode));
+            if (failures.Count != 0) failures.Insert(0, $"episode {episode} (seed {episode}):");
             if (Leaks.OpenFiles() != files) failures.Add($"episode {episode}: {Leaks.OpenFiles() - files} file descriptors left open");
             if (Leaks.ArenaMappings() != mappings) failures.Add($"episode {episode}: {Leaks.ArenaMappings() - mappings} arena mappings left");
         }
