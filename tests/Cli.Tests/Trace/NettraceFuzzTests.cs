@@ -134,7 +134,7 @@ public sealed class NettraceFuzzTests
         }, 64 << 20) { IsBackground = true }; // a hung reader must not keep the test process alive
         worker.Start();
         // A hang is a failure, not a stuck test run: a case takes milliseconds, allow a generous 50 ms each.
-        Assert.True(worker.Join(TimeSpan.FromSeconds(30 + cases / 20)), "the reader did not finish: a mutation made it hang");
+        Assert.True(worker.Join(TimeSpan.FromSeconds(60 + cases / 20)), "the reader did not finish: a mutation made it hang");
         Assert.True(failures.Count == 0, string.Join("\n", failures));
         Assert.Equal(cases, outcomes.Sum());
         Assert.True(outcomes[(int)Outcome.Damaged] > cases / 4, $"read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}");
@@ -143,8 +143,10 @@ public sealed class NettraceFuzzTests
         if (Environment.GetEnvironmentVariable("PAGEPOOL_FUZZ_REPORT") is { Length: > 0 } report) File.AppendAllText(report, figures + "\n");
     }
 
-    // One seeded case: mutate, read, classify. Misbehaved: any other exception, more than a second, or more than
-    // 64 MiB allocated (the largest block the reader accepts is 16 MiB).
+    // One seeded case: mutate, read, classify. Misbehaved: any other exception, more than 5 s, or more than 64 MiB
+    // allocated (the largest block the reader accepts is 16 MiB). A case takes about 3 ms; the time bound is wide
+    // because the machines are shared (a case once took 1.3 s behind other builds) and still catches anything
+    // quadratic or looping.
     private static (Outcome, string) RunCase(int seed)
     {
         var rng = new Random(seed);
@@ -171,7 +173,7 @@ public sealed class NettraceFuzzTests
         {
             return (Outcome.Misbehaved, $"{what}: {e.GetType().Name}: {e.Message}");
         }
-        if (watch.Elapsed > TimeSpan.FromSeconds(1)) return (Outcome.Misbehaved, $"{what}: took {watch.Elapsed}");
+        if (watch.Elapsed > TimeSpan.FromSeconds(5)) return (Outcome.Misbehaved, $"{what}: took {watch.Elapsed}");
         long used = GC.GetAllocatedBytesForCurrentThread() - allocated;
         if (used > 64L << 20) return (Outcome.Misbehaved, $"{what}: allocated {used >> 20} MiB");
         return (outcome, detail);
