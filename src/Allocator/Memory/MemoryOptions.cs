@@ -15,7 +15,11 @@ public sealed class MemoryOptions
     /// <summary>Capacity of the normal zone (frames at or above 4 GiB). Default: the machine's RAM.</summary>
     public long NormalBytes { get; init; } = SystemInfo.PhysicalMemoryBytes;
 
-    /// <summary>Emulate a Xen guest: pseudo-physical frames backed by scattered machine frames (seeds/002).</summary>
+    /// <summary>
+    /// Emulate a Xen guest: pseudo-physical frames backed by scattered machine frames, so a DMA32 page is below
+    /// 4 GiB only in the guest's view and a 32-bit device needs bouncing or a contiguous exchange.
+    /// </summary>
+    // The swiotlb-under-Xen problem of shared/seeds/002.
     public bool Xen { get; init; }
 
     /// <summary>Seed of the Xen P2M scramble; the same seed gives the same layout.</summary>

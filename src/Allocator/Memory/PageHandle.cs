@@ -8,7 +8,7 @@ namespace PagePool.Memory;
 /// (a foreign handle) is detected through the generation and the space identity, never trusted.
 /// </summary>
 /// <remarks>
-/// <para>A handle is two words. <see cref="Value"/>, high to low: space tag (8 bits) | arena (12) | page within
+/// <para>A handle is two words. <see cref="Value"/>, high to low: space tag (8 bits, never 0) | arena (12) | page within
 /// arena (16) | order (4) | generation (24). The generation is the low 24 bits of the page's own counter, which
 /// moves every time the page changes hands back (to its pool or to the system), so an old handle stops matching
 /// the moment its page is given back. The second word is the serial of the memory space that made the handle:
@@ -29,10 +29,11 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     internal const ulong SpaceTagMask = (1UL << SpaceBits) - 1;
 
     /// <summary>
-    /// The 8-bit tag a space stamps into its handles' values: 1..255, never 0, so that no live block's value is 0
-    /// (the null handle) whatever its arena, page and generation.
+    /// The 8-bit tag a space's serial puts in <see cref="Value"/>: 1..255, never 0, so that no valid handle has the
+    /// value 0 of the null handle (arena 0, page 0, order 0, generation 0 is a real block).
     /// </summary>
-    internal static ulong TagOf(ulong spaceSerial) => spaceSerial % SpaceTagMask + 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong SpaceTagOf(ulong spaceSerial) => spaceSerial % SpaceTagMask + 1;
 
     /// <summary>
     /// The raw 64-bit value, for storage in native arrays; rebuild the handle with
@@ -59,7 +60,7 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal PageHandle(ulong spaceSerial, int arena, int page, int order, ulong generation)
     {
-        Value = (TagOf(spaceSerial) << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
+        Value = (SpaceTagOf(spaceSerial) << SpaceShift) | ((ulong)arena << ArenaShift) | ((ulong)page << PageShift)
                 | ((ulong)order << OrderShift) | (generation & GenerationMask);
         SpaceSerial = spaceSerial;
     }
@@ -76,7 +77,6 @@ public readonly struct PageHandle : IEquatable<PageHandle>
     /// <summary>How many 4 KiB pages this handle names.</summary>
     public int PageCount => 1 << Order;
 
-    internal int SpaceTag => (int)(Value >> SpaceShift);
     internal int Arena => (int)(Value >> ArenaShift) & ((1 << ArenaBits) - 1);
     internal int Page => (int)(Value >> PageShift) & ((1 << PageBits) - 1);
     internal uint Generation => (uint)(Value & GenerationMask);

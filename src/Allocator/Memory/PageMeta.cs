@@ -44,7 +44,9 @@ internal static class PageMeta
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ulong Make(PageState state, CachingMode caching, int order, int owner, ulong generation)
     {
-        Debug.Assert((uint)caching <= (uint)CachingMode.Uncached && (uint)order <= PhysicalMemory.MaxOrder && (uint)owner <= 0xFFFF);
+        // No check of the caching here: a pool builds the word it expects from what a caller passed, and a
+        // mismatch with the real word is how it reports the caller's mistake.
+        Debug.Assert((uint)order <= PhysicalMemory.MaxOrder && (uint)owner <= 0xFFFF);
         return (ulong)state | ((ulong)caching << CachingShift) | ((ulong)order << OrderShift)
                | ((ulong)owner << OwnerShift) | (generation << GenerationShift);
     }

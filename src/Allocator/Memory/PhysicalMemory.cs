@@ -27,8 +27,9 @@ namespace PagePool.Memory;
 /// retires the arenas: their memory goes back to the system and their file descriptors are closed. A call
 /// already past its check on a hot path (a pool hit, a release, a read or write through a span) when Dispose runs
 /// does not fault: metadata and address ranges stay valid until the space is garbage collected, and what such a
-/// call writes is lost. Handles and spans of a disposed space must not be used; if they are, the result is an
-/// exception or a read of zeros, never a write into another space's memory.</para>
+/// call writes is lost. A handle of a disposed space is refused by every space, this one included. A span taken
+/// before Dispose is native memory freed under it and must not be used: until the space is collected it reads
+/// zeros and its writes are lost, after that its addresses may be mapped again for anything.</para>
 /// </remarks>
 public sealed unsafe class PhysicalMemory : IDisposable
 {
@@ -55,6 +56,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
 
     /// <summary>This space's identity, unique for the life of the process (never 0); every handle carries it.</summary>
     internal readonly ulong Serial;
+    private readonly ulong _spaceTag; // the serial's 8-bit tag in every handle's Value
 
     /// <summary>The options this space was built with.</summary>
     public MemoryOptions Options { get; }
@@ -89,13 +91,11 @@ public sealed unsafe class PhysicalMemory : IDisposable
 
         // 64 bits never wrap in a process's life: a space a nanosecond for 500 years.
         Serial = (ulong)Interlocked.Increment(ref s_lastSerial);
+        _spaceTag = PageHandle.SpaceTagOf(Serial);
     }
 
     /// <summary>True when this space emulates a Xen guest (pseudo-physical frames, scattered machine frames).</summary>
     public bool IsXen => _p2m is not null;
-
-    /// <summary>True once <see cref="Dispose"/> has begun.</summary>
-    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ThrowIfDisposed()
@@ -413,7 +413,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
     public PageHandle HandleOf(ulong value)
     {
         if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
-        if ((value >> PageHandle.SpaceShift) != PageHandle.TagOf(Serial)) return ForeignValue(value);
+        if (value >> PageHandle.SpaceShift != _spaceTag) return ForeignValue(value);
         return new PageHandle(value, Serial);
     }
 

@@ -94,6 +94,21 @@ public sealed class MemoryMisuseTests
     }
 
     [Fact]
+    public void The_first_block_of_every_space_is_a_real_handle_never_the_null_one()
+    {
+        // Found by the misuse generator: a space tag of 0 made arena 0, page 0, order 0, generation 0 read as null.
+        for (int cycle = 0; cycle < 300; cycle++)
+        {
+            using var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 2L << 20, Dma32Bytes = 2L << 20, NormalBytes = 0 });
+            var first = memory.AllocateBlock(Zone.Dma32, 0);
+            Assert.False(first.IsNull);
+            Assert.Equal(first, memory.HandleOf(first.Value));
+            memory.GetSpan(first)[0] = 1;
+            memory.FreeBlock(first);
+        }
+    }
+
+    [Fact]
     public void A_handle_rebuilt_from_its_raw_value_alone_is_refused_and_HandleOf_rebuilds_it()
     {
         using var memory = new PhysicalMemory(Small);
@@ -161,16 +176,16 @@ public sealed class MemoryMisuseTests
         // Before: two threads read the same "from" mode and both told the pool; counters ended at wc -18 / uc +18.
         using var memory = new PhysicalMemory(Small);
         using var pool = new PoolAllocator(memory);
-        var pages = new PageHandle[4];
+        var pages = new PageHandle[2];
         for (int i = 0; i < pages.Length; i++) pages[i] = pool.AllocatePage(CachingMode.WriteBack);
-        int threads = Math.Max(8, 4 * Environment.ProcessorCount), refused = 0;
+        int threads = Math.Max(16, 8 * Environment.ProcessorCount), refused = 0;
         var unexpected = new List<Exception>();
         using var start = new Barrier(threads);
         var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
         {
             var rng = new Random(t);
             start.SignalAndWait(TestContext.Current.CancellationToken);
-            for (int k = 0; k < 300; k++)
+            for (int k = 0; k < 2000; k++)
             {
                 try
                 {

@@ -16,7 +16,8 @@ namespace PagePool.Cli.Tests;
 public sealed class NettraceFuzzTests
 {
     private static readonly byte[] Trace = File.ReadAllBytes(DataFile("stress-churn.nettrace"));
-    private static readonly int[] BlockSizeOffsets = FindBlockSizes(Trace);
+    private static readonly int[] BlockSizeOffsets = FindBlockSizes(Trace, out ObjectOffsets);
+    private static readonly int[] ObjectOffsets; // where the object holding each block starts
 
     private static string DataFile(string name, [CallerFilePath] string here = "")
         => Path.Combine(Path.GetDirectoryName(here)!, "data", name);
@@ -36,12 +37,21 @@ public sealed class NettraceFuzzTests
     [Fact]
     public void A_negative_block_size_is_damage_at_the_size_field_not_an_endless_loop()
     {
+        // Before: a size leading back to the start of its own object made the reader parse that object forever.
         var bytes = (byte[])Trace.Clone();
-        int at = BlockSizeOffsets[1];
-        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(at), -8);
+        int at = BlockSizeOffsets[1], back = LoopingSize(1);
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(at), back);
         var e = Assert.Throws<DamagedNettraceException>(() => NettraceReader.Read(new MemoryStream(bytes), _ => { }));
         Assert.Equal(at, e.Offset);
-        Assert.Contains("block size -8", e.Message);
+        Assert.Contains($"block size {back}", e.Message);
+    }
+
+    // The negative size that takes a reader trusting it back to the end tag of the object before the block's own:
+    // it checks that tag, then reads the block's object again, and again.
+    private static int LoopingSize(int block)
+    {
+        int content = (BlockSizeOffsets[block] + 4 + 3) & ~3;
+        return ObjectOffsets[block] - 1 - content;
     }
 
     [Fact]
@@ -121,18 +131,22 @@ public sealed class NettraceFuzzTests
                 outcomes[(int)outcome]++;
                 if (outcome == Outcome.Misbehaved && failures.Count < 10) failures.Add($"case {i}: {detail}");
             }
-        }, 64 << 20);
+        }, 64 << 20) { IsBackground = true }; // a hung reader must not keep the test process alive
         worker.Start();
         // A hang is a failure, not a stuck test run: a case takes milliseconds, allow a generous 50 ms each.
-        Assert.True(worker.Join(TimeSpan.FromSeconds(30 + cases / 20)), "the reader did not finish: a mutation made it hang");
+        Assert.True(worker.Join(TimeSpan.FromSeconds(60 + cases / 20)), "the reader did not finish: a mutation made it hang");
         Assert.True(failures.Count == 0, string.Join("\n", failures));
         Assert.Equal(cases, outcomes.Sum());
         Assert.True(outcomes[(int)Outcome.Damaged] > cases / 4, $"read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}");
-        TestContext.Current.TestOutputHelper?.WriteLine($"nettrace fuzz: {cases} cases: read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}, misbehaved {outcomes[3]}");
+        string figures = $"nettrace fuzz: {cases} cases: read {outcomes[0]}, not a trace {outcomes[1]}, damaged {outcomes[2]}, misbehaved {outcomes[3]}";
+        TestContext.Current.TestOutputHelper?.WriteLine(figures);
+        if (Environment.GetEnvironmentVariable("PAGEPOOL_FUZZ_REPORT") is { Length: > 0 } report) File.AppendAllText(report, figures + "\n");
     }
 
-    // One seeded case: mutate, read, classify. Misbehaved: any other exception, more than a second, or more than
-    // 64 MiB allocated (the largest block the reader accepts is 16 MiB).
+    // One seeded case: mutate, read, classify. Misbehaved: any other exception, more than 5 s, or more than 64 MiB
+    // allocated (the largest block the reader accepts is 16 MiB). A case takes about 3 ms; the time bound is wide
+    // because the machines are shared (a case once took 1.3 s behind other builds) and still catches anything
+    // quadratic or looping.
     private static (Outcome, string) RunCase(int seed)
     {
         var rng = new Random(seed);
@@ -159,7 +173,7 @@ public sealed class NettraceFuzzTests
         {
             return (Outcome.Misbehaved, $"{what}: {e.GetType().Name}: {e.Message}");
         }
-        if (watch.Elapsed > TimeSpan.FromSeconds(1)) return (Outcome.Misbehaved, $"{what}: took {watch.Elapsed}");
+        if (watch.Elapsed > TimeSpan.FromSeconds(5)) return (Outcome.Misbehaved, $"{what}: took {watch.Elapsed}");
         long used = GC.GetAllocatedBytesForCurrentThread() - allocated;
         if (used > 64L << 20) return (Outcome.Misbehaved, $"{what}: allocated {used >> 20} MiB");
         return (outcome, detail);
@@ -168,8 +182,16 @@ public sealed class NettraceFuzzTests
     private static (byte[] Bytes, string What) Mutate(Random rng)
     {
         var t = Trace;
-        switch (rng.Next(7))
+        switch (rng.Next(8))
         {
+            case 7:
+            {
+                // The magic and serialization header: the file stops being a trace at all.
+                var b = (byte[])t.Clone();
+                int at = rng.Next(32);
+                b[at] ^= (byte)(1 << rng.Next(8));
+                return (b, $"header byte {at} flipped");
+            }
             case 0:
             {
                 int len = rng.Next(t.Length);
@@ -212,9 +234,9 @@ public sealed class NettraceFuzzTests
             {
                 // A block size made huge, negative, zero or slightly off.
                 var b = (byte[])t.Clone();
-                int at = BlockSizeOffsets[rng.Next(BlockSizeOffsets.Length)];
+                int block = rng.Next(BlockSizeOffsets.Length), at = BlockSizeOffsets[block];
                 int size = BinaryPrimitives.ReadInt32LittleEndian(b.AsSpan(at));
-                int[] choices = [int.MaxValue, int.MinValue, -1, -rng.Next(1, 1 << 20), 0, size + rng.Next(-8, 9), 16 << 20, (16 << 20) + 1, rng.Next()];
+                int[] choices = [int.MaxValue, int.MinValue, -1, -rng.Next(1, 1 << 20), 0, size + rng.Next(-8, 9), 16 << 20, (16 << 20) + 1, rng.Next(), LoopingSize(block)];
                 int value = choices[rng.Next(choices.Length)];
                 BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(at), value);
                 return (b, $"block size at {at} set to {value}");
@@ -232,22 +254,24 @@ public sealed class NettraceFuzzTests
     }
 
     // The offsets of every block's size field: right after the EndObject tag that closes a *Block type name.
-    private static int[] FindBlockSizes(byte[] t)
+    private static int[] FindBlockSizes(byte[] t, out int[] objects)
     {
-        var found = new List<int>();
+        var found = new List<(int Size, int Object)>();
         foreach (string type in new[] { "MetadataBlock", "EventBlock", "StackBlock", "SPBlock" })
         {
             var name = Encoding.ASCII.GetBytes(type);
             for (int at = t.AsSpan().IndexOf(name); at >= 0;)
             {
                 int size = at + name.Length + 1;
-                if (at >= 4 && t[at - 4] == (byte)name.Length && t[at + name.Length] == 6) found.Add(size);
+                // [5][5][1][version][min version][name length][name][6][size]: the object starts 16 bytes before the name.
+                if (at >= 16 && t[at - 4] == (byte)name.Length && t[at + name.Length] == 6) found.Add((size, at - 15));
                 int next = t.AsSpan(at + 1).IndexOf(name);
                 at = next < 0 ? -1 : at + 1 + next;
             }
         }
         found.Sort();
-        return [.. found];
+        objects = found.Select(f => f.Object).ToArray();
+        return found.Select(f => f.Size).ToArray();
     }
 
     // A valid trace of `bytes` length, all of it SPBlock objects of 16 MiB whose content is never written (sparse).

@@ -49,4 +49,37 @@ public sealed class TraceTests
             File.Delete(file);
         }
     }
+
+    [Fact]
+    public void Reading_a_damaged_trace_exits_1_naming_the_byte_where_it_stopped()
+    {
+        string file = Path.GetTempFileName();
+        var trace = File.ReadAllBytes(Path.Combine(TraceDataFolder(), "stress-churn.nettrace"));
+        File.WriteAllBytes(file, trace.AsSpan(0, trace.Length - 1000).ToArray());
+        try
+        {
+            var r = PagepoolProcess.Run("trace", "--read", file);
+            Assert.Equal(1, r.ExitCode);
+            Assert.Contains("at byte", r.Stderr);
+            Assert.DoesNotContain("   at ", r.Stderr); // a message, not a stack trace
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public void Reading_dev_zero_stops_at_once_with_a_message()
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var r = PagepoolProcess.Run("trace", "--read", "/dev/zero");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("not a NetTrace file", r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(30), $"took {watch.Elapsed}");
+    }
+
+    private static string TraceDataFolder([System.Runtime.CompilerServices.CallerFilePath] string here = "")
+        => Path.Combine(Path.GetDirectoryName(here)!, "data");
 }
