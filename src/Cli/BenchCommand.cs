@@ -18,6 +18,7 @@ internal static class BenchCommand
         ("caching", "caching changes, single page versus batched", CachingBench.Run),
         ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
         ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
+        ("reclaim", "memory back under pressure, pooled pages reached from every CPU", ReclaimBench.Run),
     ];
 
     internal static Command Create()
