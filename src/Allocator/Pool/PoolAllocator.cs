@@ -165,7 +165,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public PageHandle AllocatePage(CachingMode caching, Zone zone = Zone.Normal, AllocationFlags flags = AllocationFlags.None)
     {
-        if ((uint)caching < Cachings && (uint)zone < Zones && Pools(caching) && _types[TypeIndex(caching, 0, zone)].TryTake(out ulong raw))
+        if ((uint)caching < Cachings && (uint)zone < Zones && _types[TypeIndex(caching, 0, zone)].TryTake(out ulong raw))
         {
             var h = _memory.HandleOf(raw);
             TakeOwnership(h);
