@@ -250,6 +250,17 @@ public sealed partial class PoolPromiseTests : IDisposable
     }
 
     [Fact]
+    public void Unknown_allocation_flags_are_refused_before_anything_is_taken()
+    {
+        using var pool = NewPool();
+        pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, (AllocationFlags)8));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage((CachingMode)3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage(CachingMode.WriteBack, (Zone)2));
+        Assert.Equal(1, pool.Audit());
+    }
+
+    [Fact]
     public void A_pool_sizes_its_tables_to_use_not_to_the_largest_id()
     {
         long before = GC.GetAllocatedBytesForCurrentThread();

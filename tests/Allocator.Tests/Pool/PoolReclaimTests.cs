@@ -1,3 +1,6 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Tracing;
+using PagePool.Diagnostics;
 using PagePool.Memory;
 using PagePool.Pool;
 using PagePool.Shrinker;
@@ -99,5 +102,41 @@ public sealed class PoolReclaimTests
         Assert.True(reclaim.Passes > 0 && reclaim.Freed > 0, $"{reclaim.Passes} passes freed {reclaim.Freed}");
         Assert.Equal(pool.Audit() * 4096, memory.UsedBytes(Zone.Normal));
         Assert.Equal(0, pool.Statistics().Sum(s => s.InUsePages));
+    }
+
+    private sealed class ShrinkerListener : EventListener
+    {
+        internal readonly ConcurrentQueue<string> Names = new();
+
+        protected override void OnEventSourceCreated(EventSource source)
+        {
+            if (source.Name == PagePoolEventSource.ProviderName) EnableEvents(source, EventLevel.Informational, PagePoolEventSource.Keywords.Shrinker);
+        }
+
+        protected override void OnEventWritten(EventWrittenEventArgs e) => Names.Enqueue(e.EventName ?? "");
+    }
+
+    [Fact]
+    public void Reclaim_passes_scans_pressure_and_failures_reach_the_event_stream()
+    {
+        using var memory = NewMemory();
+        using var listener = new ShrinkerListener();
+        var registry = new ShrinkerRegistry { Observer = ReclaimEventForwarder.Instance };
+        using var pool = new PoolAllocator(memory, null, registry);
+        pool.ReleasePage(pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined);
+        registry.Register(new ThrowingShrinker());
+        registry.Shrink(priority: 0);
+        ReclaimEventForwarder.Instance.PressureChanged("test", MemoryPressure.Low);
+        Assert.Contains("ReclaimPass", listener.Names);
+        Assert.Contains("ShrinkerPassScanned", listener.Names);
+        Assert.Contains("ShrinkerFailed", listener.Names);
+        Assert.Contains("PressureChanged", listener.Names);
+    }
+
+    private sealed class ThrowingShrinker : IShrinker
+    {
+        public string Name => "throws";
+        public long Count() => 1;
+        public long Scan(long toScan) => throw new InvalidOperationException("scan failed");
     }
 }
