@@ -19,6 +19,7 @@ internal static class BenchCommand
         ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
         ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
         ("memorypool", "MemoryPool<byte> over the pool against MemoryPool.Shared and ArrayPool", MemoryPoolBench.Run),
+        ("reclaim", "memory back under pressure, pooled pages reached from every CPU", ReclaimBench.Run),
     ];
 
     internal static Command Create()

@@ -75,8 +75,8 @@ public sealed class PsiPressureSource : PressureSource
         if ((revents & (Libc.POLLERR | Libc.POLLNVAL)) != 0)
         {
             // The file went away (a cgroup removed): stop waiting on it, keep reading what averages there are.
-            Libc.Close(_fd);
-            _fd = -1;
+            int fd = Interlocked.Exchange(ref _fd, -1);
+            if (fd >= 0) Libc.Close(fd);
             return;
         }
         base.OnReady(revents);

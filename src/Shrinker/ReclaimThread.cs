@@ -33,9 +33,9 @@ public sealed class ReclaimThread : IDisposable
     private readonly MemoryPressure[] _lastLevel;
     private readonly int _tickMs;
     private readonly Lock _lifecycle = new();
-    private int _wakeFd = -1;
+    private readonly int _wakeFd;
     private Thread? _thread;
-    private int _stopping, _signalled, _escalation, _calm;
+    private int _stopping, _signalled, _escalation, _calm, _disposed;
     private long _passes, _freed;
 
     /// <summary>A reclaim thread for <paramref name="registry"/>; it owns <paramref name="sources"/> and disposes them.</summary>
@@ -50,6 +50,10 @@ public sealed class ReclaimThread : IDisposable
         if (t < TimeSpan.FromMilliseconds(1) || t > TimeSpan.FromMinutes(1))
             throw new ArgumentOutOfRangeException(nameof(tick), t, "The tick must be 1 ms .. 1 min.");
         _tickMs = (int)t.TotalMilliseconds;
+        // Open for the thread's whole life, so Signal never writes to a descriptor Stop may have closed.
+        _wakeFd = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
+        if (_wakeFd < 0)
+            throw new InvalidOperationException($"eventfd for the reclaim thread failed: {Libc.ErrnoName(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}.");
     }
 
     /// <summary>The sources watched.</summary>
@@ -69,10 +73,8 @@ public sealed class ReclaimThread : IDisposable
     {
         lock (_lifecycle)
         {
+            ObjectDisposedException.ThrowIf(_disposed != 0, this);
             if (_thread is not null) throw new InvalidOperationException("The reclaim thread is already running; stop it before starting it again.");
-            _wakeFd = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
-            if (_wakeFd < 0)
-                throw new InvalidOperationException($"eventfd for the reclaim thread failed: {Libc.ErrnoName(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}.");
             Volatile.Write(ref _stopping, 0);
             var thread = new Thread(Loop) { Name = "pagepool-reclaim", IsBackground = true };
             thread.Start();
@@ -90,28 +92,31 @@ public sealed class ReclaimThread : IDisposable
             Volatile.Write(ref _stopping, 1);
             Libc.Signal(_wakeFd);
             thread.Join();
-            Libc.Close(_wakeFd);
-            _wakeFd = -1;
             Volatile.Write(ref _thread, null);
         }
     }
 
     /// <summary>
     /// Report pressure from outside the sources (an allocation that failed, a test, a benchmark): the thread
-    /// wakes at once and runs a pass at this level at least.
+    /// wakes at once and runs a pass at this level at least (or at its next start). Lock-free, so a shrinker may
+    /// call it from inside a pass; it must not race with <see cref="Dispose"/>.
     /// </summary>
     public void Signal(MemoryPressure level)
     {
         int l = (int)level, seen;
         while (l > (seen = Volatile.Read(ref _signalled)) && Interlocked.CompareExchange(ref _signalled, l, seen) != seen) { }
-        lock (_lifecycle)
-            if (_wakeFd >= 0) Libc.Signal(_wakeFd);
+        if (Volatile.Read(ref _disposed) == 0) Libc.Signal(_wakeFd);
     }
 
-    /// <summary>Stop, then close the sources.</summary>
+    /// <summary>Stop, then close the sources and the thread's eventfd.</summary>
     public void Dispose()
     {
         Stop();
+        lock (_lifecycle)
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            Libc.Close(_wakeFd);
+        }
         foreach (var s in _sources) s.Dispose();
     }
 

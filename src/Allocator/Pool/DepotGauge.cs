@@ -8,7 +8,7 @@ namespace PagePool.Pool;
 /// release to decide whether to trim.
 /// </summary>
 /// <remarks>
-/// The per-core magazines hold at most <see cref="MagazinePages"/> pages in all (every slot, both magazines,
+/// The per-core magazines hold at most <c>magazinePages</c> pages in all (every slot, both magazines,
 /// full). While depot + that bound fits under the limit the pool cannot be over it, whatever the magazines do, so
 /// releases fill magazines freely. Past that point the pool is <see cref="Tight"/>: releases bypass the
 /// magazines and go to the depot, where every page is counted, and the pool trims back to its limit.
@@ -19,9 +19,6 @@ internal sealed class DepotGauge(long limitPages, long magazinePages)
 
     /// <summary>The pool limit in pages.</summary>
     internal readonly long LimitPages = limitPages;
-
-    /// <summary>The most pages all magazines of the pool can hold at once.</summary>
-    internal readonly long MagazinePages = magazinePages;
 
     private readonly long _tightAbove = limitPages - magazinePages;
 

@@ -18,9 +18,6 @@ internal sealed class MagazineRegistry(int capacity)
     private readonly Lock _lock = new();
     private int _count;
 
-    /// <summary>Magazines made so far.</summary>
-    internal int Count => Volatile.Read(ref _count);
-
     internal Magazine this[int id]
     {
         // A reader got the id from a depot head, pushed after the table holding its chunk was published.
@@ -46,7 +43,7 @@ internal sealed class MagazineRegistry(int capacity)
             var slots = table[chunk] ??= new Magazine[ChunkSize];
             var m = new Magazine(capacity, id);
             Volatile.Write(ref slots[id & (ChunkSize - 1)], m);
-            Volatile.Write(ref _count, id);
+            _count = id;
             return m;
         }
     }

@@ -165,7 +165,8 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public PageHandle AllocatePage(CachingMode caching, Zone zone = Zone.Normal, AllocationFlags flags = AllocationFlags.None)
     {
-        if ((uint)caching < Cachings && (uint)zone < Zones && Pools(caching) && _types[TypeIndex(caching, 0, zone)].TryTake(out ulong raw))
+        if ((uint)caching < Cachings && (uint)zone < Zones && (flags & ~AllocationFlags.NoClear) == 0
+            && _types[TypeIndex(caching, 0, zone)].TryTake(out ulong raw))
         {
             var h = _memory.HandleOf(raw);
             TakeOwnership(h);
@@ -217,6 +218,8 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         CheckCaching(caching);
         if ((uint)zone >= Zones)
             throw new ArgumentOutOfRangeException(nameof(zone), zone, "Unknown zone; use Dma32 or Normal.");
+        if ((flags & ~AllocationFlags.NoClear) != 0)
+            throw new ArgumentOutOfRangeException(nameof(flags), flags, "Unknown allocation flags; use None or NoClear.");
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
 
         bool clear = _clearOnAllocate && (flags & AllocationFlags.NoClear) == 0;

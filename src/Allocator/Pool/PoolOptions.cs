@@ -5,7 +5,8 @@ public sealed class PoolOptions
 {
     /// <summary>
     /// Pages the pool may keep, in bytes, before it returns the excess to the system. Default: half of RAM
-    /// (TTM's page_pool_size). Per-core magazines may hold a bounded amount above it (see README).
+    /// (TTM's page_pool_size). Every pooled page counts, per-core magazines included; what other threads hold in their
+    /// CPU caches at the moment of a trim may stay above it, under 1 MiB per CPU (see README, Reclaim). 0 keeps nothing.
     /// </summary>
     public long LimitBytes { get; init; } = SystemInfo.PhysicalMemoryBytes / 2;
 

@@ -17,7 +17,7 @@ namespace PagePool.Pool;
 /// The pool registers this with a <see cref="ShrinkerRegistry"/> when it is given one; the reclaim thread then
 /// calls <see cref="Count"/> and <see cref="Scan"/> under memory pressure, in batches of <see cref="ShrinkBatch"/>.
 /// </remarks>
-internal sealed class PoolShrinker : IShrinker
+internal sealed unsafe class PoolShrinker : IShrinker
 {
     /// <summary>
     /// Pages freed per shrinker step. TTM's TTM_SHRINKER_BATCH is (1 &lt;&lt; (MAX_PAGE_ORDER / 2)) * NR_PAGE_ORDERS,
@@ -134,6 +134,15 @@ internal sealed class PoolShrinker : IShrinker
     // Blocks drained from a pool type go to the system: caching back to WB in one batch, memory punched out.
     private void FreeDrained(PoolType t, Span<ulong> drained)
     {
+        Debug.Assert(drained.Length > 0);
+#if DEBUG
+        foreach (ulong raw in drained)
+        {
+            ulong w = *_memory.MetaOf(_memory.HandleOf(raw));
+            Debug.Assert(PageMeta.State(w) == PageState.Pooled && PageMeta.Owner(w) == _owner && PageMeta.Caching(w) == t.Caching,
+                $"a drained block of {t.Caching} order {t.Order} is {PageMeta.State(w)} {PageMeta.Caching(w)} of owner {PageMeta.Owner(w)}");
+        }
+#endif
         try
         {
             _memory.FreeBlocks(drained, _owner);

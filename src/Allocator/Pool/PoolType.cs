@@ -41,7 +41,7 @@ internal sealed class PoolType
     private readonly DepotGauge _gauge;
     private readonly CoreCache?[]? _slots;   // null: this order has no per-core caches
     private readonly CoreCache[] _caches;    // the same caches, always reachable, for racy counting
-    private readonly int _slotMask, _magazineCapacity;
+    private readonly int _slotMask;
     private readonly MagazineRegistry _registry;
     private readonly MagazineStack _full, _empty;
 
@@ -99,7 +99,6 @@ internal sealed class PoolType
         _full = new MagazineStack(_registry);
         _empty = new MagazineStack(_registry);
         _slotMask = slots - 1;
-        _magazineCapacity = magazineCapacity;
         if (order > MaxMagazineOrder)
         {
             _caches = [];
@@ -110,9 +109,6 @@ internal sealed class PoolType
         for (int s = 0; s < slots; s++)
             Slot(s) = _caches[s] = new CoreCache(_registry.Create(), _registry.Create());
     }
-
-    /// <summary>The most pages this type's core caches hold when every magazine is full.</summary>
-    internal long MagazinePages => (long)_caches.Length * 2 * _magazineCapacity << Order;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref CoreCache? Slot(int s) => ref _slots![((s & _slotMask) + 1) * SlotStride];

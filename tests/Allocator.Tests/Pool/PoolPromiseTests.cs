@@ -136,6 +136,27 @@ public sealed partial class PoolPromiseTests : IDisposable
     }
 
     [Fact]
+    public void A_failed_allocate_after_a_pool_hit_gives_the_block_back_and_counts_no_hit()
+    {
+        using var pool = NewPool();
+        var pair = new PageHandle[1];
+        pool.Allocate(2, CachingMode.Uncached, Zone.Normal, pair); // one order-1 block
+        pool.Release(pair, CachingMode.Uncached);
+        long hits = pool.Statistics().Sum(s => s.Hits), used = Used;
+        var one = new PageHandle[1];
+        // Order 1 hits the pool, then order 0 finds the span full.
+        Assert.Throws<ArgumentException>(() => pool.Allocate(3, CachingMode.Uncached, Zone.Normal, one));
+        Assert.True(one[0].IsNull);
+        Assert.Equal(2, pool.Audit());
+        Assert.Equal(hits, pool.Statistics().Sum(s => s.Hits));
+        Assert.Equal(0, pool.InUsePages(CachingMode.Uncached));
+        Assert.Equal(used, Used);
+        Assert.Equal(1, pool.Allocate(2, CachingMode.Uncached, Zone.Normal, one)); // and it is handed out again
+        Assert.Equal(hits + 1, pool.Statistics().Sum(s => s.Hits));
+        pool.Release(one, CachingMode.Uncached);
+    }
+
+    [Fact]
     public void An_exhausted_zone_leaves_the_pool_as_it_was()
     {
         using var pool = NewPool();
@@ -226,6 +247,17 @@ public sealed partial class PoolPromiseTests : IDisposable
         pool.ReleasePage(page, CachingMode.WriteBack); // still held, still releasable
         pool.Release(blocks.AsSpan(0, n), CachingMode.WriteBack);
         Assert.Equal(5, pool.Audit());
+    }
+
+    [Fact]
+    public void Unknown_allocation_flags_are_refused_before_anything_is_taken()
+    {
+        using var pool = NewPool();
+        pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, (AllocationFlags)8));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage((CachingMode)3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.AllocatePage(CachingMode.WriteBack, (Zone)2));
+        Assert.Equal(1, pool.Audit());
     }
 
     [Fact]

@@ -13,7 +13,7 @@ public sealed class PoolStressTests
     [InlineData(ZeroPolicy.OnRelease, 23)]
     public void Every_page_is_accounted_for_exactly_once_under_concurrent_use(ZeroPolicy zeroing, int seed)
     {
-        const int Threads = 8, OpsPerThread = 3000, PageSpan = 16384;
+        const int Threads = 8, OpsPerThread = 1000, Phases = 3, PageSpan = 16384;
         using var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 16L << 20, Dma32Bytes = 48L << 20, NormalBytes = 64L << 20 });
         // A low limit so pages keep leaving for the system while others allocate, and a shrinker thread on top.
         using var pool = new PoolAllocator(memory, new PoolOptions { LimitBytes = 8L << 20, Zeroing = zeroing, MagazinePages = 16 });
@@ -25,65 +25,79 @@ public sealed class PoolStressTests
         var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
         int exhausted = 0;
         int stop = 0;
-        var shrinker = new Thread(() => { while (Volatile.Read(ref stop) == 0) { pool.Scan(64); Thread.Yield(); } });
-        shrinker.Start();
-        var workers = Enumerable.Range(1, Threads).Select(t => new Thread(() =>
+        var gate = new Lock(); // held by the shrinker per scan, and by the audit between phases
+        var shrinker = new Thread(() =>
         {
-            var rng = new Random(seed * 1000 + t);
-            var live = new List<(PageHandle[] Blocks, int Count, CachingMode Caching, byte Tag)>();
-            for (int op = 0; op < OpsPerThread && failures.IsEmpty; op++)
+            while (Volatile.Read(ref stop) == 0)
             {
-                if (live.Count > 0 && (live.Count > 6 || rng.Next(2) == 0))
+                lock (gate) pool.Scan(64);
+                Thread.Yield();
+            }
+        });
+        shrinker.Start();
+        for (int phase = 0; phase < Phases; phase++)
+        {
+            var workers = Enumerable.Range(1, Threads).Select(t => new Thread(() =>
+            {
+                var rng = new Random(seed * 1000 + t + 100 * phase);
+                var live = new List<(PageHandle[] Blocks, int Count, CachingMode Caching, byte Tag)>();
+                for (int op = 0; op < OpsPerThread && failures.IsEmpty; op++)
                 {
-                    int i = rng.Next(live.Count);
-                    var (blocks, count, caching, tag) = live[i];
-                    live.RemoveAt(i);
-                    foreach (var b in blocks.AsSpan(0, count))
+                    if (live.Count > 0 && (live.Count > 6 || rng.Next(2) == 0))
                     {
-                        var span = memory.GetSpan(b);
-                        if (span[0] != tag || span[^1] != tag) failures.Enqueue($"thread {t}: {b} was overwritten by another owner");
-                        for (int p = 0; p < b.PageCount; p++)
-                            if (Interlocked.CompareExchange(ref owner[Slot(b) + p], 0, t) != t) failures.Enqueue($"thread {t}: {b} not owned at release");
+                        int i = rng.Next(live.Count);
+                        var (blocks, count, caching, tag) = live[i];
+                        live.RemoveAt(i);
+                        foreach (var b in blocks.AsSpan(0, count))
+                        {
+                            var span = memory.GetSpan(b);
+                            if (span[0] != tag || span[^1] != tag) failures.Enqueue($"thread {t}: {b} was overwritten by another owner");
+                            for (int p = 0; p < b.PageCount; p++)
+                                if (Interlocked.CompareExchange(ref owner[Slot(b) + p], 0, t) != t) failures.Enqueue($"thread {t}: {b} not owned at release");
+                        }
+                        pool.Release(blocks.AsSpan(0, count), caching);
                     }
+                    else
+                    {
+                        var caching = (CachingMode)rng.Next(3);
+                        var zone = rng.Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
+                        int pages = rng.Next(8) == 0 ? rng.Next(64, 600) : rng.Next(1, 24);
+                        var blocks = new PageHandle[pages];
+                        int count;
+                        try { count = pool.Allocate(pages, caching, zone, blocks); }
+                        catch (ZoneExhaustedException) { Interlocked.Increment(ref exhausted); continue; } // legitimate; state must stay whole
+                        byte tag = (byte)rng.Next(1, 256);
+                        foreach (var b in blocks.AsSpan(0, count))
+                        {
+                            for (int p = 0; p < b.PageCount; p++)
+                                if (Interlocked.CompareExchange(ref owner[Slot(b) + p], t, 0) != 0) failures.Enqueue($"thread {t}: {b} handed to two owners");
+                            var span = memory.GetSpan(b);
+                            if (span.IndexOfAnyExcept((byte)0) >= 0) failures.Enqueue($"thread {t}: {b} not zero");
+                            span[0] = tag;
+                            span[^1] = tag;
+                        }
+                        live.Add((blocks, count, caching, tag));
+                    }
+                }
+                foreach (var (blocks, count, caching, _) in live)
+                {
+                    foreach (var b in blocks.AsSpan(0, count))
+                        for (int p = 0; p < b.PageCount; p++) Interlocked.CompareExchange(ref owner[Slot(b) + p], 0, t);
                     pool.Release(blocks.AsSpan(0, count), caching);
                 }
-                else
-                {
-                    var caching = (CachingMode)rng.Next(3);
-                    var zone = rng.Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
-                    int pages = rng.Next(8) == 0 ? rng.Next(64, 600) : rng.Next(1, 24);
-                    var blocks = new PageHandle[pages];
-                    int count;
-                    try { count = pool.Allocate(pages, caching, zone, blocks); }
-                    catch (ZoneExhaustedException) { Interlocked.Increment(ref exhausted); continue; } // legitimate; state must stay whole
-                    byte tag = (byte)rng.Next(1, 256);
-                    foreach (var b in blocks.AsSpan(0, count))
-                    {
-                        for (int p = 0; p < b.PageCount; p++)
-                            if (Interlocked.CompareExchange(ref owner[Slot(b) + p], t, 0) != 0) failures.Enqueue($"thread {t}: {b} handed to two owners");
-                        var span = memory.GetSpan(b);
-                        if (span.IndexOfAnyExcept((byte)0) >= 0) failures.Enqueue($"thread {t}: {b} not zero");
-                        span[0] = tag;
-                        span[^1] = tag;
-                    }
-                    live.Add((blocks, count, caching, tag));
-                }
-            }
-            foreach (var (blocks, count, caching, _) in live)
-            {
-                foreach (var b in blocks.AsSpan(0, count))
-                    for (int p = 0; p < b.PageCount; p++) Interlocked.CompareExchange(ref owner[Slot(b) + p], 0, t);
-                pool.Release(blocks.AsSpan(0, count), caching);
-            }
-        })).ToArray();
+            })).ToArray();
 
-        foreach (var w in workers) w.Start();
-        foreach (var w in workers) w.Join();
+            foreach (var w in workers) w.Start();
+            foreach (var w in workers) w.Join();
+            // After every phase, with the shrinker held at its gate, the whole pool must check out.
+            Assert.Empty(failures);
+            lock (gate) Assert.Equal(pool.Audit() * 4096 + 4096, memory.UsedBytes(Zone.Dma32) + memory.UsedBytes(Zone.Normal));
+        }
         Volatile.Write(ref stop, 1);
         shrinker.Join();
 
         Assert.Empty(failures);
-        Assert.True(exhausted < Threads * OpsPerThread / 20, $"{exhausted} allocations failed: the zones are too small for the test");
+        Assert.True(exhausted < Threads * OpsPerThread * Phases / 20, $"{exhausted} allocations failed: the zones are too small for the test");
         Assert.All(owner, o => Assert.Equal(0, o));
         long pooled = pool.Audit();
         // Every page the system handed out is either pooled or was the one pinned DMA32 page: none leaked, none lost.
