@@ -89,7 +89,7 @@ public sealed class DmaChecker
             Of(d)[dma] = new Entry
             {
                 Kind = kind, Block = block, Offset = offset, Size = size, Nents = nents, CpuPhys = cpu,
-                Direction = dir, Bounced = bounced, ErrorChecked = kind == DmaMapKind.Coherent,
+                Direction = dir, Bounced = bounced, ErrorChecked = kind is DmaMapKind.Coherent or DmaMapKind.Scatterlist, // dma-debug asks the check of map_page/map_single only
             };
             if (Tracked(kind, dir))
                 for (ulong line = cpu >> LineShift; line <= (cpu + (ulong)size - 1) >> LineShift; line++)
