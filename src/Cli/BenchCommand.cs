@@ -18,6 +18,7 @@ internal static class BenchCommand
         ("caching", "caching changes, single page versus batched", CachingBench.Run),
         ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
         ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
+        ("dma", "IOVA cache, IOMMU map/unmap and scaling, swiotlb round trip", DmaBench.Run),
     ];
 
     internal static Command Create()

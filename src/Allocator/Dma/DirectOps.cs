@@ -116,27 +116,30 @@ internal sealed unsafe class DirectOps : DmaOps
     // Take (or give back) the device's hold on the lines of [bus, bus+size): the engine may touch held lines only.
     private void Hold(ulong bus, int size, byte* host, PageHandle block)
     {
-        for (ulong line = bus >> LineShift; line <= (bus + (ulong)size - 1) >> LineShift; line++)
+        ulong end = bus + (ulong)size; // exclusive
+        for (ulong page = bus >> PhysicalMemory.PageShift; page << PhysicalMemory.PageShift < end; page++)
         {
-            ulong page = line >> (PhysicalMemory.PageShift - LineShift);
+            ulong pageStart = page << PhysicalMemory.PageShift;
             if (!_windows.TryGetValue(page, out var w))
-            {
-                byte* pageHost = host - (long)(bus - (page << PhysicalMemory.PageShift));
-                _windows[page] = w = new Window(pageHost, block);
-            }
-            w.Lines[line & (LinesPerPage - 1)]++;
-            w.Held++;
+                _windows[page] = w = new Window(host - (long)(bus - pageStart), block);
+            int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
+            int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
+            for (int l = first; l <= last; l++) w.Lines[l]++;
+            w.Held += last - first + 1;
         }
     }
 
     private void Release(ulong bus, int size)
     {
-        for (ulong line = bus >> LineShift; line <= (bus + (ulong)size - 1) >> LineShift; line++)
+        ulong end = bus + (ulong)size;
+        for (ulong page = bus >> PhysicalMemory.PageShift; page << PhysicalMemory.PageShift < end; page++)
         {
-            ulong page = line >> (PhysicalMemory.PageShift - LineShift);
+            ulong pageStart = page << PhysicalMemory.PageShift;
             var w = _windows[page];
-            w.Lines[line & (LinesPerPage - 1)]--;
-            if (--w.Held == 0) _windows.Remove(page);
+            int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
+            int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
+            for (int l = first; l <= last; l++) w.Lines[l]--;
+            if ((w.Held -= last - first + 1) == 0) _windows.Remove(page);
         }
     }
 

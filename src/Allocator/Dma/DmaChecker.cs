@@ -39,6 +39,12 @@ public sealed class DmaChecker
         get { lock (_lock) return _reports.ToArray(); }
     }
 
+    /// <summary>How many reports were made (cheaper than <see cref="Reports"/>).</summary>
+    public int ReportCount
+    {
+        get { lock (_lock) return _reports.Count; }
+    }
+
     /// <summary>How many reports of one class were made.</summary>
     public int CountOf(DmaCheckClass c)
     {

@@ -121,13 +121,13 @@ internal sealed unsafe class IommuOps : DmaOps
         ulong mapped = IoPageTable.Length(leaf, i);
         if (mapped != pages)
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes ({pages} pages), but {mapped} pages were mapped there. Unmap with the size you mapped.");
-        if (!Device.IsCoherent && dir != DmaDirection.ToDevice)
-            SyncForCpuCaches((byte*)IoPageTable.Host(leaf, i) + (dma & (PhysicalMemory.PageSize - 1)), Math.Min(size, PhysicalMemory.PageSize - (int)(dma & (PhysicalMemory.PageSize - 1))), dir);
-        for (ulong k = 0; k < pages; k++)
+        if (!Device.IsCoherent && dir != DmaDirection.ToDevice) Sync(dma, size, dir, forCpu: true);
+        Volatile.Write(ref IoPageTable.Pte(leaf, i), 0);
+        IoPageTable.Length(leaf, i) = 0;
+        for (ulong k = 1; k < pages; k++)
         {
             var l = _domain.Table.Leaf(pfn + k, false, out int j);
             Volatile.Write(ref IoPageTable.Pte(l, j), 0);
-            IoPageTable.Length(l, j) = 0;
         }
         if (_domain.Queue is { } q)
         {

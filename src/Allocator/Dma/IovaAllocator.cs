@@ -11,8 +11,10 @@ namespace PagePool.Dma;
 /// <remarks>
 /// The tree is a sorted list of [lo, hi] ranges under one lock: the slow path. Linux keeps an rbtree with a cached
 /// node; the cache is what makes the tree rare, and it is lock-free here.
+/// Public because it is useful on its own (any page-frame range allocator with per-CPU caches) and so the tool can
+/// measure it; every device with IOMMU ops has one.
 /// </remarks>
-internal sealed class IovaAllocator
+public sealed class IovaAllocator
 {
     /// <summary>IOVA_RANGE_CACHE_MAX_SIZE: sizes 2^0..2^5 pages are cached.</summary>
     internal const int RangeCacheMaxSize = 6;
@@ -25,14 +27,44 @@ internal sealed class IovaAllocator
     private ulong _max32AllocSize = Dma32BitPfn;
     private long _usedPages;
 
+    /// <summary>An empty space whose lowest page frame is <paramref name="startPfn"/> (at least 1: 0 means failure).</summary>
+    public IovaAllocator(ulong startPfn) : this(startPfn, Environment.ProcessorCount) { }
+
     internal IovaAllocator(ulong startPfn, int cpus)
     {
+        if (startPfn == 0)
+            throw new ArgumentOutOfRangeException(nameof(startPfn), startPfn, "Page frame 0 cannot be handed out: 0 is the failure value.");
         _startPfn = startPfn;
         _rcache = new IovaRcache(this, cpus);
     }
 
     /// <summary>Pages allocated from the tree (cached ranges count as used until flushed).</summary>
-    internal long UsedPages => Volatile.Read(ref _usedPages);
+    public long UsedPages => Volatile.Read(ref _usedPages);
+
+    /// <summary>
+    /// A range of <paramref name="pages"/> page frames ending at or below <paramref name="limitPfn"/>, aligned to
+    /// the size rounded up to a power of two; 0 when the space has none even after flushing the caches.
+    /// </summary>
+    public ulong AllocateRange(ulong pages, ulong limitPfn)
+    {
+        if (pages == 0 || pages > 1UL << 40)
+            throw new ArgumentOutOfRangeException(nameof(pages), pages, "A range has 1 to 2^40 pages.");
+        return AllocFast(pages, limitPfn);
+    }
+
+    /// <summary>
+    /// Give back a range from <see cref="AllocateRange"/> with the page count it was asked with. Not checked on this
+    /// path (as iova.c's free_iova_fast): a range that was never allocated ends up cached and handed out later.
+    /// </summary>
+    public void FreeRange(ulong pfn, ulong pages)
+    {
+        if (pages == 0 || pages > 1UL << 40)
+            throw new ArgumentOutOfRangeException(nameof(pages), pages, "A range has 1 to 2^40 pages.");
+        FreeFast(pfn, pages);
+    }
+
+    /// <summary>Give every cached range back to the tree.</summary>
+    public void FlushCaches() => _rcache.FlushAll();
 
     internal ulong StartPfn => _startPfn;
 
@@ -144,8 +176,6 @@ internal sealed class IovaAllocator
         }
     }
 
-    /// <summary>Give every cached range back to the tree (free_cpu_cached_iovas + free_global_cached_iovas).</summary>
-    internal void FlushCaches() => _rcache.FlushAll();
 
     internal long CachedRanges => _rcache.CachedCount;
 }
