@@ -117,21 +117,24 @@ public sealed class DmaChecker
     }
 
     /// <summary>dma-debug check_unmap: every mismatch between the unmap call and the mapping it names.</summary>
-    /// <remarks>With <paramref name="remove"/> false the call was refused by the ops: report, but keep tracking the mapping.</remarks>
-    internal void OnUnmap(DmaDevice d, DmaMapKind kind, ulong dma, long size, DmaDirection dir, int nents, PageHandle block, bool remove = true)
+    /// <remarks>
+    /// Called before the ops undo the mapping, so the address is untracked before it can be handed out again; if
+    /// the ops then refuse, <see cref="Restore"/> puts the returned entry back.
+    /// </remarks>
+    internal object? OnUnmap(DmaDevice d, DmaMapKind kind, ulong dma, long size, DmaDirection dir, int nents, PageHandle block)
     {
         Entry? e;
         lock (_lock)
         {
-            if (!(remove ? Of(d).Remove(dma, out e) : Of(d).TryGetValue(dma, out e))) e = null;
-            else if (remove && Tracked(e.Kind, e.Direction))
+            if (!Of(d).Remove(dma, out e)) e = null;
+            else if (Tracked(e.Kind, e.Direction))
                 for (ulong line = e.CpuPhys >> LineShift; line <= (e.CpuPhys + (ulong)e.Size - 1) >> LineShift; line++)
                     if (_activeLines.TryGetValue(line, out int n)) { if (n <= 1) _activeLines.Remove(line); else _activeLines[line] = n - 1; }
         }
         if (e is null)
         {
             Report(DmaCheckClass.NeverMapped, d, dma, size, dir, $"{Verb(kind)} of memory the device never mapped (or already unmapped)");
-            return;
+            return null;
         }
         if (e.Kind != kind)
             Report(DmaCheckClass.WrongFunction, d, dma, size, dir, $"mapped with {Verb(e.Kind, true)} but undone with {Verb(kind)}");
@@ -145,6 +148,20 @@ public sealed class DmaChecker
             Report(DmaCheckClass.ScatterlistCountMismatch, d, dma, size, dir, $"mapped with {e.Nents} entries but unmapped with {nents}");
         if (!e.ErrorChecked)
             Report(DmaCheckClass.MapErrorNotChecked, d, dma, size, dir, "the driver never checked this address with MappingError before unmapping");
+        return e;
+    }
+
+    /// <summary>Track again a mapping whose unmap the ops refused (it is still in place).</summary>
+    internal void Restore(DmaDevice d, ulong dma, object? entry)
+    {
+        if (entry is not Entry e) return;
+        lock (_lock)
+        {
+            Of(d)[dma] = e;
+            if (Tracked(e.Kind, e.Direction))
+                for (ulong line = e.CpuPhys >> LineShift; line <= (e.CpuPhys + (ulong)e.Size - 1) >> LineShift; line++)
+                    _activeLines[line] = _activeLines.GetValueOrDefault(line) + 1;
+        }
     }
 
     /// <summary>dma-debug check_sync, and the end of a device write the CPU has not seen yet.</summary>

@@ -136,16 +136,16 @@ public sealed unsafe class DmaDevice : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void UnmapChecked(DmaMapKind kind, ulong dma, int size, DmaDirection direction)
     {
+        var entry = _checker!.OnUnmap(this, kind, dma, size, direction, 1, default); // untracked before the address can be reused
         try
         {
             _ops.Unmap(dma, size, direction);
         }
         catch (DmaMappingException)
         {
-            _checker!.OnUnmap(this, kind, dma, size, direction, 1, default, remove: false);
+            _checker.Restore(this, dma, entry);
             throw;
         }
-        _checker!.OnUnmap(this, kind, dma, size, direction, 1, default);
     }
 
     /// <summary>dma_sync_single_for_cpu: make what the device wrote visible to the CPU (bounce back, invalidate caches).</summary>
@@ -281,16 +281,16 @@ public sealed unsafe class DmaDevice : IDisposable
     {
         ThrowIfDisposed();
         var (block, dma) = coherent;
+        var entry = _checker?.OnUnmap(this, DmaMapKind.Coherent, dma, (long)block.PageCount << PhysicalMemory.PageShift, DmaDirection.Bidirectional, 0, block);
         try
         {
             _ops.UnmapCoherent(dma, block);
         }
         catch (DmaMappingException)
         {
-            _checker?.OnUnmap(this, DmaMapKind.Coherent, dma, (long)block.PageCount << PhysicalMemory.PageShift, DmaDirection.Bidirectional, 0, block, remove: false);
+            _checker?.Restore(this, dma, entry);
             throw;
         }
-        _checker?.OnUnmap(this, DmaMapKind.Coherent, dma, (long)block.PageCount << PhysicalMemory.PageShift, DmaDirection.Bidirectional, 0, block);
         if (_memory.IsXen && OpsKind != DmaOpsKind.Iommu) _memory.DestroyContiguous(block);
         _memory.FreeBlock(block);
     }
