@@ -35,11 +35,14 @@ internal sealed unsafe class DirectOps : DmaOps
         internal bool Coherent;
     }
 
+    // Windows of caller pages go when their last line does; windows of swiotlb pages (Block null) stay, a bounded
+    // set, so a bounce round trip allocates nothing.
     private sealed class Window(byte* host, PageHandle block)
     {
-        internal readonly byte* Host = host;
-        internal readonly PageHandle Block = block;
+        internal byte* Host = host;
+        internal PageHandle Block = block;
         internal readonly byte[] Lines = new byte[LinesPerPage];
+        internal ulong Mask; // bit l set while Lines[l] > 0: the engine's check is one shift
         internal int Held;
     }
 
@@ -122,12 +125,20 @@ internal sealed unsafe class DirectOps : DmaOps
             ulong pageStart = page << PhysicalMemory.PageShift;
             if (!_windows.TryGetValue(page, out var w))
                 _windows[page] = w = new Window(host - (long)(bus - pageStart), block);
+            else if (w.Held == 0)
+            {
+                w.Host = host - (long)(bus - pageStart);
+                w.Block = block;
+            }
             int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
             int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
             for (int l = first; l <= last; l++) w.Lines[l]++;
+            w.Mask |= LineBits(first, last);
             w.Held += last - first + 1;
         }
     }
+
+    private static ulong LineBits(int first, int last) => (last == 63 ? ulong.MaxValue : (1UL << (last + 1)) - 1) & ~((1UL << first) - 1);
 
     private void Release(ulong bus, int size)
     {
@@ -138,8 +149,9 @@ internal sealed unsafe class DirectOps : DmaOps
             var w = _windows[page];
             int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
             int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
-            for (int l = first; l <= last; l++) w.Lines[l]--;
-            if ((w.Held -= last - first + 1) == 0) _windows.Remove(page);
+            for (int l = first; l <= last; l++)
+                if (--w.Lines[l] == 0) w.Mask &= ~(1UL << l);
+            if ((w.Held -= last - first + 1) == 0 && !w.Block.IsNull) _windows.Remove(page);
         }
     }
 
@@ -232,25 +244,29 @@ internal sealed unsafe class DirectOps : DmaOps
         ulong page = dma >> PhysicalMemory.PageShift;
         int line = (int)(dma >> LineShift) & (LinesPerPage - 1);
         Window? w;
+        byte* pageHost;
+        PageHandle block;
         lock (_lock)
         {
-            if (!_windows.TryGetValue(page, out w) || w.Lines[line] == 0)
+            ulong held = _windows.TryGetValue(page, out w) ? w.Mask >> line : 0;
+            if ((held & 1) == 0)
             {
                 host = null; room = 0;
                 fault = "the device has no mapping covering it";
                 return false;
             }
-            int end = line;
-            while (end < LinesPerPage && w.Lines[end] != 0) end++;
-            room = (end << LineShift) - (int)(dma & (PhysicalMemory.PageSize - 1));
+            int end = line + System.Numerics.BitOperations.TrailingZeroCount(~held); // the run of held lines from here
+            room = (Math.Min(end, LinesPerPage) << LineShift) - (int)(dma & (PhysicalMemory.PageSize - 1));
+            pageHost = w!.Host;
+            block = w.Block;
         }
-        if (!w.Block.IsNull && !IsLive(w.Block))
+        if (!block.IsNull && !IsLive(block))
         {
             host = null; room = 0;
             fault = "the page behind the mapping was already freed by its owner; the access is dropped";
             return false;
         }
-        host = w.Host + (dma & (PhysicalMemory.PageSize - 1));
+        host = pageHost + (dma & (PhysicalMemory.PageSize - 1));
         fault = null;
         return true;
     }

@@ -9,7 +9,7 @@ namespace PagePool.Dma;
 /// entry holds the page's physical address and its read/write permission bits.
 /// </summary>
 /// <remarks>
-/// Leaf tables carry, beside the 512 entries hardware reads, what the simulation needs and hardware does not: the
+/// Leaf entries carry, beside the 8-byte entry hardware reads, what the simulation needs and hardware does not: the
 /// host pointer of the page's memory (the emulated bus resolves the physical address through it), the raw handle of
 /// the block the page belongs to (so a device access to a page its driver already freed is caught, not a crash), and
 /// on the first page of each mapping its length in pages (so an unmap of the wrong size is refused, not obeyed).
@@ -21,7 +21,10 @@ internal sealed unsafe class IoPageTable : IDisposable
     internal const ulong Read = 1, Write = 2;
     internal const int Levels = 4, IndexBits = 9, Entries = 1 << IndexBits;
     internal const ulong IovaLimitPfn = (1UL << (48 - 12)) - 1;
-    private const int LeafFields = 4; // pte, host pointer, block handle, mapping length
+    // A leaf entry is a whole cache line: the pte hardware reads, then the host pointer, block handle and mapping
+    // length. Neighbouring IOVAs are often mapped by different CPUs (their caches were filled from one tree);
+    // packed 8 to a line they would bounce that line between cores on every map and unmap.
+    private const int EntryStride = 8;
 
     private readonly ulong* _root;
     private readonly List<nint> _tables = new();
@@ -60,7 +63,7 @@ internal sealed unsafe class IoPageTable : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong Populate(ulong* table, int i, bool leaf)
     {
-        var fresh = AllocTable(leaf ? Entries * LeafFields : Entries);
+        var fresh = AllocTable(leaf ? Entries * EntryStride : Entries);
         ulong had = Interlocked.CompareExchange(ref table[i], (ulong)fresh, 0);
         if (had == 0) return (ulong)fresh;
         lock (_tablesLock) _tables.Remove((nint)fresh); // another CPU installed it first
@@ -68,10 +71,10 @@ internal sealed unsafe class IoPageTable : IDisposable
         return had;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Pte(ulong* leaf, int i) => ref leaf[i];
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Host(ulong* leaf, int i) => ref leaf[Entries + i];
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Block(ulong* leaf, int i) => ref leaf[2 * Entries + i];
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Length(ulong* leaf, int i) => ref leaf[3 * Entries + i];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Pte(ulong* leaf, int i) => ref leaf[i * EntryStride];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Host(ulong* leaf, int i) => ref leaf[i * EntryStride + 1];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Block(ulong* leaf, int i) => ref leaf[i * EntryStride + 2];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Length(ulong* leaf, int i) => ref leaf[i * EntryStride + 3];
 
     /// <summary>The leaf entry of a pfn (0 when nothing is mapped there).</summary>
     internal ulong Walk(ulong pfn, out ulong host, out ulong block)

@@ -66,6 +66,24 @@ public sealed class DmaOpsTests : IDisposable
     }
 
     [Fact]
+    public void Without_an_iommu_a_device_reaches_only_the_cache_lines_it_has_mapped()
+    {
+        var dev = _m.Device("nic", DmaOpsKind.Direct);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong a = dev.MapPage(block, 0, 64, DmaDirection.Bidirectional);
+        ulong b = dev.MapPage(block, 128, 64, DmaDirection.Bidirectional);
+        dev.MappingError(a);
+        dev.MappingError(b);
+        dev.Engine.Write(a, new byte[64]);
+        var e = Assert.Throws<DmaFaultException>(() => dev.Engine.Write(a, new byte[192])); // runs into the unmapped line 1
+        Assert.Equal(a + 64, e.Fault.Address);
+        dev.UnmapPage(a, 64, DmaDirection.Bidirectional);
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Read(a, new byte[1]));
+        dev.Engine.Read(b, new byte[64]);
+        dev.UnmapPage(b, 64, DmaDirection.Bidirectional);
+    }
+
+    [Fact]
     public void Direct_ops_refuse_memory_above_the_mask_and_change_nothing()
     {
         var dev = _m.Device("old", DmaOpsKind.Direct, maskBits: 32);
