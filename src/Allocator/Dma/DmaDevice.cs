@@ -303,7 +303,7 @@ public sealed unsafe class DmaDevice : IDisposable
             throw new ArgumentOutOfRangeException(nameof(d), d, $"Device '{Name}': direction must be Bidirectional, ToDevice or FromDevice.");
     }
 
-    private void ThrowIfDisposed()
+    internal void ThrowIfDisposed()
     {
         if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException($"DmaDevice '{Name}'");
     }

@@ -39,6 +39,7 @@ public sealed unsafe class DmaEngine
 
     private void Access(ulong dma, byte* data, int length, bool write)
     {
+        _device.ThrowIfDisposed(); // a released device's tables are gone
         int done = 0;
         while (done < length)
         {
