@@ -49,6 +49,8 @@ public sealed class IovaAllocator
     {
         if (pages == 0 || pages > 1UL << 40)
             throw new ArgumentOutOfRangeException(nameof(pages), pages, "A range has 1 to 2^40 pages.");
+        if (limitPfn >= 1UL << 52)
+            throw new ArgumentOutOfRangeException(nameof(limitPfn), limitPfn, "The limit is a page frame number: below 2^52 (a 64-bit address shifted by 12).");
         return AllocFast(pages, limitPfn);
     }
 

@@ -82,6 +82,18 @@ public sealed class IovaTests
     }
 
     [Fact]
+    public void Public_calls_refuse_sizes_and_limits_that_name_no_range()
+    {
+        var iova = new IovaAllocator(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.AllocateRange(0, 100));
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.AllocateRange(1, ulong.MaxValue));
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.FreeRange(5, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new IovaAllocator(0));
+        Assert.Equal(0, iova.UsedPages);
+        Assert.Equal(0UL, iova.AllocateRange(1, 0)); // nothing fits below frame 1: 0 is the failure value
+    }
+
+    [Fact]
     public void Freeing_a_range_that_was_never_allocated_is_refused()
     {
         var iova = new IovaAllocator(1, 1);
