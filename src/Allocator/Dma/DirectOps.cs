@@ -132,7 +132,8 @@ internal sealed unsafe class DirectOps : DmaOps
             }
             int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
             int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
-            for (int l = first; l <= last; l++) w.Lines[l]++;
+            var lines = w.Lines.AsSpan(first, last - first + 1);
+            for (int l = 0; l < lines.Length; l++) lines[l]++;
             w.Mask |= LineBits(first, last);
             w.Held += last - first + 1;
         }
@@ -149,8 +150,11 @@ internal sealed unsafe class DirectOps : DmaOps
             var w = _windows[page];
             int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
             int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
-            for (int l = first; l <= last; l++)
-                if (--w.Lines[l] == 0) w.Mask &= ~(1UL << l);
+            var lines = w.Lines.AsSpan(first, last - first + 1);
+            ulong emptied = 0;
+            for (int l = 0; l < lines.Length; l++)
+                if (--lines[l] == 0) emptied |= 1UL << (first + l);
+            w.Mask &= ~emptied;
             if ((w.Held -= last - first + 1) == 0 && !w.Block.IsNull) _windows.Remove(page);
         }
     }

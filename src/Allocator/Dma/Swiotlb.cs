@@ -119,9 +119,11 @@ internal sealed unsafe class Swiotlb : IDisposable
                 int i = first + rel;
                 if (_list[i] < nslots) continue;
                 if (BusOf(i) + (ulong)size - 1 > mask) continue;
-                for (int s = i; s < i + nslots; s++) _list[s] = 0;
-                int count = 0;
-                for (int s = i - 1; s >= 0 && (s & (SegmentSlots - 1)) != SegmentSlots - 1 && _list[s] != 0; s--) _list[s] = ++count;
+                fixed (int* list = _list)
+                {
+                    for (int s = i; s < i + nslots; s++) list[s] = 0;
+                    RecountBefore(list, i, 0);
+                }
                 area.Index = rel + nslots >= _areaSlots ? 0 : rel + nslots;
                 area.Used += nslots;
                 Interlocked.Add(ref _usedSlots, nslots);
@@ -139,12 +141,23 @@ internal sealed unsafe class Swiotlb : IDisposable
         lock (area.Lock)
         {
             int segmentEnd = (slot + SegmentSlots) & ~(SegmentSlots - 1);
-            int count = slot + nslots < segmentEnd ? _list[slot + nslots] : 0;
-            for (int s = slot + nslots - 1; s >= slot; s--) _list[s] = ++count;
-            for (int s = slot - 1; s >= 0 && (s & (SegmentSlots - 1)) != SegmentSlots - 1 && _list[s] != 0; s--) _list[s] = ++count;
+            fixed (int* list = _list)
+            {
+                int count = slot + nslots < segmentEnd ? list[slot + nslots] : 0;
+                for (int s = slot + nslots - 1; s >= slot; s--) list[s] = ++count;
+                RecountBefore(list, slot, count);
+            }
             area.Used -= nslots;
         }
         Interlocked.Add(ref _usedSlots, -nslots);
+    }
+
+    // The free slots just before `at` in its segment now end at `at`: number them count+1, count+2, ... backwards
+    // (the second loop of swiotlb_find_slots and swiotlb_release_slots). Bounds: `at` is a valid slot, and the walk
+    // stops at the segment's first slot, so no index leaves the array.
+    private static void RecountBefore(int* list, int at, int count)
+    {
+        for (int s = at - 1; s >= 0 && (s & (SegmentSlots - 1)) != SegmentSlots - 1 && list[s] != 0; s--) list[s] = ++count;
     }
 
     /// <summary>The free-run value of a slot (tests check the list invariant with it).</summary>
