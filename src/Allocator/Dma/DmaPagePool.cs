@@ -57,6 +57,8 @@ public sealed unsafe class DmaPagePool : IDisposable
             throw new ArgumentOutOfRangeException(nameof(order), order, $"DMA pool of '{_device.Name}': order must be 0..{PhysicalMemory.MaxOrder}.");
         if (!Enum.IsDefined(caching))
             throw new ArgumentOutOfRangeException(nameof(caching), caching, $"DMA pool of '{_device.Name}': unknown caching mode.");
+        if (caching == CachingMode.WriteBack && !_device.IsCoherent)
+            throw new ArgumentException($"DMA pool of '{_device.Name}': the device does not snoop CPU caches, so write-back pages would not be coherent; ask for WriteCombined or Uncached.", nameof(caching));
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);

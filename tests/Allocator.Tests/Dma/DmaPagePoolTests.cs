@@ -30,6 +30,17 @@ public sealed class DmaPagePoolTests : IDisposable
     }
 
     [Fact]
+    public void A_non_coherent_device_gets_no_write_back_pool_pages()
+    {
+        var dev = _m.Device("arm", DmaOpsKind.Direct, maskBits: 32, coherent: false);
+        using var pool = new DmaPagePool(dev);
+        Assert.Throws<ArgumentException>(() => pool.Allocate(CachingMode.WriteBack, 0));
+        var p = pool.Allocate(CachingMode.WriteCombined, 0);
+        pool.Free(p);
+        Assert.Equal(1, pool.PooledPages);
+    }
+
+    [Fact]
     public void Types_are_kept_apart_by_caching_and_order()
     {
         var dev = _m.Device("gpu", DmaOpsKind.Direct, maskBits: 32);
