@@ -224,6 +224,52 @@ public sealed class DmaOpsTests : IDisposable
     }
 
     [Fact]
+    public void Releasing_a_device_gives_back_the_bounce_slots_of_mappings_it_left_behind()
+    {
+        var dev = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 2);
+        dev.MapPage(block, 0, 3 * 4096, DmaDirection.ToDevice);
+        Assert.Equal(3 * 4096, _m.Platform.SwiotlbUsedBytes);
+        dev.Dispose();
+        Assert.Equal(0, _m.Platform.SwiotlbUsedBytes);
+        Assert.Equal(DmaCheckClass.PendingAtRelease, Assert.Single(_m.Checker.Reports).Class);
+        Assert.Throws<ObjectDisposedException>(() => dev.Engine.Read(0, new byte[1]));
+    }
+
+    [Fact]
+    public void Threads_more_than_cores_bounce_through_one_swiotlb_without_mixing_data()
+    {
+        var devs = new[] { _m.Device("a", DmaOpsKind.Swiotlb, maskBits: 32), _m.Device("b", DmaOpsKind.Swiotlb) };
+        int threads = Environment.ProcessorCount * 3, errors = 0;
+        var ts = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+        {
+            var rng = new Random(t);
+            var block = _m.Memory.AllocateBlock(Zone.Dma32, 2);
+            for (int i = 0; i < 500; i++)
+            {
+                var dev = devs[rng.Next(2)];
+                int len = rng.Next(1, 16 << 10), off = rng.Next(0, (16 << 10) - len);
+                ulong d = dev.MapPage(block, off, len, DmaDirection.FromDevice);
+                dev.MappingError(d);
+                var data = new byte[len];
+                rng.NextBytes(data);
+                dev.Engine.Write(d, data);
+                dev.UnmapPage(d, len, DmaDirection.FromDevice);
+                var got = new byte[len];
+                _m.Memory.Read(block, off, got);
+                if (!data.AsSpan().SequenceEqual(got)) Interlocked.Increment(ref errors);
+            }
+        })).ToList();
+        ts.ForEach(t => t.Start());
+        ts.ForEach(t => t.Join());
+        Assert.Equal(0, errors);
+        Assert.Equal(0, _m.Platform.SwiotlbUsedBytes);
+        var tlb = _m.Platform.Swiotlb;
+        for (int i = 0; i < tlb.Slots; i++) Assert.Equal(Swiotlb.SegmentSlots - (i % Swiotlb.SegmentSlots), tlb.ListOf(i));
+        Assert.Empty(_m.Checker.Reports);
+    }
+
+    [Fact]
     public void Scatterlist_merges_contiguous_entries_within_max_segment_size()
     {
         var dev = _m.Device("gpu", DmaOpsKind.Iommu, maxSegment: 16 << 10);
