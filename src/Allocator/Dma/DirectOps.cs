@@ -12,7 +12,8 @@ namespace PagePool.Dma;
 /// </summary>
 /// <remarks>
 /// Without an IOMMU nothing in hardware stops a device, but the simulation does: each device keeps windows, per bus
-/// page, counting its active mappings of each 64-byte line, and its engine may touch only lines it holds.
+/// page, counting its active mappings of each 64-byte line, and its engine may touch only lines it holds. A bounced
+/// mapping is held by the swiotlb slots themselves: each slot records the device it was given to.
 /// </remarks>
 internal sealed unsafe class DirectOps : DmaOps
 {
@@ -35,12 +36,11 @@ internal sealed unsafe class DirectOps : DmaOps
         internal bool Coherent;
     }
 
-    // Windows of caller pages go when their last line does; windows of swiotlb pages (Block null) stay, a bounded
-    // set, so a bounce round trip allocates nothing.
+    // A window goes when its last line does. Bounced mappings need none: the swiotlb slot's owner is the hold.
     private sealed class Window(byte* host, PageHandle block)
     {
-        internal byte* Host = host;
-        internal PageHandle Block = block;
+        internal readonly byte* Host = host;
+        internal readonly PageHandle Block = block;
         internal readonly byte[] Lines = new byte[LinesPerPage];
         internal ulong Mask; // bit l set while Lines[l] > 0: the engine's check is one shift
         internal int Held;
@@ -98,7 +98,7 @@ internal sealed unsafe class DirectOps : DmaOps
             throw new DmaMappingException(Device.Name, 0,
                 $"Device '{Device.Name}': {size} bytes cannot bounce through swiotlb, which maps at most {Swiotlb.SegmentSlots * Swiotlb.SlotSize} bytes at once. Map smaller pieces.");
         var tlb = Tlb;
-        int slot = tlb.Allocate(size, Device.Mask);
+        int slot = tlb.Allocate(size, Device.Mask, Device.Id);
         if (slot < 0)
         {
             if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.SwiotlbFull(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
@@ -108,12 +108,8 @@ internal sealed unsafe class DirectOps : DmaOps
         Buffer.MemoryCopy(cpu, bounce, size, size); // always, whatever the direction: the slot must not leak old data
         SyncForDeviceCaches(bounce, size, dir);
         ulong bus = tlb.BusOf(slot);
-        lock (_lock)
-        {
-            _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Slot = slot, Caching = caching });
-            Hold(bus, size, bounce, PageHandle.Null);
-        }
-        return bus;
+        lock (_lock) _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Slot = slot, Caching = caching });
+        return bus; // the slots' owner is the device's hold: no window needed
     }
 
     // Take (or give back) the device's hold on the lines of [bus, bus+size): the engine may touch held lines only.
@@ -125,11 +121,6 @@ internal sealed unsafe class DirectOps : DmaOps
             ulong pageStart = page << PhysicalMemory.PageShift;
             if (!_windows.TryGetValue(page, out var w))
                 _windows[page] = w = new Window(host - (long)(bus - pageStart), block);
-            else if (w.Held == 0)
-            {
-                w.Host = host - (long)(bus - pageStart);
-                w.Block = block;
-            }
             int first = (int)((Math.Max(bus, pageStart) - pageStart) >> LineShift);
             int last = (int)((Math.Min(end, pageStart + PhysicalMemory.PageSize) - 1 - pageStart) >> LineShift);
             var lines = w.Lines.AsSpan(first, last - first + 1);
@@ -155,7 +146,7 @@ internal sealed unsafe class DirectOps : DmaOps
             for (int l = 0; l < lines.Length; l++)
                 if (--lines[l] == 0) emptied |= 1UL << (first + l);
             w.Mask &= ~emptied;
-            if ((w.Held -= last - first + 1) == 0 && !w.Block.IsNull) _windows.Remove(page);
+            if ((w.Held -= last - first + 1) == 0) _windows.Remove(page);
         }
     }
 
@@ -170,7 +161,7 @@ internal sealed unsafe class DirectOps : DmaOps
             if (s.Size != size)
                 throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {s.Size} bytes were mapped there. Unmap with the size you mapped.");
             _maps.Remove(dma);
-            Release(dma, size);
+            if (s.Slot < 0) Release(dma, size);
             return s;
         }
     }
@@ -245,6 +236,25 @@ internal sealed unsafe class DirectOps : DmaOps
     internal override bool Translate(ulong dma, bool write, out byte* host, out int room, out bool stale, out string? fault)
     {
         stale = false;
+        if (_rule != BounceRule.Never)
+        {
+            var tlb = Tlb;
+            int slot = tlb.SlotOf(dma);
+            if (slot >= 0)
+            {
+                if (tlb.OwnerOf(slot) != Device.Id)
+                {
+                    host = null; room = 0;
+                    fault = "the swiotlb slot is not mapped for this device";
+                    return false;
+                }
+                int inSlot = (int)(dma & (Swiotlb.SlotSize - 1));
+                host = tlb.HostOf(slot) + inSlot;
+                room = Swiotlb.SlotSize - inSlot;
+                fault = null;
+                return true;
+            }
+        }
         ulong page = dma >> PhysicalMemory.PageShift;
         int line = (int)(dma >> LineShift) & (LinesPerPage - 1);
         Window? w;

@@ -25,6 +25,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     private readonly ulong[] _bus;
     private readonly Dictionary<ulong, int> _blockOfBus = new();
     private readonly int[] _list;
+    private readonly int[] _owner; // device id per slot, 0 when free: a device reaches only slots it was given
     private readonly Area[] _areas;
     private readonly int _areaSlots;
     private long _usedSlots;
@@ -67,6 +68,7 @@ internal sealed unsafe class Swiotlb : IDisposable
             throw;
         }
         _list = new int[blocks * SlotsPerBlock];
+        _owner = new int[_list.Length];
         for (int i = 0; i < _list.Length; i++) _list[i] = SegmentSlots - (i & (SegmentSlots - 1));
         int nareas = 1;
         while (nareas * 2 <= cpus && _list.Length / (nareas * 2) >= SegmentSlots) nareas *= 2;
@@ -91,7 +93,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     /// the mapping is a page or more, whose bus addresses fit <paramref name="mask"/>. Starts in the calling CPU's
     /// area and tries the others. -1 when none is free.
     /// </summary>
-    internal int Allocate(int size, ulong mask)
+    internal int Allocate(int size, ulong mask, int owner)
     {
         int nslots = (size + SlotSize - 1) >> SlotShift;
         int stride = size >= PhysicalMemory.PageSize ? PhysicalMemory.PageSize / SlotSize : 1;
@@ -99,13 +101,13 @@ internal sealed unsafe class Swiotlb : IDisposable
         for (int k = 0; k < _areas.Length; k++)
         {
             int a = (start + k) & (_areas.Length - 1);
-            int slot = SearchArea(a, nslots, stride, size, mask);
+            int slot = SearchArea(a, nslots, stride, size, mask, owner);
             if (slot >= 0) return slot;
         }
         return -1;
     }
 
-    private int SearchArea(int a, int nslots, int stride, int size, ulong mask)
+    private int SearchArea(int a, int nslots, int stride, int size, ulong mask, int owner)
     {
         var area = _areas[a];
         int first = a * _areaSlots;
@@ -121,7 +123,7 @@ internal sealed unsafe class Swiotlb : IDisposable
                 if (BusOf(i) + (ulong)size - 1 > mask) continue;
                 fixed (int* list = _list)
                 {
-                    for (int s = i; s < i + nslots; s++) list[s] = 0;
+                    for (int s = i; s < i + nslots; s++) { list[s] = 0; _owner[s] = owner; }
                     RecountBefore(list, i, 0);
                 }
                 area.Index = rel + nslots >= _areaSlots ? 0 : rel + nslots;
@@ -144,7 +146,7 @@ internal sealed unsafe class Swiotlb : IDisposable
             fixed (int* list = _list)
             {
                 int count = slot + nslots < segmentEnd ? list[slot + nslots] : 0;
-                for (int s = slot + nslots - 1; s >= slot; s--) list[s] = ++count;
+                for (int s = slot + nslots - 1; s >= slot; s--) { list[s] = ++count; _owner[s] = 0; }
                 RecountBefore(list, slot, count);
             }
             area.Used -= nslots;
@@ -159,6 +161,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     {
         for (int s = at - 1; s >= 0 && (s & (SegmentSlots - 1)) != SegmentSlots - 1 && list[s] != 0; s--) list[s] = ++count;
     }
+
+    /// <summary>The device a slot was given to (0 when free).</summary>
+    internal int OwnerOf(int slot) => Volatile.Read(ref _owner[slot]);
 
     /// <summary>The free-run value of a slot (tests check the list invariant with it).</summary>
     internal int ListOf(int slot) => _list[slot];

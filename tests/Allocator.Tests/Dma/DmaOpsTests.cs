@@ -209,7 +209,7 @@ public sealed class DmaOpsTests : IDisposable
             else
             {
                 int size = rng.Next(1, 40_000);
-                int slot = tlb.Allocate(size, ulong.MaxValue);
+                int slot = tlb.Allocate(size, ulong.MaxValue, owner: 1);
                 if (slot >= 0)
                 {
                     Assert.Equal(slot / Swiotlb.SegmentSlots, (slot + (size - 1) / Swiotlb.SlotSize) / Swiotlb.SegmentSlots); // never crosses a segment
@@ -220,7 +220,27 @@ public sealed class DmaOpsTests : IDisposable
         }
         foreach (var (s, z) in live) tlb.Release(s, z);
         for (int i = 0; i < tlb.Slots; i++)
+        {
             Assert.Equal(Swiotlb.SegmentSlots - (i % Swiotlb.SegmentSlots), tlb.ListOf(i));
+            Assert.Equal(0, tlb.OwnerOf(i));
+        }
+    }
+
+    [Fact]
+    public void A_device_cannot_reach_a_bounce_slot_given_to_another_device()
+    {
+        var a = _m.Device("a", DmaOpsKind.Swiotlb);
+        var b = _m.Device("b", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong da = a.MapPage(block, 0, 100, DmaDirection.ToDevice);
+        ulong db = b.MapPage(block, 2048, 100, DmaDirection.ToDevice);
+        a.MappingError(da);
+        b.MappingError(db);
+        Assert.Throws<DmaFaultException>(() => a.Engine.Read(db, new byte[1]));
+        Assert.Throws<DmaFaultException>(() => b.Engine.Read(da, new byte[1]));
+        a.UnmapPage(da, 100, DmaDirection.ToDevice);
+        Assert.Throws<DmaFaultException>(() => a.Engine.Read(da, new byte[1]));
+        b.UnmapPage(db, 100, DmaDirection.ToDevice);
     }
 
     [Fact]
