@@ -20,6 +20,7 @@ internal static class BenchCommand
         ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
         ("memorypool", "MemoryPool<byte> over the pool against MemoryPool.Shared and ArrayPool", MemoryPoolBench.Run),
         ("reclaim", "memory back under pressure, pooled pages reached from every CPU", ReclaimBench.Run),
+        ("dma", "IOVA cache, IOMMU map/unmap and scaling, swiotlb round trip", DmaBench.Run),
     ];
 
     internal static Command Create()

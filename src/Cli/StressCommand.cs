@@ -79,9 +79,20 @@ internal static class StressCommand
             Description = "Run the reclaim thread with this machine's pressure sources (PSI, cgroup limit, MemAvailable, GC): the pool gives pages back under memory pressure.",
         };
 
+        var opsKind = new Option<string>("--ops-kind") { Description = "dma: how devices address memory: direct, iommu, swiotlb or xen (default iommu).", DefaultValueFactory = _ => "iommu" };
+        opsKind.AcceptOnlyFromAmong("direct", "iommu", "swiotlb", "xen");
+        var devices = new Option<int>("--devices") { Description = "dma: how many devices (default 4).", DefaultValueFactory = _ => 4 };
+        devices.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--devices: must be 1..64."); });
+        var mask = new Option<int>("--mask") { Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).", HelpName = "BITS", DefaultValueFactory = _ => 32 };
+        mask.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 12 or > 64) r.AddError("--mask: must be 12..64 bits."); });
+        var deferredFlush = new Option<bool>("--deferred-flush") { Description = "dma: defer IOTLB invalidation to flush queues (250 entries or 10 ms)." };
+        var dmaInject = new Option<string?>("--inject") { Description = "dma: commit one misuse the checker must report (exit 1): missing-sync, stale-iotlb or wrong-pool.", HelpName = "BUG" };
+        dmaInject.AcceptOnlyFromAmong("missing-sync", "stale-iotlb", "wrong-pool");
+
         var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.")
         {
             scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject, reclaim,
+            opsKind, devices, mask, deferredFlush, dmaInject,
         };
         cmd.Validators.Add(r =>
         {
@@ -110,6 +121,19 @@ internal static class StressCommand
                 JsonPath = r.GetValue(json),
                 Reclaim = r.GetValue(reclaim),
             };
+            if (chosen is DmaScenario)
+                return DmaStressRunner.Run(settings, new DmaStressSettings
+                {
+                    OpsKind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(opsKind)!, ignoreCase: true),
+                    Devices = r.GetValue(devices),
+                    MaskBits = r.GetValue(mask),
+                    DeferredFlush = r.GetValue(deferredFlush),
+                    Inject = r.GetValue(dmaInject) switch
+                    {
+                        "missing-sync" => DmaInjection.MissingSync, "stale-iotlb" => DmaInjection.StaleIotlb,
+                        "wrong-pool" => DmaInjection.WrongPool, _ => DmaInjection.None,
+                    },
+                });
             return StressRunner.Run(settings);
         });
         return cmd;

@@ -46,6 +46,8 @@ public sealed class PagePoolEventSource : EventSource
         public const EventKeywords Memory = (EventKeywords)0x8;
         /// <summary>Every pool hit (verbose, costly at high rates; off unless asked for).</summary>
         public const EventKeywords HitPath = (EventKeywords)0x10;
+        /// <summary>DMA faults, IOVA space and swiotlb exhaustion, checker reports.</summary>
+        public const EventKeywords Dma = (EventKeywords)0x100;
     }
 
     // What listeners asked for, recomputed on every session change (see TraceFlags).
@@ -55,6 +57,7 @@ public sealed class PagePoolEventSource : EventSource
     internal static bool ShrinkerOn => TraceFlags.Shrinker;
     internal static bool MemoryOn => TraceFlags.Memory;
     internal static bool HitPathOn => TraceFlags.HitPath;
+    internal static bool DmaOn => TraceFlags.Dma;
 
     /// <inheritdoc/>
     protected override void OnEventCommand(EventCommandEventArgs command)
@@ -65,6 +68,7 @@ public sealed class PagePoolEventSource : EventSource
         TraceFlags.Shrinker = IsEnabled(EventLevel.Informational, Keywords.Shrinker);
         TraceFlags.Memory = IsEnabled(EventLevel.Informational, Keywords.Memory);
         TraceFlags.HitPath = IsEnabled(EventLevel.Verbose, Keywords.HitPath);
+        TraceFlags.Dma = IsEnabled(EventLevel.Informational, Keywords.Dma);
     }
 
     // ---- pool: 1-19 ----
@@ -167,6 +171,24 @@ public sealed class PagePoolEventSource : EventSource
         }
     }
 
+    // ---- DMA: 100-199 ----
+
+    /// <summary>A device touched a DMA address it has no mapping for (stale: 1 when through a stale IOTLB entry).</summary>
+    [Event(100, Level = EventLevel.Warning, Keywords = Keywords.Dma, Message = "DMA fault: {0} at 0x{1:x}, write {2}, stale {3}")]
+    public void DmaFault(string device, long address, long write, long stale) => WriteEvent(100, device, address, write, stale);
+
+    /// <summary>A device's IOVA space had no room even after flushing the IOVA caches.</summary>
+    [Event(101, Level = EventLevel.Warning, Keywords = Keywords.Dma, Message = "{0}: IOVA space exhausted asking {1} pages, {2} of {3} used")]
+    public void IovaExhausted(string device, long pages, long usedPages, long spacePages) => WriteEvent(101, device, pages, usedPages, spacePages);
+
+    /// <summary>The swiotlb bounce pool had no room for a mapping.</summary>
+    [Event(102, Level = EventLevel.Warning, Keywords = Keywords.Dma, Message = "{0}: swiotlb full asking {1} bytes, {2} of {3} used")]
+    public void SwiotlbFull(string device, long bytes, long usedBytes, long poolBytes) => WriteEvent(102, device, bytes, usedBytes, poolBytes);
+
+    /// <summary>The DMA checker reported a misuse (class: the DmaCheckClass value).</summary>
+    [Event(103, Level = EventLevel.Warning, Keywords = Keywords.Dma, Message = "dma-check {1} on {0} at 0x{2:x}, {3} bytes")]
+    public void DmaCheckReported(string device, long checkClass, long address, long size) => WriteEvent(103, device, checkClass, address, size);
+
     [NonEvent, UnconditionalSuppressMessage("Trimming", "IL2026", Justification = PrimitivesOnly)]
     private unsafe void WriteEvent(int id, int a, int b, int c, long d)
     {
@@ -230,4 +252,5 @@ public sealed class PagePoolEventSource : EventSource
 internal static class TraceFlags
 {
     internal static bool Pool, PoolVerbose, Caching, Shrinker, Memory, HitPath;
+    internal static bool Dma;
 }

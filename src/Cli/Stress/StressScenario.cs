@@ -21,6 +21,7 @@ internal abstract class StressScenario
         new CachingScenario(),
         new ChurnScenario(),
         new MixedScenario(),
+        new DmaScenario(),
     ];
 }
 
@@ -76,10 +77,10 @@ internal sealed class ChurnScenario : StressScenario
 /// <summary>All of the above at once, each step chosen at random.</summary>
 internal sealed class MixedScenario : StressScenario
 {
-    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario()];
+    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario(), new DmaScenario()];
 
     internal override string Name => "mixed";
-    internal override string Description => "alloc, caching and churn steps interleaved on every thread";
+    internal override string Description => "alloc, caching, churn and DMA steps interleaved on every thread";
 
     internal override void Configure(StressSettings s)
     {

@@ -1,0 +1,218 @@
+using PagePool.Dma;
+using PagePool.Memory;
+using Xunit;
+
+namespace PagePool.Allocator.Tests.Dma;
+
+public sealed class DmaCheckerTests : IDisposable
+{
+    private readonly DmaTestMachine _m = new();
+    private readonly DmaDevice _dev;
+    private readonly PageHandle _block;
+
+    public DmaCheckerTests()
+    {
+        _dev = _m.Device("gpu", DmaOpsKind.Direct);
+        _block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
+    }
+
+    public void Dispose() => _m.Dispose();
+
+    private ulong Map(DmaDirection dir = DmaDirection.Bidirectional, int offset = 0, int size = 4096)
+    {
+        ulong d = _dev.MapPage(_block, offset, size, dir);
+        _dev.MappingError(d);
+        return d;
+    }
+
+    private DmaCheckReport Only(DmaCheckClass c)
+    {
+        var r = Assert.Single(_m.Checker.Reports);
+        Assert.Equal(c, r.Class);
+        Assert.Equal("gpu", r.Device);
+        return r;
+    }
+
+    [Fact]
+    public void Correct_usage_of_every_call_is_reported_clean()
+    {
+        ulong d = Map();
+        _dev.SyncForCpu(d, 4096, DmaDirection.Bidirectional);
+        _dev.SyncForDevice(d, 100, DmaDirection.Bidirectional);
+        _dev.UnmapPage(d, 4096, DmaDirection.Bidirectional);
+        ulong s = _dev.MapSingle(_block, 0, 64, DmaDirection.ToDevice);
+        _dev.MappingError(s);
+        _dev.UnmapSingle(s, 64, DmaDirection.ToDevice);
+        var sg = new DmaScatterlist().Add(_block, 0, 4096).Add(_block, 4096, 4096);
+        _dev.MapScatterlist(sg, DmaDirection.FromDevice);
+        _dev.SyncScatterlistForCpu(sg, DmaDirection.FromDevice);
+        _dev.UnmapScatterlist(sg, 2, DmaDirection.FromDevice);
+        var c = _dev.AllocateCoherent(0);
+        _dev.FreeCoherent(c);
+        _dev.Dispose();
+        Assert.Empty(_m.Checker.Reports);
+    }
+
+    [Fact]
+    public void Unmap_of_memory_never_mapped_is_reported_and_refused()
+    {
+        Assert.Throws<DmaMappingException>(() => _dev.UnmapPage(0x1234000, 4096, DmaDirection.ToDevice));
+        var r = Only(DmaCheckClass.NeverMapped);
+        Assert.Equal(0x1234000UL, r.Address);
+        Assert.Equal(4096, r.Size);
+    }
+
+    [Fact]
+    public void Unmap_with_the_wrong_size_is_reported()
+    {
+        ulong d = Map();
+        Assert.Throws<DmaMappingException>(() => _dev.UnmapPage(d, 2048, DmaDirection.Bidirectional));
+        var r = Only(DmaCheckClass.WrongSize);
+        Assert.Equal(d, r.Address);
+        _dev.UnmapPage(d, 4096, DmaDirection.Bidirectional);
+        Assert.Single(_m.Checker.Reports);
+    }
+
+    [Fact]
+    public void Unmap_with_the_wrong_direction_is_reported()
+    {
+        ulong d = Map(DmaDirection.ToDevice);
+        _dev.UnmapPage(d, 4096, DmaDirection.FromDevice);
+        Assert.Equal(DmaDirection.FromDevice, Only(DmaCheckClass.WrongDirection).Direction);
+    }
+
+    [Fact]
+    public void Unmap_by_the_wrong_function_is_reported()
+    {
+        ulong d = Map();
+        _dev.UnmapSingle(d, 4096, DmaDirection.Bidirectional);
+        Assert.Contains("UnmapSingle", Only(DmaCheckClass.WrongFunction).Message);
+    }
+
+    [Fact]
+    public void Free_of_coherent_memory_with_another_cpu_address_is_reported_and_refused()
+    {
+        var c = _dev.AllocateCoherent(0);
+        var other = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        Assert.Throws<DmaMappingException>(() => _dev.FreeCoherent(new DmaCoherentBlock(other, c.DmaAddress)));
+        Only(DmaCheckClass.DifferentCpuAddress);
+        _dev.FreeCoherent(c);
+    }
+
+    [Fact]
+    public void Scatterlist_unmapped_with_another_entry_count_is_reported()
+    {
+        var sg = new DmaScatterlist().Add(_block, 0, 4096).Add(_block, 4096, 4096);
+        int segments = _dev.MapScatterlist(sg, DmaDirection.ToDevice);
+        Assert.Equal(1, segments);
+        _dev.UnmapScatterlist(sg, segments, DmaDirection.ToDevice); // the classic bug: passing the returned count
+        Assert.Contains("2 entries", Only(DmaCheckClass.ScatterlistCountMismatch).Message);
+    }
+
+    [Fact]
+    public void Map_error_not_checked_is_reported_at_unmap()
+    {
+        ulong d = _dev.MapPage(_block, 0, 64, DmaDirection.ToDevice);
+        _dev.UnmapPage(d, 64, DmaDirection.ToDevice);
+        Only(DmaCheckClass.MapErrorNotChecked);
+    }
+
+    [Fact]
+    public void Sync_of_unmapped_memory_is_reported_and_refused()
+    {
+        Assert.Throws<DmaMappingException>(() => _dev.SyncForCpu(0x7000, 64, DmaDirection.FromDevice));
+        Only(DmaCheckClass.SyncUnmapped);
+    }
+
+    [Fact]
+    public void Sync_past_the_end_of_the_mapping_is_reported()
+    {
+        ulong d = Map(size: 256);
+        Assert.Throws<DmaMappingException>(() => _dev.SyncForCpu(d + 128, 256, DmaDirection.Bidirectional));
+        Only(DmaCheckClass.SyncOutOfRange);
+    }
+
+    [Fact]
+    public void Sync_with_the_wrong_direction_is_reported()
+    {
+        ulong d = Map(DmaDirection.ToDevice);
+        _dev.SyncForCpu(d, 64, DmaDirection.FromDevice);
+        Only(DmaCheckClass.SyncWrongDirection);
+    }
+
+    [Fact]
+    public void Two_writable_mappings_of_one_cache_line_are_reported()
+    {
+        Map(DmaDirection.FromDevice, 0, 100);
+        var other = _m.Device("nic", DmaOpsKind.Direct);
+        ulong d = other.MapPage(_block, 100, 28, DmaDirection.FromDevice); // same 64-byte line, another device
+        Assert.Equal(DmaCheckClass.OverlappingCacheline, Assert.Single(_m.Checker.Reports).Class);
+        other.MappingError(d);
+    }
+
+    [Fact]
+    public void Read_only_mappings_may_share_cache_lines()
+    {
+        Map(DmaDirection.ToDevice, 0, 100);
+        var other = _m.Device("nic", DmaOpsKind.Direct);
+        other.MapPage(_block, 100, 28, DmaDirection.ToDevice);
+        Assert.Empty(_m.Checker.Reports);
+    }
+
+    [Fact]
+    public void Mappings_pending_when_the_device_is_released_are_reported()
+    {
+        ulong a = Map(size: 64);
+        ulong b = Map(offset: 4096, size: 64);
+        _dev.Dispose();
+        var r = _m.Checker.Reports;
+        Assert.Equal(2, r.Count);
+        Assert.All(r, x => Assert.Equal(DmaCheckClass.PendingAtRelease, x.Class));
+        Assert.Contains(r, x => x.Address == a);
+        Assert.Contains(r, x => x.Address == b);
+    }
+
+    [Fact]
+    public void Cpu_read_of_a_bounced_buffer_the_device_wrote_without_sync_is_reported()
+    {
+        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
+        ulong d = sw.MapPage(_block, 0, 64, DmaDirection.FromDevice);
+        sw.MappingError(d);
+        sw.Engine.Write(d, new byte[64]);
+        _m.Platform.CpuRead(_block, 0, new byte[8]);
+        var r = Assert.Single(_m.Checker.Reports);
+        Assert.Equal(DmaCheckClass.MissingSyncForCpu, r.Class);
+        Assert.Equal("sw", r.Device);
+        _m.Checker.ClearReports();
+        sw.SyncForCpu(d, 64, DmaDirection.FromDevice);
+        _m.Platform.CpuRead(_block, 0, new byte[8]);
+        Assert.Empty(_m.Checker.Reports);
+        sw.UnmapPage(d, 64, DmaDirection.FromDevice);
+    }
+
+    [Fact]
+    public void Cached_alias_use_of_a_write_combined_page_is_in_the_report()
+    {
+        var wc = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        _m.Memory.SetCaching(wc, CachingMode.WriteCombined);
+        Assert.Throws<DoubleMappingException>(() => _m.Platform.GetAliasSpan(wc));
+        var r = Assert.Single(_m.Checker.Reports);
+        Assert.Equal(DmaCheckClass.CachedAliasUse, r.Class);
+        Assert.Equal(_m.Memory.PhysicalAddress(wc), r.Address);
+        _m.Memory.SetCaching(wc, CachingMode.WriteBack);
+        _m.Platform.GetAliasSpan(wc);
+        Assert.Single(_m.Checker.Reports);
+    }
+
+    [Fact]
+    public void Without_the_checker_misuse_that_can_proceed_proceeds_silently()
+    {
+        using var m = new DmaTestMachine(checker: false);
+        Assert.Null(m.Platform.Checker);
+        var dev = m.Device("gpu", DmaOpsKind.Direct);
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong d = dev.MapPage(block, 0, 64, DmaDirection.ToDevice);
+        dev.UnmapPage(d, 64, DmaDirection.FromDevice); // wrong direction, unchecked: allowed, as in Linux
+        Assert.Throws<DmaMappingException>(() => dev.UnmapPage(d, 64, DmaDirection.ToDevice)); // still refused: nothing there
+    }
+}

@@ -1,0 +1,160 @@
+using PagePool.Dma;
+using PagePool.Memory;
+using Xunit;
+
+namespace PagePool.Allocator.Tests.Dma;
+
+public sealed class IommuTests
+{
+    [Fact]
+    public void Exhausting_the_iova_space_is_a_typed_error_naming_the_device_and_the_space_used()
+    {
+        using var m = new DmaTestMachine();
+        var dev = m.Device("tiny", DmaOpsKind.Iommu, maskBits: 20); // 256 pages of IOVA space, page 0 reserved
+        var block = m.Memory.AllocateBlock(Zone.Normal, 5);
+        var maps = new List<ulong>();
+        IovaSpaceExhaustedException? full = null;
+        for (int i = 0; i < 20 && full is null; i++)
+        {
+            try { ulong d = dev.MapPage(block, 0, 32 * 4096, DmaDirection.ToDevice); dev.MappingError(d); maps.Add(d); }
+            catch (IovaSpaceExhaustedException e) { full = e; }
+        }
+        Assert.NotNull(full);
+        Assert.Equal("tiny", full!.Device);
+        Assert.Equal(255, full.SpacePages);
+        Assert.Equal(7 * 32, full.UsedPages);
+        Assert.Contains("tiny", full.Message);
+        Assert.Equal(7, maps.Count);
+        Assert.Equal(7, m.Checker.ActiveMappings(dev)); // the failed call tracked nothing
+        foreach (var d in maps) dev.UnmapPage(d, 32 * 4096, DmaDirection.ToDevice);
+        ulong again = dev.MapPage(block, 0, 32 * 4096, DmaDirection.ToDevice); // space came back
+        dev.MappingError(again);
+        dev.UnmapPage(again, 32 * 4096, DmaDirection.ToDevice);
+    }
+
+    [Fact]
+    public void Strict_unmap_leaves_no_stale_iotlb_entry()
+    {
+        using var m = new DmaTestMachine();
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(dma);
+        dev.Engine.Write(dma, new byte[] { 1 }); // fills the IOTLB
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma, new byte[] { 2 }));
+        Assert.Equal(0, dev.StaleIotlbAccesses);
+    }
+
+    [Fact]
+    public void Deferred_unmap_leaves_the_iotlb_entry_and_the_device_still_reaches_the_page_until_the_flush()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(dma);
+        dev.Engine.Write(dma, new byte[] { 1 });
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+
+        dev.Engine.Write(dma, new byte[] { 0x5A }); // through the stale entry, as real hardware would
+        var got = new byte[1];
+        m.Memory.Read(block, 0, got);
+        Assert.Equal(0x5A, got[0]);
+        Assert.Equal(1, dev.StaleIotlbAccesses);
+        var r = Assert.Single(m.Checker.Reports);
+        Assert.Equal(DmaCheckClass.StaleIotlbAccess, r.Class);
+        Assert.Equal(dma, r.Address);
+
+        ((IommuOps)dev.Ops).Domain.Queue!.FlushAll();
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma, new byte[] { 2 }));
+    }
+
+    [Fact]
+    public void The_flush_queue_flushes_when_it_holds_its_entry_limit()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1), flushEntries: 8);
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        // Pin the thread's queue: the flush happens on the queue of the CPU doing the unmaps.
+        for (int i = 0; i < 7; i++)
+        {
+            ulong d = dev.MapPage(block, 0, 64, DmaDirection.ToDevice);
+            dev.MappingError(d);
+            dev.UnmapPage(d, 64, DmaDirection.ToDevice);
+        }
+        long before = q.Flushes;
+        for (int i = 0; i < 8 * Environment.ProcessorCount + 1; i++)
+        {
+            ulong d = dev.MapPage(block, 0, 64, DmaDirection.ToDevice);
+            dev.MappingError(d);
+            dev.UnmapPage(d, 64, DmaDirection.ToDevice);
+        }
+        Assert.True(q.Flushes > before);
+    }
+
+    [Fact]
+    public void The_flush_queue_flushes_after_its_timeout()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromMilliseconds(10));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(dma);
+        dev.Engine.Write(dma, new byte[] { 1 });
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var until = DateTime.UtcNow.AddSeconds(5);
+        while (q.Flushes == 0 && DateTime.UtcNow < until) Thread.Sleep(2);
+        Assert.Equal(1, q.Flushes);
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma, new byte[] { 2 }));
+    }
+
+    [Fact]
+    public void Deferred_iovas_are_not_reused_before_the_flush()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong first = dev.MapPage(block, 0, 4096, DmaDirection.ToDevice);
+        dev.MappingError(first);
+        dev.UnmapPage(first, 4096, DmaDirection.ToDevice);
+        ulong second = dev.MapPage(block, 0, 4096, DmaDirection.ToDevice);
+        dev.MappingError(second);
+        Assert.NotEqual(first, second);
+        dev.UnmapPage(second, 4096, DmaDirection.ToDevice);
+    }
+
+    [Fact]
+    public void Many_threads_map_write_verify_and_unmap_on_shared_devices()
+    {
+        using var m = new DmaTestMachine(deferred: true);
+        var devs = new[] { m.Device("a", DmaOpsKind.Iommu, maskBits: 32), m.Device("b", DmaOpsKind.Iommu) };
+        int threads = Environment.ProcessorCount * 3;
+        int errors = 0;
+        var ts = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+        {
+            var rng = new Random(t);
+            var block = m.Memory.AllocateBlock(Zone.Normal, 2);
+            for (int i = 0; i < 2000; i++)
+            {
+                var dev = devs[rng.Next(2)];
+                int off = rng.Next(0, 8192), len = rng.Next(1, 8192);
+                ulong d = dev.MapPage(block, off, len, DmaDirection.Bidirectional);
+                dev.MappingError(d);
+                var data = new byte[len];
+                rng.NextBytes(data);
+                dev.Engine.Write(d, data);
+                var got = new byte[len];
+                m.Memory.Read(block, off, got);
+                if (!data.AsSpan().SequenceEqual(got)) Interlocked.Increment(ref errors);
+                dev.UnmapPage(d, len, DmaDirection.Bidirectional);
+            }
+        })).ToList();
+        ts.ForEach(t => t.Start());
+        ts.ForEach(t => t.Join());
+        Assert.Equal(0, errors);
+        Assert.DoesNotContain(m.Checker.Reports, r => r.Class != DmaCheckClass.OverlappingCacheline);
+    }
+}

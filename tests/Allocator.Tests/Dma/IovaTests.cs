@@ -1,0 +1,139 @@
+using PagePool.Dma;
+using Xunit;
+
+namespace PagePool.Allocator.Tests.Dma;
+
+public sealed class IovaTests
+{
+    private const ulong Limit32 = IovaAllocator.Dma32BitPfn - 1;
+
+    [Fact]
+    public void Ranges_are_size_aligned_and_handed_out_top_down_from_the_limit()
+    {
+        var iova = new IovaAllocator(1, 2);
+        Assert.Equal(0xFFFUL, iova.Alloc(1, 0xFFF));
+        Assert.Equal(0xFFCUL, iova.Alloc(3, 0xFFF)); // 3 pages aligned to 4
+        Assert.Equal(0xFF8UL, iova.Alloc(4, 0xFFF));
+        Assert.Equal(0xFF7UL, iova.Alloc(1, 0xFFF)); // the first free page below everything handed out
+        Assert.Equal(0xFE0UL, iova.Alloc(16, 0xFFF));
+    }
+
+    [Fact]
+    public void Fast_path_rounds_small_sizes_to_powers_of_two_and_reuses_cached_ranges()
+    {
+        var iova = new IovaAllocator(1, 2);
+        ulong a = iova.AllocFast(3, 0xFFFF);
+        Assert.Equal(0UL, a & 3);
+        iova.FreeFast(a, 3);
+        Assert.True(iova.IsAllocated(a));   // still in the tree: it sits in the CPU cache
+        Assert.Equal(1, iova.CachedRanges);
+        Assert.Equal(a, iova.AllocFast(4, 0xFFFF)); // same size class: a cache hit
+        Assert.Equal(0, iova.CachedRanges);
+    }
+
+    [Fact]
+    public void A_cached_range_above_the_callers_limit_is_not_handed_out()
+    {
+        var iova = new IovaAllocator(1, 1);
+        ulong high = iova.AllocFast(1, 0xFFFF);
+        iova.FreeFast(high, 1);
+        ulong low = iova.AllocFast(1, 0xFF);
+        Assert.True(low <= 0xFF);
+        Assert.Equal(1, iova.CachedRanges);
+    }
+
+    [Fact]
+    public void Magazines_of_127_overflow_into_the_depot_and_come_back()
+    {
+        var iova = new IovaAllocator(1, 1);
+        var pfns = new List<ulong>();
+        for (int i = 0; i < 3 * IovaRcache.MagazineSize + 5; i++) pfns.Add(iova.AllocFast(1, 0xFFFFF));
+        foreach (var p in pfns) iova.FreeFast(p, 1);
+        Assert.Equal(pfns.Count, iova.CachedRanges); // loaded + previous + depot hold them all
+        var again = new HashSet<ulong>();
+        for (int i = 0; i < pfns.Count; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+        Assert.True(again.SetEquals(pfns));
+        Assert.Equal(0, iova.CachedRanges);
+    }
+
+    [Fact]
+    public void After_a_32_bit_failure_larger_32_bit_requests_fail_fast_until_a_range_is_freed()
+    {
+        var iova = new IovaAllocator(IovaAllocator.Dma32BitPfn - 8, 1); // only 8 pages below 4 GiB
+        ulong a = iova.Alloc(8, Limit32);
+        Assert.NotEqual(0UL, a);
+        Assert.Equal(0UL, iova.Alloc(2, Limit32)); // searched and failed: max32_alloc_size = 2
+        Assert.Equal(0UL, iova.Alloc(4, Limit32)); // not searched
+        Assert.True(iova.Free(a));
+        Assert.NotEqual(0UL, iova.Alloc(4, Limit32));
+    }
+
+    [Fact]
+    public void On_failure_the_caches_are_flushed_and_the_search_retried_once()
+    {
+        var iova = new IovaAllocator(0x100, 1);
+        var ones = new List<ulong>();
+        for (int i = 0; i < 16; i++) ones.Add(iova.AllocFast(1, 0x10F)); // the whole space, in single pages
+        foreach (var p in ones) iova.FreeFast(p, 1);                         // all cached, none free in the tree
+        Assert.Equal(16, iova.CachedRanges);
+        ulong big = iova.AllocFast(16, 0x10F);
+        Assert.Equal(0x100UL, big);
+        Assert.Equal(0, iova.CachedRanges);
+    }
+
+    [Fact]
+    public void Public_calls_refuse_sizes_and_limits_that_name_no_range()
+    {
+        var iova = new IovaAllocator(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.AllocateRange(0, 100));
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.AllocateRange(1, ulong.MaxValue));
+        Assert.Throws<ArgumentOutOfRangeException>(() => iova.FreeRange(5, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new IovaAllocator(0));
+        Assert.Equal(0, iova.UsedPages);
+        Assert.Equal(0UL, iova.AllocateRange(1, 0)); // nothing fits below frame 1: 0 is the failure value
+    }
+
+    [Fact]
+    public void Freeing_a_range_that_was_never_allocated_is_refused()
+    {
+        var iova = new IovaAllocator(1, 1);
+        Assert.False(iova.Free(1234));
+    }
+
+    [Fact]
+    public void Threads_more_than_cores_never_get_the_same_range_twice()
+    {
+        var iova = new IovaAllocator(1, Environment.ProcessorCount);
+        int threads = Environment.ProcessorCount * 3;
+        var live = new System.Collections.Concurrent.ConcurrentDictionary<ulong, int>();
+        int dup = 0;
+        var ts = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+        {
+            var rng = new Random(t);
+            var mine = new List<(ulong, ulong)>();
+            for (int i = 0; i < 20_000; i++)
+            {
+                if (mine.Count > 0 && (mine.Count > 64 || rng.Next(2) == 0))
+                {
+                    var (p, n) = mine[^1];
+                    mine.RemoveAt(mine.Count - 1);
+                    live.TryRemove(p, out _);
+                    iova.FreeFast(p, n);
+                }
+                else
+                {
+                    ulong n = (ulong)rng.Next(1, 40);
+                    ulong p = iova.AllocFast(n, 0xFFFFF);
+                    if (!live.TryAdd(p, 1)) Interlocked.Increment(ref dup);
+                    mine.Add((p, n));
+                }
+            }
+            foreach (var (p, n) in mine) { live.TryRemove(p, out _); iova.FreeFast(p, n); }
+        })).ToList();
+        ts.ForEach(t => t.Start());
+        ts.ForEach(t => t.Join());
+        Assert.Equal(0, dup);
+        iova.FlushCaches();
+        Assert.Equal(0, iova.UsedPages);
+    }
+}
