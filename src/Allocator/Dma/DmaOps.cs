@@ -57,16 +57,5 @@ internal abstract unsafe class DmaOps(DmaDevice device) : IDisposable
     }
 
     // Is the block a device access reaches still held by someone? A freed page's arena may be gone: never touch it.
-    protected bool IsLive(PageHandle block)
-    {
-        try
-        {
-            Device.Platform.Memory.CachingOf(block);
-            return true;
-        }
-        catch (PageHandleException)
-        {
-            return false;
-        }
-    }
+    protected bool IsLive(PageHandle block) => Device.Platform.Memory.IsLive(block.Value);
 }

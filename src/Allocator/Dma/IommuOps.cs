@@ -194,7 +194,7 @@ internal sealed unsafe class IommuOps : DmaOps
         }
         if (write && (pte & IoPageTable.Write) == 0) { fault = "write through a read-only (ToDevice) mapping"; return false; }
         if (!write && (pte & IoPageTable.Read) == 0) { fault = "read through a write-only (FromDevice) mapping"; return false; }
-        if (!IsLive(new PageHandle(block)))
+        if (!Device.Platform.Memory.IsLive(block))
         {
             fault = "the page behind the translation was already freed by its owner; the access is dropped";
             return false;

@@ -433,6 +433,22 @@ public sealed unsafe class PhysicalMemory : IDisposable
     internal byte* ViewOf(PageHandle h) => _arenas[h.Arena]!.View + ((nuint)h.Page << PageShift);
 
     /// <summary>
+    /// True when a raw value this space made names a live block (held or pooled, not free) in its current
+    /// generation. Never throws: for a device model that must drop an access to a page freed under it.
+    /// </summary>
+    internal bool IsLive(ulong raw)
+    {
+        if (Volatile.Read(ref _disposed) != 0 || raw >> PageHandle.SpaceShift != _spaceTag) return false;
+        var h = new PageHandle(raw, Serial);
+        int ai = h.Arena, page = h.Page, order = h.Order;
+        if (ai >= _arenas.Length || _arenas[ai] is not { } a || order > MaxOrder || page >= a.Pages || (page & ((1 << order) - 1)) != 0)
+            return false;
+        ulong w = Volatile.Read(ref *a.MetaOf(page));
+        return PageMeta.State(w) != PageState.Free && PageMeta.Order(w) == order
+               && (PageMeta.Generation(w) & PageHandle.GenerationMask) == h.Generation;
+    }
+
+    /// <summary>
     /// Check that a handle names a block of this space: its space, arena, alignment and range.
     /// Says nothing about whether the block is live; see <see cref="ResolveLive"/>.
     /// </summary>
