@@ -136,6 +136,7 @@ public sealed class BufferAccounting : IShrinker
         {
             var t = node.Value;
             if (t == except || (skip is not null && skip.Contains(t)) || (needDma32 && t.Zone != Zone.Dma32)) continue;
+            if (t.Gate.IsHeldByCurrentThread) continue; // reserved by this very thread: in use, not idle
             if (t.Gate.TryEnter()) return t;
         }
         return null;

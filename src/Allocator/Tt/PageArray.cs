@@ -551,6 +551,13 @@ public sealed unsafe class PageArray : IDisposable
         if (State == TtState.Populated && !IsExternal) _accounting.Touch(this);
     }
 
+    /// <summary>Hold the array against other threads and reclaim until the reservation is disposed.</summary>
+    public PageArrayReservation Reserve()
+    {
+        Gate.Enter();
+        return new PageArrayReservation(this);
+    }
+
     /// <summary>Mark the buffer as just used: the last the accounting will swap out.</summary>
     public void Touch()
     {

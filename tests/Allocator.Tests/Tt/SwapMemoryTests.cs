@@ -1,0 +1,67 @@
+// Populate takes a token as its interruption point; plain calls here are short and synchronous.
+#pragma warning disable xUnit1051
+
+using PagePool.Tt;
+using Xunit;
+
+namespace PagePool.Allocator.Tests;
+
+/// <summary>
+/// What swapping does to the memory the kernel charges: RSS and the memory cgroup's usage. Runs with the RSS tests,
+/// alone, so other tests' allocations do not blur the measurement.
+/// </summary>
+[Collection(nameof(RssTests))]
+public sealed class SwapMemoryTests
+{
+    private const long Size = 96L << 20;
+
+    [Fact]
+    public void The_file_store_lowers_rss_and_cgroup_usage_by_the_swapped_size()
+    {
+        var (rssDrop, cgroupDrop) = Measure(memfd: false);
+        Assert.True(rssDrop >= Size * 8 / 10, $"RSS fell by {rssDrop >> 20} MiB after swapping {Size >> 20} MiB to a file");
+        if (cgroupDrop is { } c)
+            Assert.True(c >= Size * 7 / 10, $"memory.usage_in_bytes fell by {c >> 20} MiB after swapping {Size >> 20} MiB to a file");
+    }
+
+    [Fact]
+    public void The_memfd_store_frees_no_cgroup_memory()
+    {
+        var (rssDrop, cgroupDrop) = Measure(memfd: true);
+        // The pages leave the process's mappings (RSS falls) but stay in shmem, charged to the same cgroup.
+        Assert.True(rssDrop >= Size * 8 / 10, $"RSS fell by {rssDrop >> 20} MiB");
+        if (cgroupDrop is { } c)
+            Assert.True(c < Size / 4, $"memory.usage_in_bytes fell by {c >> 20} MiB with a memfd store; shmem should stay charged");
+    }
+
+    private static (long Rss, long? Cgroup) Measure(bool memfd)
+    {
+        using var f = new TtFixture(memfd, limitBytes: 256L << 20);
+        using var t = f.New((int)(Size >> 12));
+        t.Populate();
+        TtFixture.Fill(t, 42);
+        GC.Collect();
+        long rss0 = SystemInfo.ResidentBytes();
+        long? cg0 = CgroupUsage();
+        t.SwapOut();
+        long rss1 = SystemInfo.ResidentBytes();
+        long? cg1 = CgroupUsage();
+        t.Populate(); // and back, so the swap was real
+        return (rss0 - rss1, cg0 is { } a && cg1 is { } b ? a - b : null);
+    }
+
+    /// <summary>This process's cgroup v1 memory.usage_in_bytes, found from /proc/self/cgroup; null without one.</summary>
+    internal static long? CgroupUsage()
+    {
+        foreach (var line in File.ReadLines("/proc/self/cgroup"))
+        {
+            var parts = line.Split(':', 3);
+            if (parts.Length == 3 && parts[1].Split(',').Contains("memory"))
+            {
+                var path = $"/sys/fs/cgroup/memory{parts[2]}/memory.usage_in_bytes";
+                if (File.Exists(path)) return long.Parse(File.ReadAllText(path).Trim());
+            }
+        }
+        return null;
+    }
+}
