@@ -18,6 +18,7 @@ internal static class BenchCommand
         ("caching", "caching changes, single page versus batched", CachingBench.Run),
         ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
         ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
+        ("swap", "a 256 MiB buffer swapped to the file store and back, against memcpy and plain file I/O", SwapBench.Run),
     ];
 
     internal static Command Create()

@@ -74,9 +74,17 @@ internal static class StressCommand
             Description = "Testing aid: flip one byte of a live buffer behind the library's back; verification must catch it (exit 1).",
         };
 
+        var swapStore = new Option<string>("--swap-store") { Description = "Where swapped buffer pages go: file (default; frees memory) or memfd (shmem: fast, frees nothing).", DefaultValueFactory = _ => "file" };
+        swapStore.AcceptOnlyFromAmong("file", "memfd");
+        var swapDir = new Option<string?>("--swap-dir") { Description = "Folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
+        var bufferLimit = new Option<long?>("--buffer-limit") { Description = "Resident buffer pages allowed (swap, mixed): 16M, 1G (default: half the working set).", HelpName = "SIZE", CustomParser = r => ParseSize(r, "--buffer-limit", 1L << 20) };
+        var injectFault = new Option<string?>("--inject") { Description = "Testing aid for swap: interrupted-restore or failing-write faults, which the run must survive.", HelpName = "FAULT" };
+        injectFault.AcceptOnlyFromAmong("interrupted-restore", "failing-write");
+
         var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.")
         {
             scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject,
+            swapStore, swapDir, bufferLimit, injectFault,
         };
         cmd.Validators.Add(r =>
         {
@@ -103,6 +111,10 @@ internal static class StressCommand
                 Verify = r.GetValue(verify),
                 InjectCorruption = r.GetValue(inject),
                 JsonPath = r.GetValue(json),
+                SwapStore = r.GetValue(swapStore)!,
+                SwapDir = r.GetValue(swapDir),
+                BufferLimitBytes = r.GetValue(bufferLimit),
+                Inject = r.GetValue(injectFault),
             };
             return StressRunner.Run(settings);
         });

@@ -16,7 +16,7 @@ public abstract unsafe class SwapStore : IDisposable
 {
     private readonly Lock _lock = new();
     private readonly List<(long Offset, long Length)> _free = new(); // sorted by offset, coalesced
-    private long _end, _inUse, _written, _read;
+    private long _end, _inUse, _written, _read, _writeTicks, _readTicks;
     private int _disposed;
 
     private protected SwapStore() { }
@@ -46,6 +46,12 @@ public abstract unsafe class SwapStore : IDisposable
     /// <summary>Bytes read back since the store was made.</summary>
     public long BytesRead => Volatile.Read(ref _read);
 
+    /// <summary>Time spent in store writes (the I/O itself, summed over threads).</summary>
+    public TimeSpan WriteTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _writeTicks));
+
+    /// <summary>Time spent in store reads (the I/O itself, summed over threads).</summary>
+    public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _readTicks));
+
     /// <summary>Write the gather list as one extent and return its offset; on failure nothing stays reserved.</summary>
     internal long Write(Span<IoVec> vectors, long bytes)
     {
@@ -53,6 +59,7 @@ public abstract unsafe class SwapStore : IDisposable
         if (Faults.TakeWriteFault())
             throw new SwapStoreException("write", bytes, Description, "an injected write fault (SwapFaults.FailWrites).");
         long offset = Reserve(bytes);
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             WriteAt(offset, vectors, bytes);
@@ -62,6 +69,7 @@ public abstract unsafe class SwapStore : IDisposable
             Free(offset, bytes);
             throw new SwapStoreException("write", bytes, Description, e.Message, e);
         }
+        Interlocked.Add(ref _writeTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         Interlocked.Add(ref _written, bytes);
         return offset;
     }
@@ -72,6 +80,7 @@ public abstract unsafe class SwapStore : IDisposable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         if (Faults.TakeReadFault())
             throw new SwapStoreException("read", bytes, Description, "an injected read fault (SwapFaults.FailReads).");
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             ReadAt(offset, vectors, bytes);
@@ -80,6 +89,7 @@ public abstract unsafe class SwapStore : IDisposable
         {
             throw new SwapStoreException("read", bytes, Description, e.Message, e);
         }
+        Interlocked.Add(ref _readTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         Interlocked.Add(ref _read, bytes);
     }
 

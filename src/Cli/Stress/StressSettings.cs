@@ -18,4 +18,8 @@ internal sealed class StressSettings
     internal bool Verify { get; init; }
     internal bool InjectCorruption { get; init; }
     internal string? JsonPath { get; init; }
+    internal string SwapStore { get; init; } = "file";
+    internal string? SwapDir { get; init; }
+    internal long? BufferLimitBytes { get; init; }
+    internal string? Inject { get; init; }
 }
