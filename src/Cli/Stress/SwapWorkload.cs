@@ -166,12 +166,18 @@ internal sealed class SwapWorkload
         var b = mine[index];
         mine[index] = mine[^1];
         mine.RemoveAt(mine.Count - 1);
-        using (b.Array.Reserve())
+        try
         {
-            if (b.Array.State == TtState.SwappedOut) Restore(w, b);
-            if (b.Array.State == TtState.Populated) Check(b, b.Array.PageCount, "at destroy");
+            using (b.Array.Reserve())
+            {
+                if (b.Array.State == TtState.SwappedOut) Restore(w, b);
+                if (b.Array.State == TtState.Populated) Check(b, b.Array.PageCount, "at destroy");
+            }
         }
-        b.Array.Dispose();
+        finally
+        {
+            b.Array.Dispose(); // off the list already: whatever the restore did, the buffer goes
+        }
     }
 
     // ---- contents ------------------------------------------------------------------------------------
