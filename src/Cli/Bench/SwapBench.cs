@@ -45,6 +45,7 @@ internal static unsafe partial class SwapBench
             ins.Add(tIn);
             return 2.0 * bytes / ((tOut + tIn) / 1e3) / 1e9;
         });
+        ctx.Note($"swap: of {outs.Sum() + ins.Sum():0} ms swapping, store writes took {store.WriteTime.TotalMilliseconds:0} ms and store reads {store.ReadTime.TotalMilliseconds:0} ms");
         var probe = new byte[chunk.Length];
         buffer.Read(bytes - chunk.Length, probe);
         if (!probe.AsSpan().SequenceEqual(chunk))

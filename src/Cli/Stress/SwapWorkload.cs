@@ -18,6 +18,7 @@ internal sealed class SwapWorkload
     private readonly List<SwapBuffer>[] _buffers;
     private readonly long _shareBytes;
     private long _verifyFailures, _interruptedRestores, _failedWrites, _outOfMemory, _copiedBinds, _binds;
+    private long _liveBytes, _peakLiveBytes;
     private long _swapTicks, _nextId = 1L << 56; // ids apart from the other scenarios' buffers
     private readonly List<string> _failures = new();
 
@@ -53,11 +54,12 @@ internal sealed class SwapWorkload
         long t0 = Stopwatch.GetTimestamp();
         try
         {
-            if ((held < _shareBytes && r < 35) || mine.Count == 0) Create(w, mine);
-            else if (r < 65) Use(w, mine[w.Next(mine.Count)], verifyAll: _settings.Verify);
-            else if (r < 75) SwapOut(w, mine[w.Next(mine.Count)]);
-            else if (r < 85) Move(w, mine[w.Next(mine.Count)]);
-            else if (r < 92) _accounting.Scan(w.Next(512) + 1); // what the reclaim thread does under pressure
+            // Grow to the share first: the whole working set is live, and the buffer limit makes it swap.
+            if ((held < _shareBytes && r < 60) || mine.Count == 0) Create(w, mine);
+            else if (r < 70) Use(w, mine[w.Next(mine.Count)], verifyAll: _settings.Verify);
+            else if (r < 78) SwapOut(w, mine[w.Next(mine.Count)]);
+            else if (r < 88) Move(w, mine[w.Next(mine.Count)]);
+            else if (r < 94) _accounting.Scan(w.Next(512) + 1); // what the reclaim thread does under pressure
             else Destroy(w, mine, w.Next(mine.Count));
         }
         catch (TtOutOfMemoryException)
@@ -93,6 +95,8 @@ internal sealed class SwapWorkload
             Fill(buffer);
         }
         mine.Add(buffer);
+        long live = Interlocked.Add(ref _liveBytes, buffer.Array.Bytes), peak;
+        while (live > (peak = Volatile.Read(ref _peakLiveBytes)) && Interlocked.CompareExchange(ref _peakLiveBytes, live, peak) != peak) { }
     }
 
     // Bring the buffer back if it was swapped, check it, and write it again (it is in use).
@@ -166,6 +170,7 @@ internal sealed class SwapWorkload
         var b = mine[index];
         mine[index] = mine[^1];
         mine.RemoveAt(mine.Count - 1);
+        Interlocked.Add(ref _liveBytes, -b.Array.Bytes);
         try
         {
             using (b.Array.Reserve())
@@ -254,6 +259,7 @@ internal sealed class SwapWorkload
         yield return ("swap.out_gbps", "", Math.Round(outBytes / outS / 1e9, 3));
         yield return ("swap.in_gbps", "", Math.Round(inBytes / inS / 1e9, 3));
         yield return ("swap.step_seconds", $"swap steps            {Stopwatch.GetElapsedTime(0, _swapTicks).TotalSeconds:0.00} s, all threads (I/O, copies, verification)", Math.Round(Stopwatch.GetElapsedTime(0, _swapTicks).TotalSeconds, 3));
+        yield return ("swap.live_peak_bytes", $"live buffers at peak  {Size.Format(_peakLiveBytes)} (resident or swapped)", _peakLiveBytes);
         yield return ("swap.evictions", $"evicted by limit/scan {_accounting.Evictions:N0} buffers", _accounting.Evictions);
         yield return ("swap.binds", $"binds                 {_binds:N0} ({_copiedBinds:N0} copied into DMA32 for the 32-bit device)", _binds);
         yield return ("swap.out_of_memory", $"out of memory         {_outOfMemory:N0} populates (every other buffer busy)", _outOfMemory);
