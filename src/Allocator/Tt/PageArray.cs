@@ -29,6 +29,9 @@ public sealed unsafe class PageArray : IDisposable
     private ulong[]? _dma;
     private long _swappedPages;
     private bool _disposed;
+    private CpuMapping? _cpu;
+    private VramRegion? _vram;
+    private long _vramPage = -1;
 
     internal readonly Lock Gate = new();
     internal LinkedListNode<PageArray>? LruNode;
@@ -130,7 +133,7 @@ public sealed unsafe class PageArray : IDisposable
         {
             Live();
             if (State is not (TtState.Unpopulated or TtState.SwappedOut))
-                throw new TtStateException("populate", State, "it already has its pages.");
+                throw new TtStateException("populate", State, State == TtState.DeviceLocal ? "its contents are in VRAM; use MoveToSystem." : "it already has its pages.");
             try
             {
                 if (State == TtState.Unpopulated) Allocate();
@@ -167,6 +170,13 @@ public sealed unsafe class PageArray : IDisposable
         }
         _segments = segments;
         State = TtState.Populated;
+        MapAllResident();
+    }
+
+    private void MapAllResident()
+    {
+        if (_cpu is null) return;
+        foreach (var seg in _segments) if (seg.Resident) _cpu.MapResident(_memory, seg);
     }
 
     // Read back every backed-up segment, batch by batch; each finished batch stays restored whatever happens next.
@@ -232,6 +242,7 @@ public sealed unsafe class PageArray : IDisposable
             _accounting.Store.Free(seg.SwapOffset, seg.Bytes);
             seg.Blocks = taken[s - first];
             seg.SwapOffset = -1;
+            _cpu?.MapResident(_memory, seg);
         }
         _accounting.CountSwapIn(bytes);
     }
@@ -283,6 +294,7 @@ public sealed unsafe class PageArray : IDisposable
         }
         if (!IsExternal) _accounting.Uncharge(resident, Zone);
         _segments = [];
+        _cpu?.MapAbsent(0, PageCount);
         Volatile.Write(ref _swappedPages, 0);
         State = TtState.Unpopulated;
     }
@@ -300,6 +312,7 @@ public sealed unsafe class PageArray : IDisposable
         lock (Gate)
         {
             Live();
+            if (State == TtState.DeviceLocal) MoveToSystem(); // VRAM cannot go to the store directly: hop through system memory
             if (State is not (TtState.Populated or TtState.SwappedOut) || IsExternal)
                 throw new TtStateException("swap out", State, IsExternal ? "its pages are external and cannot be swapped."
                     : State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
@@ -334,6 +347,7 @@ public sealed unsafe class PageArray : IDisposable
             seg.Blocks = null;
             seg.SwapOffset = at;
             at += seg.Bytes;
+            _cpu?.MapAbsent(seg.FirstPage, seg.Pages); // unmap before the pages go back to the pool
         }
         _accounting.Pool.Release(released.ToArray(), Caching);
         _accounting.Pool.Scan(pages);
@@ -482,6 +496,142 @@ public sealed unsafe class PageArray : IDisposable
         }
         _segments = segments;
         Zone = Zone.Dma32;
+        MapAllResident();
+    }
+
+    // ---- the stable CPU mapping and device-local memory ------------------------------------------------------
+
+    /// <summary>
+    /// The buffer's CPU address, the same for its whole life: it maps the pages while they are in system memory,
+    /// faults them back in (populating the buffer) when touched while swapped out or unpopulated, and maps the VRAM
+    /// range while the buffer is device-local. Without userfaultfd (<see cref="FaultHandlingAvailable"/>) absent pages
+    /// are inaccessible: populate before using the pointer. Do not touch the pointer of a swapped-out buffer while
+    /// holding its <see cref="Reserve"/>: the fault handler needs the buffer's lock.
+    /// </summary>
+    public nint CpuAddress
+    {
+        get
+        {
+            lock (Gate)
+            {
+                Live();
+                if (_cpu is null)
+                {
+                    var cpu = new CpuMapping(Bytes);
+                    _cpu = cpu;
+                    if (State == TtState.DeviceLocal) cpu.MapVram(_vram!, _vramPage);
+                    else
+                    {
+                        cpu.MapAbsent(0, PageCount);
+                        MapAllResident();
+                    }
+                    SwapFaultHandler.Add(this);
+                }
+                return (nint)_cpu.Base;
+            }
+        }
+    }
+
+    /// <summary>True when touching an absent page faults it in (userfaultfd works here); else why not.</summary>
+    public static bool FaultHandlingAvailable => SwapFaultHandler.Available;
+
+    /// <summary>Why userfaultfd is unavailable, or null when it works.</summary>
+    public static string? FaultHandlingRefusedReason => SwapFaultHandler.RefusedReason;
+
+    internal bool MappingContains(ulong address) => _cpu is { } c && c.Contains(address);
+
+    internal (nint Start, nuint Length) MappingRange => ((nint)_cpu!.Base, _cpu.Length);
+
+    /// <summary>The fault handler's populate: true when the pages are there (or the array is gone), false to retry.</summary>
+    internal bool FaultIn()
+    {
+        lock (Gate)
+        {
+            if (_disposed || State is not (TtState.Unpopulated or TtState.SwappedOut)) return true;
+            try
+            {
+                Populate();
+                return true;
+            }
+            catch (PagePoolException)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Move the contents into device-local memory: a VRAM range is taken, the pages copied there and given back. The
+    /// CPU mapping follows. Only from Populated (unbind first: the device state and VRAM are different placements).
+    /// </summary>
+    /// <exception cref="PagePoolException">The region has no free range of the buffer's size; nothing changed.</exception>
+    public void MoveToVram(VramRegion vram)
+    {
+        ArgumentNullException.ThrowIfNull(vram);
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Populated || IsExternal)
+                throw new TtStateException("move to VRAM", State, IsExternal ? "its pages are external." : "populate it (and unbind it) first.");
+            long page = vram.Allocate(PageCount);
+            if (page < 0)
+                throw new PagePoolException($"VRAM has no free range of {PageCount} pages ({vram.FreeBytes} bytes free in all); move other buffers out first.");
+            byte* dst = vram.At(page);
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    nuint len = (nuint)h.PageCount << PhysicalMemory.PageShift;
+                    Buffer.MemoryCopy(_memory.ViewOf(h), dst, len, len);
+                    dst += len;
+                }
+            _cpu?.MapVram(vram, page); // the mapping moves before the pages go back to the pool
+            long resident = 0;
+            foreach (var seg in _segments)
+            {
+                _accounting.Pool.Release(seg.Blocks, Caching);
+                resident += seg.Pages;
+                seg.Blocks = null;
+            }
+            _accounting.Uncharge(resident, Zone);
+            _accounting.Remove(this);
+            _segments = [];
+            _vram = vram;
+            _vramPage = page;
+            State = TtState.DeviceLocal;
+        }
+    }
+
+    /// <summary>Move the contents from VRAM back into system pages (charged, so LRU buffers may be swapped out first).</summary>
+    public void MoveToSystem()
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.DeviceLocal) throw new TtStateException("move to system memory", State, "it is not in device-local memory.");
+            var saved = _cpu;
+            _cpu = null; // map once, after the copy, not page by page as Allocate would
+            try
+            {
+                Allocate();
+            }
+            finally
+            {
+                _cpu = saved;
+            }
+            byte* src = _vram!.At(_vramPage);
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    nuint len = (nuint)h.PageCount << PhysicalMemory.PageShift;
+                    PhysicalMemory.StoreAs(Caching, _memory.ViewOf(h), src, len);
+                    src += len;
+                }
+            MapAllResident();
+            _vram.Free(_vramPage, PageCount);
+            _vram = null;
+            _vramPage = -1;
+            _accounting.Touch(this);
+        }
     }
 
     // ---- contents ------------------------------------------------------------------------------------------
@@ -583,6 +733,13 @@ public sealed unsafe class PageArray : IDisposable
                 _dma = null;
                 State = TtState.Populated;
             }
+            if (State == TtState.DeviceLocal)
+            {
+                _vram!.Free(_vramPage, PageCount);
+                _vram = null;
+                _vramPage = -1;
+                State = TtState.Unpopulated;
+            }
             if (State != TtState.Unpopulated)
             {
                 if (IsExternal) { _segments = []; State = TtState.Unpopulated; }
@@ -590,6 +747,11 @@ public sealed unsafe class PageArray : IDisposable
             }
             _accounting.Remove(this);
             _disposed = true;
+            if (_cpu is not null)
+            {
+                SwapFaultHandler.Remove(this);
+                _cpu.Dispose();
+            }
         }
     }
 }

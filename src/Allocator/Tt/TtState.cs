@@ -11,4 +11,6 @@ public enum TtState
     Bound,
     /// <summary>Some or all pages live in the swap store (a partial backup keeps the rest resident); populate brings them back.</summary>
     SwappedOut,
+    /// <summary>The contents live in a device-local region (VRAM); no system page is held. Move to system memory to use the pages.</summary>
+    DeviceLocal,
 }

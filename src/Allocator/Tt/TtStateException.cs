@@ -21,6 +21,7 @@ public sealed class TtStateException : PagePoolException
         TtState.Unpopulated => "unpopulated",
         TtState.Populated => "populated",
         TtState.Bound => "bound to a device",
+        TtState.DeviceLocal => "in device-local memory",
         _ => "swapped out",
     };
 }
