@@ -1,3 +1,4 @@
+using PagePool.Diagnostics;
 using PagePool.Memory;
 using PagePool.Native;
 using PagePool.Pool;
@@ -182,7 +183,7 @@ public sealed unsafe class PageArray : IDisposable
     // Read back every backed-up segment, batch by batch; each finished batch stays restored whatever happens next.
     private void Restore(CancellationToken cancel)
     {
-        long pending = _swappedPages;
+        long pending = _swappedPages, started = pending, t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         _accounting.Charge(this, pending, Zone);
         long batchLimit = Math.Max(PhysicalMemory.PageSize, _accounting.Options.RestoreBatchBytes);
         try
@@ -210,6 +211,9 @@ public sealed unsafe class PageArray : IDisposable
         finally
         {
             if (pending != 0) _accounting.Uncharge(pending, Zone);
+            if (started != pending && PagePoolEventSource.Log.SwapOn)
+                PagePoolEventSource.Log.SwapIn(started - pending, (started - pending) << PhysicalMemory.PageShift,
+                    (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
         }
     }
 
@@ -335,7 +339,7 @@ public sealed unsafe class PageArray : IDisposable
             foreach (var h in seg.Blocks!) vectors.Add(new IoVec { Base = _memory.ViewOf(h), Length = (nuint)h.PageCount << PhysicalMemory.PageShift });
         }
         if (pages == 0) return 0;
-        long bytes = pages << PhysicalMemory.PageShift;
+        long bytes = pages << PhysicalMemory.PageShift, t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         long offset = _accounting.Store.Write(vectors.ToArray(), bytes); // throws before anything is freed
 
         // Written: now the pages can go. Freed pages leave the pool too, or swapping would free nothing.
@@ -356,6 +360,8 @@ public sealed unsafe class PageArray : IDisposable
         Volatile.Write(ref _swappedPages, _swappedPages + pages);
         State = TtState.SwappedOut;
         if (ResidentPagesOf() == 0) _accounting.Remove(this);
+        if (PagePoolEventSource.Log.SwapOn)
+            PagePoolEventSource.Log.SwapOut(pages, bytes, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
         return pages;
     }
 
@@ -371,12 +377,11 @@ public sealed unsafe class PageArray : IDisposable
     {
         if (_disposed || IsExternal || State is not (TtState.Populated or TtState.SwappedOut)) return 0;
         long resident = ResidentPagesOf();
-        if ((Flags & TtFlags.Purgeable) != 0)
-        {
-            DropEverything();
-            return resident;
-        }
-        return Backup(long.MaxValue);
+        bool purge = (Flags & TtFlags.Purgeable) != 0;
+        long freed = purge ? resident : Backup(long.MaxValue);
+        if (purge) DropEverything();
+        if (PagePoolEventSource.Log.SwapOn) PagePoolEventSource.Log.BufferEvicted(resident, purge ? 1 : 0, _accounting.Pages);
+        return freed;
     }
 
     // ---- bind ----------------------------------------------------------------------------------------------
