@@ -281,6 +281,7 @@ public sealed unsafe class PageArray : IDisposable
     private void DropEverything()
     {
         _accounting.Remove(this);
+        _cpu?.MapAbsent(0, PageCount); // the CPU mapping lets go before the pages can be handed to anyone else
         long resident = 0;
         foreach (var seg in _segments)
         {
@@ -298,7 +299,6 @@ public sealed unsafe class PageArray : IDisposable
         }
         if (!IsExternal) _accounting.Uncharge(resident, Zone);
         _segments = [];
-        _cpu?.MapAbsent(0, PageCount);
         Volatile.Write(ref _swappedPages, 0);
         State = TtState.Unpopulated;
     }
@@ -490,8 +490,6 @@ public sealed unsafe class PageArray : IDisposable
                 PhysicalMemory.StoreAs(Caching, dst, src, PhysicalMemory.PageSize);
                 if (++sk == source[si].PageCount) { si++; sk = 0; }
             }
-        _accounting.Pool.Release(source.ToArray(), Caching);
-        _accounting.Uncharge(PageCount, Zone);
         var segments = new TtSegment[n];
         int page = 0;
         for (int i = 0; i < n; i++)
@@ -500,8 +498,10 @@ public sealed unsafe class PageArray : IDisposable
             page += blocks[i].PageCount;
         }
         _segments = segments;
+        MapAllResident(); // the CPU mapping moves to the copies before the old pages go back
+        _accounting.Pool.Release(source.ToArray(), Caching);
+        _accounting.Uncharge(PageCount, Zone);
         Zone = Zone.Dma32;
-        MapAllResident();
     }
 
     // ---- the stable CPU mapping and device-local memory ------------------------------------------------------

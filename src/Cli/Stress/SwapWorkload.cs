@@ -22,6 +22,14 @@ internal sealed class SwapWorkload
     private long _swapTicks, _nextId = 1L << 56; // ids apart from the other scenarios' buffers
     private readonly List<string> _failures = new();
 
+    /// <summary>The random choices of one step, drawn up front.</summary>
+    private readonly record struct Draw(int R, int Index, int Pages, CachingMode Caching, Zone Zone, int Bits)
+    {
+        internal int Pick(int count) => Index % count;
+        /// <summary>A number in [0, n) from bits k.. of <see cref="Bits"/> (independent small choices).</summary>
+        internal int Choice(int k, int n) => (Bits >> (3 * k)) % n;
+    }
+
     private sealed class SwapBuffer(PageArray array, ulong id)
     {
         internal readonly PageArray Array = array;
@@ -50,17 +58,21 @@ internal sealed class SwapWorkload
     {
         var mine = _buffers[w.Index];
         long held = mine.Sum(b => b.Array.Bytes);
-        int r = w.Next(100);
+        // Every step draws the same numbers whatever the buffers' states (other threads' evictions change those),
+        // so a seed gives one operation sequence for every scenario mixed with this one.
+        var d = new Draw(w.Next(100), w.Next(1 << 30), w.PickPages(), w.PickCaching(), w.Next(4) == 0 ? Zone.Dma32 : Zone.Normal, w.Next(1 << 30));
+        int r = d.R;
+        w.SequenceHash = (w.SequenceHash ^ (ulong)r) * 0x100000001B3UL;
         long t0 = Stopwatch.GetTimestamp();
         try
         {
             // Grow to the share first: the whole working set is live, and the buffer limit makes it swap.
-            if ((held < _shareBytes && r < 60) || mine.Count == 0) Create(w, mine);
-            else if (r < 70) Use(w, mine[w.Next(mine.Count)], verifyAll: _settings.Verify);
-            else if (r < 78) SwapOut(w, mine[w.Next(mine.Count)]);
-            else if (r < 88) Move(w, mine[w.Next(mine.Count)]);
-            else if (r < 94) _accounting.Scan(w.Next(512) + 1); // what the reclaim thread does under pressure
-            else Destroy(w, mine, w.Next(mine.Count));
+            if ((held < _shareBytes && r < 60) || mine.Count == 0) Create(d, mine);
+            else if (r < 70) Use(d, mine[d.Pick(mine.Count)], verifyAll: _settings.Verify);
+            else if (r < 78) SwapOut(d, mine[d.Pick(mine.Count)]);
+            else if (r < 88) Move(d, mine[d.Pick(mine.Count)]);
+            else if (r < 94) _accounting.Scan(d.Choice(0, 512) + 1); // what the reclaim thread does under pressure
+            else Destroy(d, mine, d.Pick(mine.Count));
         }
         catch (TtOutOfMemoryException)
         {
@@ -76,11 +88,9 @@ internal sealed class SwapWorkload
         w.Operations++;
     }
 
-    private void Create(StressWorker w, List<SwapBuffer> mine)
+    private void Create(Draw d, List<SwapBuffer> mine)
     {
-        int pages = w.PickPages();
-        var zone = w.Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
-        var buffer = new SwapBuffer(new PageArray(_accounting, pages, w.PickCaching(), zone), (ulong)Interlocked.Increment(ref _nextId));
+        var buffer = new SwapBuffer(new PageArray(_accounting, d.Pages, d.Caching, d.Zone), (ulong)Interlocked.Increment(ref _nextId));
         using (buffer.Array.Reserve())
         {
             try
@@ -100,22 +110,22 @@ internal sealed class SwapWorkload
     }
 
     // Bring the buffer back if it was swapped, check it, and write it again (it is in use).
-    private void Use(StressWorker w, SwapBuffer b, bool verifyAll)
+    private void Use(Draw d, SwapBuffer b, bool verifyAll)
     {
         using (b.Array.Reserve())
         {
-            if (b.Array.State == TtState.SwappedOut) Restore(w, b);
+            if (b.Array.State == TtState.SwappedOut) Restore(d, b);
             if (b.Array.State == TtState.SwappedOut) return; // interrupted on purpose: the next use resumes
             Check(b, verifyAll ? b.Array.PageCount : 1, "after use");
             b.Array.Touch();
         }
     }
 
-    private void Restore(StressWorker w, SwapBuffer b)
+    private void Restore(Draw d, SwapBuffer b)
     {
-        if (_settings.Inject == "interrupted-restore" && w.Next(4) == 0)
+        if (_settings.Inject == "interrupted-restore" && d.Choice(1, 4) == 0)
         {
-            _store.Faults.FailReads(1, after: w.Next(3));
+            _store.Faults.FailReads(1, after: d.Choice(2, 3));
             try
             {
                 b.Array.Populate();
@@ -131,16 +141,16 @@ internal sealed class SwapWorkload
         Check(b, b.Array.PageCount, "after swap-in");
     }
 
-    private void SwapOut(StressWorker w, SwapBuffer b)
+    private void SwapOut(Draw d, SwapBuffer b)
     {
         using (b.Array.Reserve())
         {
             if (b.Array.State is not (TtState.Populated or TtState.SwappedOut) || b.Array.ResidentPages == 0) return;
-            bool inject = _settings.Inject == "failing-write" && w.Next(4) == 0;
+            bool inject = _settings.Inject == "failing-write" && d.Choice(3, 4) == 0;
             if (inject) _store.Faults.FailWrites(1);
             try
             {
-                b.Array.SwapOut(w.Next(4) == 0 ? b.Array.PageCount / 2 : long.MaxValue); // sometimes a partial backup
+                b.Array.SwapOut(d.Choice(4, 4) == 0 ? b.Array.PageCount / 2 : long.MaxValue); // sometimes a partial backup
             }
             catch (SwapStoreException) when (inject)
             {
@@ -151,13 +161,13 @@ internal sealed class SwapWorkload
     }
 
     // Bind to one of the devices (a 32-bit one copies high pages down), check, unbind.
-    private void Move(StressWorker w, SwapBuffer b)
+    private void Move(Draw d, SwapBuffer b)
     {
         using (b.Array.Reserve())
         {
-            if (b.Array.State == TtState.SwappedOut) Restore(w, b);
+            if (b.Array.State == TtState.SwappedOut) Restore(d, b);
             if (b.Array.State != TtState.Populated) return;
-            var device = w.Next(2) == 0 ? _device32 : _device64;
+            var device = d.Choice(5, 2) == 0 ? _device32 : _device64;
             Interlocked.Increment(ref _binds);
             if (b.Array.Bind(device)) Interlocked.Increment(ref _copiedBinds);
             Check(b, 1, $"bound to {device.Name}");
@@ -165,7 +175,7 @@ internal sealed class SwapWorkload
         }
     }
 
-    private void Destroy(StressWorker w, List<SwapBuffer> mine, int index)
+    private void Destroy(Draw d, List<SwapBuffer> mine, int index)
     {
         var b = mine[index];
         mine[index] = mine[^1];
@@ -175,7 +185,7 @@ internal sealed class SwapWorkload
         {
             using (b.Array.Reserve())
             {
-                if (b.Array.State == TtState.SwappedOut) Restore(w, b);
+                if (b.Array.State == TtState.SwappedOut) Restore(d, b);
                 if (b.Array.State == TtState.Populated) Check(b, b.Array.PageCount, "at destroy");
             }
         }

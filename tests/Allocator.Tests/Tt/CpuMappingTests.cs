@@ -92,6 +92,22 @@ public sealed unsafe class CpuMappingTests
     }
 
     [Fact]
+    public void The_pointer_follows_a_copy_into_dma32_pages_for_a_32_bit_device()
+    {
+        using var f = new TtFixture();
+        using var t = f.New(520);
+        t.Populate();
+        byte* p = (byte*)t.CpuAddress;
+        WritePattern(p, t.Bytes, 6);
+        Assert.True(t.Bind(new TestDevice("gpu32", 0xFFFF_FFFF)));
+        Assert.True(HasPattern(p, t.Bytes, 6));
+        p[4096] ^= 0xFF; // a write through the pointer lands in the new DMA32 page
+        var b = new byte[1];
+        t.Read(4096, b);
+        Assert.Equal(p[4096], b[0]);
+    }
+
+    [Fact]
     public void Swap_out_from_vram_hops_through_system_memory()
     {
         using var f = new TtFixture();

@@ -15,23 +15,42 @@ public sealed class SwapMemoryTests
 {
     private const long Size = 96L << 20;
 
+    // The cgroup is shared with every other process of the test run (test assemblies run in parallel, the CLI tests
+    // start pagepool processes), which can move its usage by tens of MiB between two reads. A few attempts, keeping the
+    // one least disturbed, separate the file store (about 96 MiB freed) from the memfd one (about nothing) reliably.
+    private const int Attempts = 3;
+
     [Fact]
     public void The_file_store_lowers_rss_and_cgroup_usage_by_the_swapped_size()
     {
-        var (rssDrop, cgroupDrop) = Measure(memfd: false);
-        Assert.True(rssDrop >= Size * 8 / 10, $"RSS fell by {rssDrop >> 20} MiB after swapping {Size >> 20} MiB to a file");
-        if (cgroupDrop is { } c)
-            Assert.True(c >= Size * 7 / 10, $"memory.usage_in_bytes fell by {c >> 20} MiB after swapping {Size >> 20} MiB to a file");
+        long bestRss = 0, bestCgroup = long.MinValue;
+        bool haveCgroup = false;
+        for (int i = 0; i < Attempts && (bestRss < Size * 8 / 10 || (haveCgroup && bestCgroup < Size * 8 / 10)); i++)
+        {
+            var (rssDrop, cgroupDrop) = Measure(memfd: false);
+            bestRss = Math.Max(bestRss, rssDrop);
+            if (cgroupDrop is { } c) { haveCgroup = true; bestCgroup = Math.Max(bestCgroup, c); }
+        }
+        Assert.True(bestRss >= Size * 8 / 10, $"RSS fell by {bestRss >> 20} MiB after swapping {Size >> 20} MiB to a file");
+        if (haveCgroup)
+            Assert.True(bestCgroup >= Size * 8 / 10, $"memory.usage_in_bytes fell by {bestCgroup >> 20} MiB after swapping {Size >> 20} MiB to a file");
     }
 
     [Fact]
     public void The_memfd_store_frees_no_cgroup_memory()
     {
-        var (rssDrop, cgroupDrop) = Measure(memfd: true);
+        long bestRss = 0, bestCgroup = long.MaxValue;
+        bool haveCgroup = false;
+        for (int i = 0; i < Attempts && (bestRss < Size * 8 / 10 || (haveCgroup && bestCgroup >= Size / 4)); i++)
+        {
+            var (rssDrop, cgroupDrop) = Measure(memfd: true);
+            bestRss = Math.Max(bestRss, rssDrop);
+            if (cgroupDrop is { } c) { haveCgroup = true; bestCgroup = Math.Min(bestCgroup, Math.Abs(c)); }
+        }
         // The pages leave the process's mappings (RSS falls) but stay in shmem, charged to the same cgroup.
-        Assert.True(rssDrop >= Size * 8 / 10, $"RSS fell by {rssDrop >> 20} MiB");
-        if (cgroupDrop is { } c)
-            Assert.True(c < Size / 4, $"memory.usage_in_bytes fell by {c >> 20} MiB with a memfd store; shmem should stay charged");
+        Assert.True(bestRss >= Size * 8 / 10, $"RSS fell by {bestRss >> 20} MiB");
+        if (haveCgroup)
+            Assert.True(bestCgroup < Size / 4, $"memory.usage_in_bytes changed by {bestCgroup >> 20} MiB with a memfd store; shmem should stay charged");
     }
 
     private static (long Rss, long? Cgroup) Measure(bool memfd)
