@@ -18,6 +18,16 @@ public sealed class AccountingOptions
     /// </summary>
     public long RestoreBatchBytes { get; init; } = 32L << 20;
 
+    /// <summary>
+    /// Let a touch of an absent page of a buffer's <see cref="PageArray.CpuAddress"/> populate the buffer through
+    /// userfaultfd, as TTM's fault handler does. Off by default, because the thread that touches the page waits in
+    /// the kernel until a handler thread has restored it: if that thread is running managed code, a garbage collection
+    /// starting meanwhile waits for it while the handler waits for the collection, and the process hangs. Turn it on
+    /// only where absent pages are touched from native code (P/Invoke, a device simulator in C), which the collector
+    /// does not wait for. Off, absent pages are inaccessible: populate before using the pointer.
+    /// </summary>
+    public bool FaultInOnAccess { get; init; }
+
     internal void Validate()
     {
         if (PageLimitBytes < 0) throw new ArgumentOutOfRangeException(nameof(PageLimitBytes), PageLimitBytes, "The page limit cannot be negative.");

@@ -14,8 +14,11 @@ internal sealed unsafe class CpuMapping : IDisposable
     internal readonly byte* Base;
     internal readonly nuint Length;
 
-    internal CpuMapping(long bytes)
+    private readonly bool _faultIn;
+
+    internal CpuMapping(long bytes, bool faultIn)
     {
+        _faultIn = faultIn && SwapFaultHandler.Available;
         Length = (nuint)bytes;
         Base = Libc.Mmap(null, Length, Libc.PROT_NONE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
     }
@@ -32,12 +35,12 @@ internal sealed unsafe class CpuMapping : IDisposable
         }
     }
 
-    /// <summary>Make a page range absent: anonymous and watched by the fault handler, or inaccessible without one.</summary>
+    /// <summary>Make a page range absent: anonymous and watched by the fault handler, or inaccessible (PROT_NONE) without.</summary>
     internal void MapAbsent(long firstPage, long pages)
     {
         byte* at = Base + ((nuint)firstPage << PhysicalMemory.PageShift);
         nuint len = (nuint)pages << PhysicalMemory.PageShift;
-        bool watched = SwapFaultHandler.Available;
+        bool watched = _faultIn;
         Libc.Mmap(at, len, watched ? Libc.PROT_READ | Libc.PROT_WRITE : Libc.PROT_NONE,
                   Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE | Libc.MAP_FIXED, -1, 0);
         if (watched) SwapFaultHandler.Watch(at, len);

@@ -508,10 +508,10 @@ public sealed unsafe class PageArray : IDisposable
 
     /// <summary>
     /// The buffer's CPU address, the same for its whole life: it maps the pages while they are in system memory,
-    /// faults them back in (populating the buffer) when touched while swapped out or unpopulated, and maps the VRAM
-    /// range while the buffer is device-local. Without userfaultfd (<see cref="FaultHandlingAvailable"/>) absent pages
-    /// are inaccessible: populate before using the pointer. Do not touch the pointer of a swapped-out buffer while
-    /// holding its <see cref="Reserve"/>: the fault handler needs the buffer's lock.
+    /// maps the VRAM range while the buffer is device-local, and while pages are absent (swapped out, unpopulated)
+    /// either faults them back in when touched (<see cref="AccountingOptions.FaultInOnAccess"/>, where
+    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use. Do not
+    /// touch the pointer of a swapped-out buffer while holding its <see cref="Reserve"/>: the handler needs its lock.
     /// </summary>
     public nint CpuAddress
     {
@@ -522,7 +522,7 @@ public sealed unsafe class PageArray : IDisposable
                 Live();
                 if (_cpu is null)
                 {
-                    var cpu = new CpuMapping(Bytes);
+                    var cpu = new CpuMapping(Bytes, _accounting.Options.FaultInOnAccess);
                     _cpu = cpu;
                     if (State == TtState.DeviceLocal) cpu.MapVram(_vram!, _vramPage);
                     else

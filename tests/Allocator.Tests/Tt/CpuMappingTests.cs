@@ -1,6 +1,7 @@
 // Populate takes a token as its interruption point; plain calls here are short and synchronous.
 #pragma warning disable xUnit1051
 
+using System.Runtime.InteropServices;
 using PagePool.Memory;
 using PagePool.Tt;
 using Xunit;
@@ -57,38 +58,99 @@ public sealed unsafe class CpuMappingTests
         fixed (byte* b = bytes) return HasPattern(b, bytes.Length, seed);
     }
 
+    // Absent pages are touched from native code (libc memcpy/memset): the thread waits in the kernel in preemptive
+    // mode, where a garbage collection does not wait for it (see AccountingOptions.FaultInOnAccess).
+    [DllImport("libc")] private static extern void* memcpy(void* dst, void* src, nuint length);
+    [DllImport("libc")] private static extern void* memset(void* dst, int value, nuint length);
+
     [Fact]
-    public void Touching_a_swapped_out_buffer_faults_it_back_in()
+    public void Touching_a_swapped_out_buffer_from_native_code_faults_it_back_in()
     {
         if (!PageArray.FaultHandlingAvailable)
         {
             Console.WriteLine($"SKIPPED: {PageArray.FaultHandlingRefusedReason}; buffers must be populated before their pointer is used.");
             Assert.Skip(PageArray.FaultHandlingRefusedReason!);
         }
-        using var f = new TtFixture();
+        using var f = new TtFixture(faultIn: true);
         using var t = f.New(300);
         t.Populate();
         byte* p = (byte*)t.CpuAddress;
         WritePattern(p, t.Bytes, 5);
         t.SwapOut();
         Assert.Equal(TtState.SwappedOut, t.State);
-        Assert.True(HasPattern(p, t.Bytes, 5)); // the first read faults, the handler restores the buffer
+        byte* copy = (byte*)NativeMemory.Alloc((nuint)t.Bytes);
+        try
+        {
+            memcpy(copy, p, (nuint)t.Bytes); // the first read faults, the handler restores the buffer
+            Assert.True(HasPattern(copy, t.Bytes, 5));
+        }
+        finally
+        {
+            NativeMemory.Free(copy);
+        }
         Assert.Equal(TtState.Populated, t.State);
         Assert.Equal(0, f.Store.BytesInUse);
     }
 
     [Fact]
-    public void Touching_an_unpopulated_buffer_populates_it()
+    public void Native_faults_resolve_while_another_thread_forces_garbage_collections()
     {
         if (!PageArray.FaultHandlingAvailable) Assert.Skip(PageArray.FaultHandlingRefusedReason!);
-        using var f = new TtFixture();
+        using var f = new TtFixture(faultIn: true);
+        using var t = f.New(64);
+        t.Populate();
+        byte* p = (byte*)t.CpuAddress;
+        WritePattern(p, t.Bytes, 3);
+        int stop = 0;
+        var collector = new Thread(() => { while (Volatile.Read(ref stop) == 0) { _ = new byte[64 << 10]; GC.Collect(); } });
+        collector.Start();
+        byte* copy = (byte*)NativeMemory.Alloc((nuint)t.Bytes);
+        try
+        {
+            for (int i = 0; i < 10; i++)
+            {
+                t.SwapOut();
+                memcpy(copy, p, (nuint)t.Bytes);
+                Assert.True(HasPattern(copy, t.Bytes, 3), $"round {i}");
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, 1);
+            collector.Join();
+            NativeMemory.Free(copy);
+        }
+    }
+
+    [Fact]
+    public void Touching_an_unpopulated_buffer_from_native_code_populates_it()
+    {
+        if (!PageArray.FaultHandlingAvailable) Assert.Skip(PageArray.FaultHandlingRefusedReason!);
+        using var f = new TtFixture(faultIn: true);
         using var t = f.New(16, flags: TtFlags.ZeroAlloc);
         byte* p = (byte*)t.CpuAddress;
-        p[100] = 42; // faults: the handler populates, then the write lands in the buffer's page
+        memset(p + 100, 42, 1); // faults: the handler populates, then the write lands in the buffer's page
         Assert.Equal(TtState.Populated, t.State);
         var b = new byte[1];
         t.Read(100, b);
         Assert.Equal(42, b[0]);
+    }
+
+    [Fact]
+    public void Without_fault_in_a_swapped_out_range_is_inaccessible_until_populated()
+    {
+        using var f = new TtFixture();
+        using var t = f.New(8);
+        t.Populate();
+        byte* p = (byte*)t.CpuAddress;
+        p[0] = 9;
+        t.SwapOut();
+        // The range is PROT_NONE now: the kernel's view of it says so (a touch would be SIGSEGV, a program bug).
+        string maps = File.ReadAllText("/proc/self/maps");
+        string line = maps.Split('\n').First(l => l.StartsWith(((nuint)p).ToString("x") + "-", StringComparison.Ordinal));
+        Assert.Contains("---p", line);
+        t.Populate();
+        Assert.Equal(9, p[0]);
     }
 
     [Fact]

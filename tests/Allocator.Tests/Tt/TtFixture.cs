@@ -12,14 +12,14 @@ internal sealed class TtFixture : IDisposable
     internal readonly SwapStore Store;
     internal readonly BufferAccounting Accounting;
 
-    internal TtFixture(bool memfd = false, long limitBytes = 64L << 20, long dma32LimitBytes = 32L << 20, long restoreBatch = 32L << 20, SwapStore? store = null)
+    internal TtFixture(bool memfd = false, long limitBytes = 64L << 20, long dma32LimitBytes = 32L << 20, long restoreBatch = 32L << 20, SwapStore? store = null, bool faultIn = false)
     {
         Memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 16L << 20, Dma32Bytes = 64L << 20, NormalBytes = 256L << 20 });
         Pool = new PoolAllocator(Memory);
         Store = store ?? (memfd ? SwapStore.CreateMemfd() : SwapStore.CreateFile());
         Accounting = new BufferAccounting(Pool, Store, new AccountingOptions
         {
-            PageLimitBytes = limitBytes, Dma32LimitBytes = dma32LimitBytes, RestoreBatchBytes = restoreBatch,
+            PageLimitBytes = limitBytes, Dma32LimitBytes = dma32LimitBytes, RestoreBatchBytes = restoreBatch, FaultInOnAccess = faultIn,
         });
     }
 
