@@ -10,7 +10,7 @@ internal static unsafe partial class UserFault
 {
     private const long SYS_userfaultfd = 323;
     private const ulong UFFD_API = 0xAA;
-    private const uint UFFDIO_API = 0xc018aa3f, UFFDIO_REGISTER = 0xc020aa00, UFFDIO_UNREGISTER = 0x8010aa01, UFFDIO_WAKE = 0x8010aa02;
+    private const uint UFFDIO_API = 0xc018aa3f, UFFDIO_REGISTER = 0xc020aa00, UFFDIO_WAKE = 0x8010aa02;
     private const ulong UFFDIO_REGISTER_MODE_MISSING = 1;
     internal const byte UFFD_EVENT_PAGEFAULT = 0x12;
     private const int O_CLOEXEC = 0x80000, O_NONBLOCK = 0x800;

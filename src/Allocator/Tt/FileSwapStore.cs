@@ -30,14 +30,13 @@ internal sealed unsafe class FileSwapStore : SwapStore
         _where = directory;
     }
 
-    /// <summary>A store over an existing file or device (tests: /dev/full), opened without O_DIRECT.</summary>
-    internal FileSwapStore(string path, bool existing)
+    /// <summary>A store over an existing file or device (tests: /dev/full, a disk that is always full), without O_DIRECT.</summary>
+    internal static FileSwapStore OverExisting(string path) => new(FileIo.Open(path, FileIo.O_RDWR | FileIo.O_CLOEXEC), path);
+
+    private FileSwapStore(int fd, string path)
     {
-        _fd = FileIo.Open(path, FileIo.O_RDWR | FileIo.O_CLOEXEC);
+        _fd = fd;
         _where = path;
-        _direct = false;
-        _onTmpfs = false;
-        _ = existing;
     }
 
     /// <inheritdoc/>

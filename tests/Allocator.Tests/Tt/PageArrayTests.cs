@@ -240,7 +240,7 @@ public sealed class PageArrayTests
     [Fact]
     public void A_full_disk_is_a_typed_error_and_the_buffer_keeps_its_pages()
     {
-        using var f = new TtFixture(store: new FileSwapStore("/dev/full", existing: true));
+        using var f = new TtFixture(store: FileSwapStore.OverExisting("/dev/full"));
         using var t = f.New(128);
         t.Populate();
         ulong sum = TtFixture.Fill(t, 2);
