@@ -21,6 +21,7 @@ internal static class BenchCommand
         ("memorypool", "MemoryPool<byte> over the pool against MemoryPool.Shared and ArrayPool", MemoryPoolBench.Run),
         ("reclaim", "memory back under pressure, pooled pages reached from every CPU", ReclaimBench.Run),
         ("dma", "IOVA cache, IOMMU map/unmap and scaling, swiotlb round trip", DmaBench.Run),
+        ("swap", "a 256 MiB buffer swapped to the file store and back, against memcpy and plain file I/O", SwapBench.Run),
     ];
 
     internal static Command Create()

@@ -86,13 +86,21 @@ internal static class StressCommand
         var mask = new Option<int>("--mask") { Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).", HelpName = "BITS", DefaultValueFactory = _ => 32 };
         mask.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 12 or > 64) r.AddError("--mask: must be 12..64 bits."); });
         var deferredFlush = new Option<bool>("--deferred-flush") { Description = "dma: defer IOTLB invalidation to flush queues (250 entries or 10 ms)." };
-        var dmaInject = new Option<string?>("--inject") { Description = "dma: commit one misuse the checker must report (exit 1): missing-sync, stale-iotlb or wrong-pool.", HelpName = "BUG" };
-        dmaInject.AcceptOnlyFromAmong("missing-sync", "stale-iotlb", "wrong-pool");
+        var swapStore = new Option<string>("--swap-store") { Description = "Where swapped buffer pages go: file (default; frees memory) or memfd (shmem: fast, frees nothing).", DefaultValueFactory = _ => "file" };
+        swapStore.AcceptOnlyFromAmong("file", "memfd");
+        var swapDir = new Option<string?>("--swap-dir") { Description = "Folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
+        var bufferLimit = new Option<long?>("--buffer-limit") { Description = "Resident buffer pages allowed (swap, mixed): 16M, 1G (default: half the working set).", HelpName = "SIZE", CustomParser = r => ParseSize(r, "--buffer-limit", 1L << 20) };
+        var injectFault = new Option<string?>("--inject")
+        {
+            Description = "Testing aid: dma: missing-sync, stale-iotlb or wrong-pool, a misuse the checker must report (exit 1); swap: interrupted-restore or failing-write, faults the run must survive.",
+            HelpName = "FAULT",
+        };
+        injectFault.AcceptOnlyFromAmong("missing-sync", "stale-iotlb", "wrong-pool", "interrupted-restore", "failing-write");
 
         var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.")
         {
             scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject, reclaim,
-            opsKind, devices, mask, deferredFlush, dmaInject,
+            opsKind, devices, mask, deferredFlush, swapStore, swapDir, bufferLimit, injectFault,
         };
         cmd.Validators.Add(r =>
         {
@@ -120,6 +128,10 @@ internal static class StressCommand
                 InjectCorruption = r.GetValue(inject),
                 JsonPath = r.GetValue(json),
                 Reclaim = r.GetValue(reclaim),
+                SwapStore = r.GetValue(swapStore)!,
+                SwapDir = r.GetValue(swapDir),
+                BufferLimitBytes = r.GetValue(bufferLimit),
+                Inject = r.GetValue(injectFault),
             };
             if (chosen is DmaScenario)
                 return DmaStressRunner.Run(settings, new DmaStressSettings
@@ -128,7 +140,7 @@ internal static class StressCommand
                     Devices = r.GetValue(devices),
                     MaskBits = r.GetValue(mask),
                     DeferredFlush = r.GetValue(deferredFlush),
-                    Inject = r.GetValue(dmaInject) switch
+                    Inject = r.GetValue(injectFault) switch
                     {
                         "missing-sync" => DmaInjection.MissingSync, "stale-iotlb" => DmaInjection.StaleIotlb,
                         "wrong-pool" => DmaInjection.WrongPool, _ => DmaInjection.None,

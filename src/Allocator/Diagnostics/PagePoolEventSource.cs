@@ -48,7 +48,27 @@ public sealed class PagePoolEventSource : EventSource
         public const EventKeywords HitPath = (EventKeywords)0x10;
         /// <summary>DMA faults, IOVA space and swiotlb exhaustion, checker reports.</summary>
         public const EventKeywords Dma = (EventKeywords)0x100;
+
+        /// <summary>Buffer pages swapped out and in, evictions by the buffer limit or reclaim, swap faults.</summary>
+        public const EventKeywords Swap = (EventKeywords)0x400;
     }
+
+    // Swap events are per buffer operation (milliseconds apart at most): a plain IsEnabled check is cheap enough.
+    internal bool SwapOn => IsEnabled(EventLevel.Informational, Keywords.Swap);
+
+    // ---- buffer page arrays and swap: 300-399 ----
+
+    /// <summary>A buffer's pages were written to the swap store and freed.</summary>
+    [Event(300, Level = EventLevel.Informational, Keywords = Keywords.Swap, Message = "swapped out {0} pages ({1} bytes) in {2} ns")]
+    public void SwapOut(long pages, long bytes, long nanoseconds) => WriteEvent(300, pages, bytes, nanoseconds);
+
+    /// <summary>Pages of a buffer were read back from the swap store (one restore call, perhaps interrupted).</summary>
+    [Event(301, Level = EventLevel.Informational, Keywords = Keywords.Swap, Message = "swapped in {0} pages ({1} bytes) in {2} ns")]
+    public void SwapIn(long pages, long bytes, long nanoseconds) => WriteEvent(301, pages, bytes, nanoseconds);
+
+    /// <summary>An idle buffer was swapped out (or purged) to make room under a limit or for reclaim.</summary>
+    [Event(302, Level = EventLevel.Informational, Keywords = Keywords.Swap, Message = "evicted a buffer of {0} resident pages (purged {1}), {2} pages charged")]
+    public void BufferEvicted(long pages, long purged, long chargedPages) => WriteEvent(302, pages, purged, chargedPages);
 
     // What listeners asked for, recomputed on every session change (see TraceFlags).
     internal static bool PoolOn => TraceFlags.Pool;

@@ -35,6 +35,7 @@ internal static class StressRunner
         }
         var workers = new StressWorker[s.Threads];
         for (int i = 0; i < workers.Length; i++) workers[i] = new StressWorker(i, pool, s);
+        s.Scenario.Start(pool, s);
 
         Console.Error.WriteLine($"stress {s.Scenario.Name}: {s.Threads} threads, {Describe(s)}, working set {Size.Format(s.WorkingSetBytes)}, " +
                                 $"pool limit {Size.Format(s.PoolLimitBytes)}, seed {s.Seed}{(s.Verify ? ", verifying" : "")}");
@@ -81,7 +82,9 @@ internal static class StressRunner
         // Give everything back (checked), then every page must be pooled or free: none lost, none twice.
         long ops = workers.Sum(w => w.Operations);
         foreach (var w in workers) w.Finish();
+        var scenarioBroken = s.Scenario.Finish().ToList();
         var invariants = CheckInvariants(pool, memory);
+        invariants.AddRange(scenarioBroken);
         foreach (var e in errors) invariants.Add($"{e.GetType().Name}: {e.Message}");
         var stats = pool.Statistics();
 
@@ -201,6 +204,7 @@ internal static class StressRunner
             o.WriteLine($"returned to system    {stats.Sum(x => x.ReturnedPages):N0} pages ({Size.Format(stats.Sum(x => x.ReturnedPages) * PhysicalMemory.PageSize)})");
             o.WriteLine($"zone exhausted        {workers.Sum(w => w.ZoneExhausted):N0} allocations");
             o.WriteLine($"peak rss              {Size.Format(_peakRss)}");
+            foreach (var (_, text, _) in s.Scenario.Report()) if (text.Length > 0) o.WriteLine(text);
             o.WriteLine($"verification          {(s.Verify ? "every byte" : "first word of every block")}: {_verifyFailures} failures");
             foreach (var f in workers.SelectMany(w => w.Failures).Take(8)) o.WriteLine($"  {f}");
             o.WriteLine($"invariants            {(invariants.Count == 0 ? "ok: every page accounted for exactly once" : "BROKEN")}");
@@ -236,6 +240,7 @@ internal static class StressRunner
             w.WriteNumber("shrinker.scanned_pages", workers.Sum(x => x.ScannedPages));
             w.WriteNumber("zone_exhausted", workers.Sum(x => x.ZoneExhausted));
             w.WriteNumber("peak_rss_bytes", _peakRss);
+            foreach (var (name, _, value) in s.Scenario.Report()) w.WriteNumber(name, value);
             w.WriteNumber("verify_failures", _verifyFailures);
             w.WriteNumber("invariant_violations", invariants.Count);
             w.WriteEndObject();

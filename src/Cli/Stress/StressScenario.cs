@@ -1,3 +1,5 @@
+using PagePool.Pool;
+
 namespace PagePool.Cli.Stress;
 
 /// <summary>
@@ -15,6 +17,15 @@ internal abstract class StressScenario
     /// <summary>One step on one worker.</summary>
     internal abstract void Step(StressWorker w);
 
+    /// <summary>Set up state the scenario keeps beside the workers' buffers, once the pool exists.</summary>
+    internal virtual void Start(PoolAllocator pool, StressSettings settings) { }
+
+    /// <summary>After the workers released their buffers, before the invariants: give back what the scenario holds; return what is broken.</summary>
+    internal virtual IEnumerable<string> Finish() => [];
+
+    /// <summary>Summary lines of the scenario's own (name for the JSON, text, value).</summary>
+    internal virtual IEnumerable<(string Name, string Text, double Value)> Report() => [];
+
     internal static readonly StressScenario[] All =
     [
         new AllocScenario(),
@@ -22,6 +33,7 @@ internal abstract class StressScenario
         new ChurnScenario(),
         new MixedScenario(),
         new DmaScenario(),
+        new SwapScenario(),
     ];
 }
 
@@ -77,10 +89,14 @@ internal sealed class ChurnScenario : StressScenario
 /// <summary>All of the above at once, each step chosen at random.</summary>
 internal sealed class MixedScenario : StressScenario
 {
-    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario(), new DmaScenario()];
+    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario(), new DmaScenario(), new SwapScenario()];
 
     internal override string Name => "mixed";
-    internal override string Description => "alloc, caching, churn and DMA steps interleaved on every thread";
+    internal override string Description => "alloc, caching, churn, DMA and swap steps interleaved on every thread";
+
+    internal override void Start(PoolAllocator pool, StressSettings settings) { foreach (var p in _parts) p.Start(pool, settings); }
+    internal override IEnumerable<string> Finish() => _parts.SelectMany(p => p.Finish()).ToList();
+    internal override IEnumerable<(string Name, string Text, double Value)> Report() => _parts.SelectMany(p => p.Report());
 
     internal override void Configure(StressSettings s)
     {

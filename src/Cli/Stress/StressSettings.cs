@@ -19,4 +19,8 @@ internal sealed class StressSettings
     internal bool InjectCorruption { get; init; }
     internal string? JsonPath { get; init; }
     internal bool Reclaim { get; init; }
+    internal string SwapStore { get; init; } = "file";
+    internal string? SwapDir { get; init; }
+    internal long? BufferLimitBytes { get; init; }
+    internal string? Inject { get; init; }
 }

@@ -1,0 +1,762 @@
+using PagePool.Diagnostics;
+using PagePool.Memory;
+using PagePool.Native;
+using PagePool.Pool;
+
+namespace PagePool.Tt;
+
+/// <summary>
+/// The page array of one buffer (TTM's ttm_tt): its size, caching mode and flags, and where its pages are. Pages come
+/// from the pool in the buffer's caching mode at <see cref="Populate"/>; the array can be bound to a device, swapped
+/// out to the store (whole or in part) and brought back at the next populate, or purged.
+/// </summary>
+/// <remarks>
+/// <para>States and the calls between them: Unpopulated -Populate-> Populated -Bind-> Bound -Unbind-> Populated;
+/// Populated -SwapOut-> SwappedOut -Populate-> Populated; Populated or SwappedOut -Unpopulate/Purge-> Unpopulated.
+/// Any other call raises <see cref="TtStateException"/> and changes nothing. Dispose is legal in every state.</para>
+/// <para>A swap-out is all or nothing: the pages are written first and given back only when every write succeeded,
+/// so a full disk leaves the buffer exactly as it was. A restore reads batch by batch and keeps every batch it
+/// finished: interrupted (a failed read, a cancellation, no memory), the array stays SwappedOut with fewer pages in
+/// the store, and the next populate resumes (modern TTM's ttm_pool_restore_and_alloc).</para>
+/// <para>Every call takes the array's lock: one thread at a time changes an array; the accounting's reclaim skips an
+/// array whose lock is held.</para>
+/// </remarks>
+public sealed unsafe class PageArray : IDisposable
+{
+    private readonly BufferAccounting _accounting;
+    private readonly PhysicalMemory _memory;
+    private TtSegment[] _segments = [];
+    private ITtBindTarget? _target;
+    private ulong[]? _dma;
+    private long _swappedPages;
+    private bool _disposed;
+    private CpuMapping? _cpu;
+    private VramRegion? _vram;
+    private long _vramPage = -1;
+
+    internal readonly Lock Gate = new();
+    internal LinkedListNode<PageArray>? LruNode;
+
+    /// <summary>An unpopulated array of <paramref name="pageCount"/> pages charged to <paramref name="accounting"/>.</summary>
+    public PageArray(BufferAccounting accounting, int pageCount, CachingMode caching, Zone zone = Zone.Normal, TtFlags flags = TtFlags.None)
+    {
+        ArgumentNullException.ThrowIfNull(accounting);
+        if (pageCount <= 0)
+            throw new ArgumentOutOfRangeException(nameof(pageCount), pageCount, "A buffer has at least one page.");
+        if (!Enum.IsDefined(caching)) throw new ArgumentOutOfRangeException(nameof(caching), caching, "Unknown caching mode.");
+        if (!Enum.IsDefined(zone)) throw new ArgumentOutOfRangeException(nameof(zone), zone, "Unknown zone.");
+        if ((flags & TtFlags.External) != 0)
+            throw new ArgumentException("External pages are given, not allocated: use PageArray.FromExternal.", nameof(flags));
+        _accounting = accounting;
+        _memory = accounting.Pool.Memory;
+        PageCount = pageCount;
+        Caching = caching;
+        Zone = zone;
+        Flags = flags;
+    }
+
+    private PageArray(BufferAccounting accounting, TtSegment[] segments, int pageCount, CachingMode caching, Zone zone)
+    {
+        _accounting = accounting;
+        _memory = accounting.Pool.Memory;
+        _segments = segments;
+        PageCount = pageCount;
+        Caching = caching;
+        Zone = zone;
+        Flags = TtFlags.External;
+        State = TtState.Populated;
+    }
+
+    /// <summary>
+    /// An array over pages someone else owns (an imported buffer): populated from the start, never charged, never
+    /// swapped, and not given back on dispose. The blocks must be held by the caller in <paramref name="caching"/>.
+    /// </summary>
+    public static PageArray FromExternal(BufferAccounting accounting, ReadOnlySpan<PageHandle> blocks, CachingMode caching)
+    {
+        ArgumentNullException.ThrowIfNull(accounting);
+        if (blocks.IsEmpty) throw new ArgumentException("An external buffer has at least one block.", nameof(blocks));
+        var segments = new TtSegment[blocks.Length];
+        int page = 0;
+        var memory = accounting.Pool.Memory;
+        var zone = memory.ZoneOf(blocks[0]);
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            if (memory.CachingOf(blocks[i]) != caching)
+                throw new ArgumentException($"Block {blocks[i]} is {memory.CachingOf(blocks[i])}, not {caching}.", nameof(blocks));
+            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
+            page += blocks[i].PageCount;
+        }
+        return new PageArray(accounting, segments, page, caching, zone);
+    }
+
+    /// <summary>Pages in the buffer.</summary>
+    public int PageCount { get; }
+
+    /// <summary>Bytes in the buffer.</summary>
+    public long Bytes => (long)PageCount << PhysicalMemory.PageShift;
+
+    /// <summary>The caching mode its pages are allocated in.</summary>
+    public CachingMode Caching { get; }
+
+    /// <summary>The zone its pages come from (DMA32 after a bind to a device that cannot reach higher).</summary>
+    public Zone Zone { get; private set; }
+
+    /// <summary>The flags it was made with.</summary>
+    public TtFlags Flags { get; }
+
+    /// <summary>Where its pages are.</summary>
+    public TtState State { get; private set; }
+
+    /// <summary>Pages now in the swap store (all of them after a full swap-out, fewer after a partial one or an interrupted restore).</summary>
+    public long SwappedPages => Volatile.Read(ref _swappedPages);
+
+    /// <summary>Pages now resident in memory.</summary>
+    public long ResidentPages => State == TtState.Unpopulated ? 0 : PageCount - SwappedPages;
+
+    /// <summary>The device it is bound to, or null.</summary>
+    public ITtBindTarget? BoundTo => _target;
+
+    private bool IsExternal => (Flags & TtFlags.External) != 0;
+
+    // ---- populate / unpopulate -------------------------------------------------------------------------
+
+    /// <summary>
+    /// Give the buffer its pages: allocate them (Unpopulated), or bring back what is in the swap store (SwappedOut),
+    /// resuming an earlier restore that was interrupted. Over a page limit, least recently used buffers are swapped
+    /// out first. On failure the buffer is as before, less the restore batches that completed.
+    /// </summary>
+    /// <exception cref="TtOutOfMemoryException">Over a limit with nothing left to swap out.</exception>
+    /// <exception cref="SwapStoreException">The store could not be read; populate again to resume.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> fired between two restore batches; populate again to resume.</exception>
+    public void Populate(CancellationToken cancel = default)
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State is not (TtState.Unpopulated or TtState.SwappedOut))
+                throw new TtStateException("populate", State, State == TtState.DeviceLocal ? "its contents are in VRAM; use MoveToSystem." : "it already has its pages.");
+            try
+            {
+                if (State == TtState.Unpopulated) Allocate();
+                else Restore(cancel);
+            }
+            finally
+            {
+                // Restored batches of an interrupted restore are resident: they can be swapped out again.
+                if (ResidentPagesOf() > 0) _accounting.Touch(this);
+            }
+        }
+    }
+
+    private void Allocate()
+    {
+        _accounting.Charge(this, PageCount, Zone);
+        var blocks = new PageHandle[PageCount];
+        int n;
+        try
+        {
+            n = _accounting.Pool.Allocate(PageCount, Caching, Zone, blocks, (Flags & TtFlags.ZeroAlloc) != 0 ? AllocationFlags.None : AllocationFlags.NoClear);
+        }
+        catch
+        {
+            _accounting.Uncharge(PageCount, Zone);
+            throw;
+        }
+        var segments = new TtSegment[n];
+        int page = 0;
+        for (int i = 0; i < n; i++)
+        {
+            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
+            page += blocks[i].PageCount;
+        }
+        _segments = segments;
+        State = TtState.Populated;
+        MapAllResident();
+    }
+
+    private void MapAllResident()
+    {
+        if (_cpu is null) return;
+        foreach (var seg in _segments) if (seg.Resident) _cpu.MapResident(_memory, seg);
+    }
+
+    // Read back every backed-up segment, batch by batch; each finished batch stays restored whatever happens next.
+    private void Restore(CancellationToken cancel)
+    {
+        long pending = _swappedPages, started = pending, t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        _accounting.Charge(this, pending, Zone);
+        long batchLimit = Math.Max(PhysicalMemory.PageSize, _accounting.Options.RestoreBatchBytes);
+        try
+        {
+            int i = 0;
+            while (i < _segments.Length)
+            {
+                if (_segments[i].Resident) { i++; continue; }
+                cancel.ThrowIfCancellationRequested();
+                // A batch: consecutive backed-up segments whose extents follow each other in the store.
+                int end = i + 1;
+                long bytes = _segments[i].Bytes;
+                while (end < _segments.Length && !_segments[end].Resident
+                       && _segments[end].SwapOffset == _segments[end - 1].SwapOffset + _segments[end - 1].Bytes
+                       && bytes + _segments[end].Bytes <= batchLimit)
+                    bytes += _segments[end++].Bytes;
+                RestoreBatch(i, end, bytes);
+                long pages = bytes >> PhysicalMemory.PageShift;
+                pending -= pages;
+                Volatile.Write(ref _swappedPages, _swappedPages - pages);
+                i = end;
+            }
+            State = TtState.Populated;
+        }
+        finally
+        {
+            if (pending != 0) _accounting.Uncharge(pending, Zone);
+            if (started != pending && PagePoolEventSource.Log.SwapOn)
+                PagePoolEventSource.Log.SwapIn(started - pending, (started - pending) << PhysicalMemory.PageShift,
+                    (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+        }
+    }
+
+    private void RestoreBatch(int first, int end, long bytes)
+    {
+        var pool = _accounting.Pool;
+        var taken = new PageHandle[end - first][];
+        var vectors = new List<IoVec>();
+        try
+        {
+            for (int s = first; s < end; s++)
+            {
+                var seg = _segments[s];
+                var blocks = new PageHandle[seg.Pages];
+                int n = pool.Allocate(seg.Pages, Caching, Zone, blocks, AllocationFlags.NoClear); // every byte is read over
+                taken[s - first] = blocks[..n];
+                foreach (var h in taken[s - first]) vectors.Add(new IoVec { Base = _memory.ViewOf(h), Length = (nuint)h.PageCount << PhysicalMemory.PageShift });
+            }
+            var v = vectors.ToArray();
+            _accounting.Store.Read(_segments[first].SwapOffset, v, bytes);
+        }
+        catch
+        {
+            foreach (var blocks in taken) if (blocks is not null) pool.Release(blocks, Caching);
+            throw;
+        }
+        for (int s = first; s < end; s++)
+        {
+            var seg = _segments[s];
+            _accounting.Store.Free(seg.SwapOffset, seg.Bytes);
+            seg.Blocks = taken[s - first];
+            seg.SwapOffset = -1;
+            _cpu?.MapResident(_memory, seg);
+        }
+        _accounting.CountSwapIn(bytes);
+    }
+
+    /// <summary>Give the pages back to the pool (Populated), or drop the backup (SwappedOut). The contents are gone.</summary>
+    public void Unpopulate()
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State is not (TtState.Populated or TtState.SwappedOut))
+                throw new TtStateException("unpopulate", State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
+            if (IsExternal) throw new TtStateException("unpopulate", State, "its pages are external; dispose the array and give them back yourself.");
+            DropEverything();
+        }
+    }
+
+    /// <summary>Free the pages without a backup (their contents are disposable): TTM's purge. Legal where <see cref="Unpopulate"/> is.</summary>
+    public void Purge()
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State is not (TtState.Populated or TtState.SwappedOut))
+                throw new TtStateException("purge", State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
+            if (IsExternal) throw new TtStateException("purge", State, "its pages are external.");
+            DropEverything();
+        }
+    }
+
+    // Resident blocks to the pool, backed-up extents to the store: Unpopulated, nothing charged, off the list.
+    private void DropEverything()
+    {
+        _accounting.Remove(this);
+        _cpu?.MapAbsent(0, PageCount); // the CPU mapping lets go before the pages can be handed to anyone else
+        long resident = 0;
+        foreach (var seg in _segments)
+        {
+            if (seg.Resident)
+            {
+                if (!IsExternal) _accounting.Pool.Release(seg.Blocks, Caching);
+                resident += seg.Pages;
+                seg.Blocks = null;
+            }
+            else if (seg.SwapOffset >= 0)
+            {
+                _accounting.Store.Free(seg.SwapOffset, seg.Bytes);
+                seg.SwapOffset = -1;
+            }
+        }
+        if (!IsExternal) _accounting.Uncharge(resident, Zone);
+        _segments = [];
+        Volatile.Write(ref _swappedPages, 0);
+        State = TtState.Unpopulated;
+    }
+
+    // ---- swap --------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Copy up to <paramref name="maxPages"/> resident pages (whole blocks that fit, first to last) to the swap store and free
+    /// them: a partial backup when fewer than all. All or nothing: if a write fails, no page was freed.
+    /// Returns the pages swapped out.
+    /// </summary>
+    /// <exception cref="SwapStoreException">The store refused the bytes (a full disk); the buffer keeps its pages.</exception>
+    public long SwapOut(long maxPages = long.MaxValue)
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State == TtState.DeviceLocal) MoveToSystem(); // VRAM cannot go to the store directly: hop through system memory
+            if (State is not (TtState.Populated or TtState.SwappedOut) || IsExternal)
+                throw new TtStateException("swap out", State, IsExternal ? "its pages are external and cannot be swapped."
+                    : State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
+            if (maxPages < 0) throw new ArgumentOutOfRangeException(nameof(maxPages), maxPages, "Swap out zero pages or more.");
+            return Backup(maxPages);
+        }
+    }
+
+    private long Backup(long maxPages)
+    {
+        var chosen = new List<TtSegment>();
+        var vectors = new List<IoVec>();
+        long pages = 0;
+        foreach (var seg in _segments)
+        {
+            if (!seg.Resident) continue;
+            if (pages + seg.Pages > maxPages) continue; // a smaller block further on may still fit
+            chosen.Add(seg);
+            pages += seg.Pages;
+            foreach (var h in seg.Blocks!) vectors.Add(new IoVec { Base = _memory.ViewOf(h), Length = (nuint)h.PageCount << PhysicalMemory.PageShift });
+        }
+        if (pages == 0) return 0;
+        long bytes = pages << PhysicalMemory.PageShift, t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        long offset = _accounting.Store.Write(vectors.ToArray(), bytes); // throws before anything is freed
+
+        // Written: now the pages can go. Freed pages leave the pool too, or swapping would free nothing.
+        var released = new List<PageHandle>();
+        long at = offset;
+        foreach (var seg in chosen)
+        {
+            released.AddRange(seg.Blocks!);
+            seg.Blocks = null;
+            seg.SwapOffset = at;
+            at += seg.Bytes;
+            _cpu?.MapAbsent(seg.FirstPage, seg.Pages); // unmap before the pages go back to the pool
+        }
+        _accounting.Pool.Release(released.ToArray(), Caching);
+        _accounting.Pool.Scan(pages);
+        _accounting.Uncharge(pages, Zone);
+        _accounting.CountSwapOut(bytes);
+        Volatile.Write(ref _swappedPages, _swappedPages + pages);
+        State = TtState.SwappedOut;
+        if (ResidentPagesOf() == 0) _accounting.Remove(this);
+        if (PagePoolEventSource.Log.SwapOn)
+            PagePoolEventSource.Log.SwapOut(pages, bytes, (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+        return pages;
+    }
+
+    private long ResidentPagesOf()
+    {
+        long n = 0;
+        foreach (var seg in _segments) if (seg.Resident) n += seg.Pages;
+        return n;
+    }
+
+    /// <summary>Called by the accounting with <see cref="Gate"/> held: free this idle buffer's pages. Returns pages freed.</summary>
+    internal long EvictLocked()
+    {
+        if (_disposed || IsExternal || State is not (TtState.Populated or TtState.SwappedOut)) return 0;
+        long resident = ResidentPagesOf();
+        bool purge = (Flags & TtFlags.Purgeable) != 0;
+        long freed = purge ? resident : Backup(long.MaxValue);
+        if (purge) DropEverything();
+        if (PagePoolEventSource.Log.SwapOn) PagePoolEventSource.Log.BufferEvicted(resident, purge ? 1 : 0, _accounting.Pages);
+        return freed;
+    }
+
+    // ---- bind ----------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Bind to a device: it gets a DMA address for every page. Pages it cannot reach (a 64-bit page for a 32-bit
+    /// device) are first copied into DMA32 pages; a device that reaches them all takes them as they are. Returns true
+    /// when the pages were copied.
+    /// </summary>
+    public bool Bind(ITtBindTarget target)
+    {
+        ArgumentNullException.ThrowIfNull(target);
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Populated)
+                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {_target!.Name} first."
+                    : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+            bool copied = false;
+            if (!Reaches(target.AddressLimit))
+            {
+                if (Zone == Zone.Dma32 || IsExternal)
+                    throw new PagePoolException($"Cannot bind a buffer of {PageCount} pages to {target.Name}: its pages lie above the device's limit 0x{target.AddressLimit:x} and cannot be moved lower.");
+                MoveToDma32();
+                copied = true;
+                if (!Reaches(target.AddressLimit))
+                    throw new PagePoolException($"Cannot bind to {target.Name}: even DMA32 pages lie above its limit 0x{target.AddressLimit:x}; the buffer stays populated in DMA32.");
+            }
+            var physical = new ulong[PageCount];
+            int p = 0;
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    ulong a = _memory.PhysicalAddress(h);
+                    for (int k = 0; k < h.PageCount; k++) physical[p++] = a + ((ulong)k << PhysicalMemory.PageShift);
+                }
+            var dma = new ulong[PageCount];
+            target.Bind(physical, dma);
+            _dma = dma;
+            _target = target;
+            State = TtState.Bound;
+            _accounting.Remove(this); // in use by a device: not a swap victim
+            return copied;
+        }
+    }
+
+    /// <summary>Unbind from the device: the DMA addresses are gone and the buffer is idle again.</summary>
+    public void Unbind()
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Bound) throw new TtStateException("unbind", State, "it is not bound to a device.");
+            _target!.Unbind(_dma);
+            _target = null;
+            _dma = null;
+            State = TtState.Populated;
+            if (!IsExternal) _accounting.Touch(this);
+        }
+    }
+
+    /// <summary>The DMA address the bound device uses for page <paramref name="page"/>.</summary>
+    public ulong DmaAddress(int page)
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Bound) throw new TtStateException("read the DMA address of", State, "bind it to a device first.");
+            if ((uint)page >= (uint)PageCount) throw new ArgumentOutOfRangeException(nameof(page), page, $"The buffer has {PageCount} pages.");
+            return _dma![page];
+        }
+    }
+
+    private bool Reaches(ulong limit)
+    {
+        foreach (var seg in _segments)
+            foreach (var h in seg.Blocks!)
+                if (_memory.PhysicalAddress(h) + ((ulong)h.PageCount << PhysicalMemory.PageShift) - 1 > limit) return false;
+        return true;
+    }
+
+    // seeds/000: a 64-bit page moving to a 32-bit device is copied into pages the device can address.
+    private void MoveToDma32()
+    {
+        _accounting.Charge(this, PageCount, Zone.Dma32);
+        var blocks = new PageHandle[PageCount];
+        int n;
+        try
+        {
+            n = _accounting.Pool.Allocate(PageCount, Caching, Zone.Dma32, blocks, AllocationFlags.NoClear);
+        }
+        catch
+        {
+            _accounting.Uncharge(PageCount, Zone.Dma32);
+            throw;
+        }
+        // Copy page by page, source and destination blocks walked side by side.
+        int si = 0, sk = 0;
+        var source = new List<PageHandle>();
+        foreach (var seg in _segments) source.AddRange(seg.Blocks!);
+        for (int d = 0; d < n; d++)
+            for (int k = 0; k < blocks[d].PageCount; k++)
+            {
+                byte* dst = _memory.ViewOf(blocks[d]) + ((nuint)k << PhysicalMemory.PageShift);
+                byte* src = _memory.ViewOf(source[si]) + ((nuint)sk << PhysicalMemory.PageShift);
+                PhysicalMemory.StoreAs(Caching, dst, src, PhysicalMemory.PageSize);
+                if (++sk == source[si].PageCount) { si++; sk = 0; }
+            }
+        var segments = new TtSegment[n];
+        int page = 0;
+        for (int i = 0; i < n; i++)
+        {
+            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
+            page += blocks[i].PageCount;
+        }
+        _segments = segments;
+        MapAllResident(); // the CPU mapping moves to the copies before the old pages go back
+        _accounting.Pool.Release(source.ToArray(), Caching);
+        _accounting.Uncharge(PageCount, Zone);
+        Zone = Zone.Dma32;
+    }
+
+    // ---- the stable CPU mapping and device-local memory ------------------------------------------------------
+
+    /// <summary>
+    /// The buffer's CPU address, the same for its whole life: it maps the pages while they are in system memory,
+    /// maps the VRAM range while the buffer is device-local, and while pages are absent (swapped out, unpopulated)
+    /// either faults them back in when touched (<see cref="AccountingOptions.FaultInOnAccess"/>, where
+    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use. Do not
+    /// touch the pointer of a swapped-out buffer while holding its <see cref="Reserve"/>: the handler needs its lock.
+    /// </summary>
+    public nint CpuAddress
+    {
+        get
+        {
+            lock (Gate)
+            {
+                Live();
+                if (_cpu is null)
+                {
+                    var cpu = new CpuMapping(Bytes, _accounting.Options.FaultInOnAccess);
+                    _cpu = cpu;
+                    if (State == TtState.DeviceLocal) cpu.MapVram(_vram!, _vramPage);
+                    else
+                    {
+                        cpu.MapAbsent(0, PageCount);
+                        MapAllResident();
+                    }
+                    SwapFaultHandler.Add(this);
+                }
+                return (nint)_cpu.Base;
+            }
+        }
+    }
+
+    /// <summary>True when touching an absent page faults it in (userfaultfd works here); else why not.</summary>
+    public static bool FaultHandlingAvailable => SwapFaultHandler.Available;
+
+    /// <summary>Why userfaultfd is unavailable, or null when it works.</summary>
+    public static string? FaultHandlingRefusedReason => SwapFaultHandler.RefusedReason;
+
+    internal bool MappingContains(ulong address) => _cpu is { } c && c.Contains(address);
+
+    internal (nint Start, nuint Length) MappingRange => ((nint)_cpu!.Base, _cpu.Length);
+
+    /// <summary>The fault handler's populate: true when the pages are there (or the array is gone), false to retry.</summary>
+    internal bool FaultIn()
+    {
+        lock (Gate)
+        {
+            if (_disposed || State is not (TtState.Unpopulated or TtState.SwappedOut)) return true;
+            try
+            {
+                Populate();
+                return true;
+            }
+            catch (PagePoolException)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Move the contents into device-local memory: a VRAM range is taken, the pages copied there and given back. The
+    /// CPU mapping follows. Only from Populated (unbind first: the device state and VRAM are different placements).
+    /// </summary>
+    /// <exception cref="PagePoolException">The region has no free range of the buffer's size; nothing changed.</exception>
+    public void MoveToVram(VramRegion vram)
+    {
+        ArgumentNullException.ThrowIfNull(vram);
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Populated || IsExternal)
+                throw new TtStateException("move to VRAM", State, IsExternal ? "its pages are external." : "populate it (and unbind it) first.");
+            long page = vram.Allocate(PageCount);
+            if (page < 0)
+                throw new PagePoolException($"VRAM has no free range of {PageCount} pages ({vram.FreeBytes} bytes free in all); move other buffers out first.");
+            byte* dst = vram.At(page);
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    nuint len = (nuint)h.PageCount << PhysicalMemory.PageShift;
+                    Buffer.MemoryCopy(_memory.ViewOf(h), dst, len, len);
+                    dst += len;
+                }
+            _cpu?.MapVram(vram, page); // the mapping moves before the pages go back to the pool
+            long resident = 0;
+            foreach (var seg in _segments)
+            {
+                _accounting.Pool.Release(seg.Blocks, Caching);
+                resident += seg.Pages;
+                seg.Blocks = null;
+            }
+            _accounting.Uncharge(resident, Zone);
+            _accounting.Remove(this);
+            _segments = [];
+            _vram = vram;
+            _vramPage = page;
+            State = TtState.DeviceLocal;
+        }
+    }
+
+    /// <summary>Move the contents from VRAM back into system pages (charged, so LRU buffers may be swapped out first).</summary>
+    public void MoveToSystem()
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.DeviceLocal) throw new TtStateException("move to system memory", State, "it is not in device-local memory.");
+            var saved = _cpu;
+            _cpu = null; // map once, after the copy, not page by page as Allocate would
+            try
+            {
+                Allocate();
+            }
+            finally
+            {
+                _cpu = saved;
+            }
+            byte* src = _vram!.At(_vramPage);
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    nuint len = (nuint)h.PageCount << PhysicalMemory.PageShift;
+                    PhysicalMemory.StoreAs(Caching, _memory.ViewOf(h), src, len);
+                    src += len;
+                }
+            MapAllResident();
+            _vram.Free(_vramPage, PageCount);
+            _vram = null;
+            _vramPage = -1;
+            _accounting.Touch(this);
+        }
+    }
+
+    // ---- contents ------------------------------------------------------------------------------------------
+
+    /// <summary>Write bytes at a byte offset of a resident buffer, as its caching mode stores them.</summary>
+    public void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        lock (Gate)
+        {
+            Resident("write", offset, source.Length);
+            fixed (byte* s = source)
+                Walk(offset, source.Length, s, write: true);
+            Used();
+        }
+    }
+
+    /// <summary>Read bytes at a byte offset of a resident buffer.</summary>
+    public void Read(long offset, Span<byte> destination)
+    {
+        lock (Gate)
+        {
+            Resident("read", offset, destination.Length);
+            fixed (byte* d = destination)
+                Walk(offset, destination.Length, d, write: false);
+            Used();
+        }
+    }
+
+    // Copy [offset, offset + length) of the buffer from or to the caller's bytes, block by block.
+    private void Walk(long offset, int length, byte* user, bool write)
+    {
+        long done = 0;
+        foreach (var seg in _segments)
+        {
+            long segStart = (long)seg.FirstPage << PhysicalMemory.PageShift;
+            if (segStart + seg.Bytes <= offset) continue;
+            long blockStart = segStart;
+            foreach (var h in seg.Blocks!)
+            {
+                long blockBytes = (long)h.PageCount << PhysicalMemory.PageShift;
+                long from = offset + done;
+                if (from < blockStart + blockBytes && done < length)
+                {
+                    int len = (int)Math.Min(length - done, blockStart + blockBytes - from);
+                    byte* at = _memory.ViewOf(h) + (from - blockStart);
+                    if (write) PhysicalMemory.StoreAs(Caching, at, user + done, (nuint)len);
+                    else Buffer.MemoryCopy(at, user + done, len, len);
+                    done += len;
+                }
+                blockStart += blockBytes;
+            }
+            if (done == length) return;
+        }
+    }
+
+    private void Resident(string operation, long offset, int length)
+    {
+        Live();
+        if (State is not (TtState.Populated or TtState.Bound))
+            throw new TtStateException(operation, State, "populate it first.");
+        if (offset < 0 || offset > Bytes - length)
+            throw new ArgumentOutOfRangeException(nameof(offset), offset, $"The range [{offset}, {offset}+{length}) is outside the buffer of {Bytes} bytes.");
+    }
+
+    private void Used()
+    {
+        if (State == TtState.Populated && !IsExternal) _accounting.Touch(this);
+    }
+
+    /// <summary>Hold the array against other threads and reclaim until the reservation is disposed.</summary>
+    public PageArrayReservation Reserve()
+    {
+        Gate.Enter();
+        return new PageArrayReservation(this);
+    }
+
+    /// <summary>Mark the buffer as just used: the last the accounting will swap out.</summary>
+    public void Touch()
+    {
+        lock (Gate)
+        {
+            Live();
+            Used();
+        }
+    }
+
+    private void Live() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    /// <summary>Unbind, give back every page and every swap extent. Legal in every state; a second call does nothing.</summary>
+    public void Dispose()
+    {
+        lock (Gate)
+        {
+            if (_disposed) return;
+            if (State == TtState.Bound)
+            {
+                _target!.Unbind(_dma);
+                _target = null;
+                _dma = null;
+                State = TtState.Populated;
+            }
+            if (State == TtState.DeviceLocal)
+            {
+                _vram!.Free(_vramPage, PageCount);
+                _vram = null;
+                _vramPage = -1;
+                State = TtState.Unpopulated;
+            }
+            if (State != TtState.Unpopulated)
+            {
+                if (IsExternal) { _segments = []; State = TtState.Unpopulated; }
+                else DropEverything();
+            }
+            _accounting.Remove(this);
+            _disposed = true;
+            if (_cpu is not null)
+            {
+                SwapFaultHandler.Remove(this);
+                _cpu.Dispose();
+            }
+        }
+    }
+}

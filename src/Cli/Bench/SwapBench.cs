@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using PagePool.Memory;
+using PagePool.Pool;
+using PagePool.Tt;
+
+namespace PagePool.Cli.Bench;
+
+/// <summary>
+/// Swap of one large buffer to the file store, against the floors it cannot beat: memcpy of the same bytes, and the
+/// same bytes written to and read back from a file in the same folder with plain write/read, flushed to the disk and
+/// dropped from the page cache (fdatasync + POSIX_FADV_DONTNEED) so both sides really go through the disk.
+/// </summary>
+internal static unsafe partial class SwapBench
+{
+    private const int POSIX_FADV_DONTNEED = 4;
+
+    internal static void Run(BenchContext ctx)
+    {
+        long bytes = ctx.Quick ? 64L << 20 : 256L << 20;
+        string size = ctx.Quick ? "64m" : "256m";
+        string dir = Path.GetTempPath();
+        using var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 64L << 20, Dma32Bytes = 0, NormalBytes = 2 * bytes + (128L << 20) });
+        using var pool = new PoolAllocator(memory);
+        using var store = SwapStore.CreateFile(dir);
+        var accounting = new BufferAccounting(pool, store, new AccountingOptions { PageLimitBytes = 2 * bytes });
+        using var buffer = new PageArray(accounting, (int)(bytes >> PhysicalMemory.PageShift), CachingMode.WriteBack);
+        buffer.Populate();
+        var chunk = new byte[1 << 20];
+        new Random(1).NextBytes(chunk);
+        for (long o = 0; o < bytes; o += chunk.Length) buffer.Write(o, chunk);
+
+        var outs = new List<double>();
+        var ins = new List<double>();
+        double roundtrip = ctx.Median(() =>
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            buffer.SwapOut();
+            double tOut = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            long t1 = Stopwatch.GetTimestamp();
+            buffer.Populate();
+            double tIn = Stopwatch.GetElapsedTime(t1).TotalMilliseconds;
+            outs.Add(tOut);
+            ins.Add(tIn);
+            return 2.0 * bytes / ((tOut + tIn) / 1e3) / 1e9;
+        });
+        ctx.Note($"swap: of {outs.Sum() + ins.Sum():0} ms swapping, store writes took {store.WriteTime.TotalMilliseconds:0} ms and store reads {store.ReadTime.TotalMilliseconds:0} ms");
+        var probe = new byte[chunk.Length];
+        buffer.Read(bytes - chunk.Length, probe);
+        if (!probe.AsSpan().SequenceEqual(chunk))
+            throw new InvalidOperationException("swap bench: the buffer did not read back as written after its round trips.");
+        ctx.Add($"swap.out_{size}.ms", Median(outs), $"swap out {size[..^1]} MiB to the file store ({store.Description})");
+        ctx.Add($"swap.in_{size}.ms", Median(ins), $"swap {size[..^1]} MiB back in (populate)");
+        ctx.Add("swap.roundtrip.gbps", roundtrip, "bytes out plus bytes in over the time of both, file store");
+
+        byte* a = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 4096), b = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 4096);
+        try
+        {
+            new Span<byte>(a, chunk.Length).Fill(1);
+            for (long o = 0; o < bytes; o += chunk.Length) Buffer.MemoryCopy(a, a + o, chunk.Length, chunk.Length);
+            NativeMemory.Clear(b, (nuint)bytes);
+            double memcpy = ctx.Median(() =>
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                Buffer.MemoryCopy(a, b, bytes, bytes);
+                return bytes / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9;
+            });
+            ctx.Add("baseline.memcpy.gbps", memcpy, $"memcpy of the same {bytes >> 20} MiB");
+            ctx.Add("baseline.file_write_read.gbps", FileWriteRead(ctx, dir, a, bytes),
+                "the same bytes written and read back through a file in the same folder: write + fdatasync, drop the cache, read");
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(a);
+            NativeMemory.AlignedFree(b);
+        }
+        if (roundtrip > 0) ctx.Note($"swap.roundtrip / baseline.file_write_read = {roundtrip / ctx.Metrics.Last().Value:0.00} (target >= 0.8)");
+    }
+
+    private static double FileWriteRead(BenchContext ctx, string dir, byte* data, long bytes)
+    {
+        string path = Path.Combine(dir, $"pagepool-bench-{Environment.ProcessId}.tmp");
+        try
+        {
+            using var file = File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+            int length = (int)Math.Min(bytes, int.MaxValue);
+            return ctx.Median(() =>
+            {
+                var span = new Span<byte>(data, length);
+                long t0 = Stopwatch.GetTimestamp();
+                RandomAccess.Write(file, span, 0);
+                RandomAccess.FlushToDisk(file);
+                DropCache(file, bytes);
+                int read = 0;
+                while (read < span.Length) read += RandomAccess.Read(file, span[read..], read);
+                DropCache(file, bytes);
+                return 2.0 * bytes / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9;
+            });
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static void DropCache(SafeFileHandle file, long bytes) => posix_fadvise((int)file.DangerousGetHandle(), 0, bytes, POSIX_FADV_DONTNEED);
+
+    private static double Median(List<double> values)
+    {
+        values.Sort();
+        return values[values.Count / 2];
+    }
+
+    [LibraryImport("libc")] private static partial int posix_fadvise(int fd, long offset, long length, int advice);
+}

@@ -1,0 +1,23 @@
+using PagePool.Pool;
+
+namespace PagePool.Cli.Stress;
+
+/// <summary>
+/// Buffers of mixed sizes populated, filled with a verifiable pattern, bound to a 64-bit and a 32-bit device, swapped
+/// out by the page limit, by explicit swap-outs and by reclaim scans, swapped back and verified.
+/// </summary>
+internal sealed class SwapScenario : StressScenario
+{
+    private SwapWorkload? _workload;
+
+    internal override string Name => "swap";
+    internal override string Description => "buffers swapped out by the page limit and reclaim, moved between devices, restored and verified";
+
+    internal override void Start(PoolAllocator pool, StressSettings settings) => _workload = new SwapWorkload(pool, settings);
+
+    internal override void Step(StressWorker w) => _workload!.Step(w);
+
+    internal override IEnumerable<string> Finish() => _workload?.Finish() ?? [];
+
+    internal override IEnumerable<(string Name, string Text, double Value)> Report() => _workload?.Report() ?? [];
+}
