@@ -81,7 +81,10 @@ internal static class Program
 
     private static string ErrorMessage(ParseResult parse)
     {
-        var error = parse.Errors.FirstOrDefault(e => parse.UnmatchedTokens.Any(t => e.Message.Contains($"'{t}'", StringComparison.Ordinal))) ?? parse.Errors[0];
+        // An unknown token says most, then what an option or argument's own parser found, then the command's checks.
+        var error = parse.Errors.FirstOrDefault(e => parse.UnmatchedTokens.Any(t => e.Message.Contains($"'{t}'", StringComparison.Ordinal)))
+                    ?? parse.Errors.FirstOrDefault(e => e.SymbolResult is OptionResult or ArgumentResult)
+                    ?? parse.Errors[0];
         return OneLine(error.Message);
     }
 

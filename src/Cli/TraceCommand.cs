@@ -118,13 +118,32 @@ internal static class TraceCommand
                     if (duration is { } d && !child.WaitForExit(d)) return;
                     child.WaitForExit();
                 });
-            if (!child.HasExited) { child.Kill(entireProcessTree: true); child.WaitForExit(); }
+            if (!child.HasExited)
+            {
+                // --duration ended the trace first: the child's end is ours, not a failure of the child.
+                child.Kill(entireProcessTree: true);
+                child.WaitForExit();
+                stderr.WriteLine("trace: --duration elapsed; pagepool was stopped");
+                return rc;
+            }
             stderr.WriteLine($"trace: pagepool exited with {child.ExitCode}");
             return rc != ExitCodes.Ok ? rc : child.ExitCode;
         }
         finally
         {
             End(child);
+        }
+    }
+
+    private static void Resume(DiagnosticsClient client)
+    {
+        try
+        {
+            client.ResumeRuntime();
+        }
+        catch (Exception e) when (e is ServerNotAvailableException or ServerErrorException or IOException or TimeoutException or System.Net.Sockets.SocketException)
+        {
+            // Exiting, or already running and says so: either way it is not waiting for us.
         }
     }
 
@@ -162,7 +181,7 @@ internal static class TraceCommand
         {
             session = client.StartEventPipeSession(Providers(hitPath), requestRundown: false, circularBufferMB: 256);
         }
-        catch (Exception e) when (e is ServerNotAvailableException or IOException or TimeoutException)
+        catch (Exception e) when (e is ServerNotAvailableException or IOException or TimeoutException or System.Net.Sockets.SocketException)
         {
             throw new UsageException($"no .NET process answers on {socket} ({e.GetType().Name}).");
         }
@@ -170,7 +189,7 @@ internal static class TraceCommand
         {
             using var file = OutputFile.Create(path, stdout);
             var copy = session.EventStream.CopyToAsync(file.Stream);
-            if (resume) client.ResumeRuntime();
+            if (resume) Resume(client);
             stderr.WriteLine($"trace: collecting into {path}");
             waitUntilDone();
             try

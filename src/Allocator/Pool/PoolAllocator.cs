@@ -68,7 +68,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
                     _types[i] = new PoolType(this, i, (CachingMode)c, o, (Zone)z, slots, Math.Max(1, _options.MagazinePages >> o));
                 }
         _memory.AddCachingListener(Id, this);
-        PagePoolMetrics.Register(this);
+        PoolMeterSource.Register(this);
     }
 
     void ICachingListener.OnCachingChanged(CachingMode from, CachingMode to, int pages)
@@ -463,7 +463,7 @@ public sealed unsafe class PoolAllocator : IShrinker, IDisposable, ICachingListe
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        PagePoolMetrics.Unregister(this);
+        PoolMeterSource.Unregister(this);
         _memory.RemoveCachingListener(Id);
         while (Scan(long.MaxValue) > 0) { }
     }
