@@ -23,7 +23,7 @@ public sealed partial class TelemetryTableTests
         while (!File.Exists(Path.Combine(dir!.FullName, "Allocator.sln"))) dir = dir.Parent;
         var rows = new List<Row>();
         foreach (var line in File.ReadLines(Path.Combine(dir.FullName, "README.md")))
-            if (TableRow().Match(line) is { Success: true } m && (m.Groups[1].Value.StartsWith("pagepool.") || m.Groups[2].Value.StartsWith("event ")))
+            if (TableRow().Match(line) is { Success: true } m && (m.Groups[1].Value.StartsWith("pagepool.") || m.Groups[2].Value.Trim().StartsWith("event ")))
                 rows.Add(new Row(m.Groups[1].Value, m.Groups[2].Value.Trim(), m.Groups[3].Value.Trim().Trim('`'), m.Groups[4].Value.Trim()));
         return rows;
     }
