@@ -26,7 +26,7 @@ internal static class StressCommand
     /// <summary>The command's options, so that <see cref="Resolve"/> can read them.</summary>
     private sealed class Options
     {
-        internal readonly Argument<string> Scenario = new("scenario")
+        internal readonly Argument<string> Scenario = new("SCENARIO")
         {
             Description = "What to run: " + string.Join("; ", StressScenario.All.Select(s => $"{s.Name} ({s.Description})")) + ".",
             HelpName = "SCENARIO",

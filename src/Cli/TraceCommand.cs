@@ -41,7 +41,7 @@ internal static class TraceCommand
             HelpName = "FILE",
             CustomParser = r => Arguments.InputPath(r, "--read"),
         };
-        var args = new Argument<string[]>("pagepool-arguments")
+        var args = new Argument<string[]>("ARGS")
         {
             Description = "After --: the pagepool command to trace, for example: -- stress churn -d 5s.",
             HelpName = "ARGS",
