@@ -62,6 +62,11 @@ internal static class Program
         {
             return Fail(stderr, $"pagepool: {OneLine(e.Message)}", ExitCodes.Failed);
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A result that could not be written after all (the disk filled during the run): the path was checked.
+            return Fail(stderr, $"pagepool: {OneLine(e.Message)}", ExitCodes.Failed);
+        }
     }
 
     private static int Fail(TextWriter stderr, string line, int code)
