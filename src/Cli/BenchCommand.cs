@@ -32,6 +32,7 @@ internal static class BenchCommand
             Description = "Run one group: " + string.Join(", ", Groups.Select(g => g.Name)) + ".",
             HelpName = "GROUP",
         };
+        only.CompletionSources.Add(Groups.Select(g => g.Name).ToArray());
         only.Validators.Add(r =>
         {
             var v = r.GetValueOrDefault<string?>();

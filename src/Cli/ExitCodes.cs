@@ -1,14 +1,23 @@
+using PagePool.Native;
+
 namespace PagePool.Cli;
 
-/// <summary>The process exit codes of pagepool.</summary>
+/// <summary>The process exit codes of pagepool (the README lists them).</summary>
 internal static class ExitCodes
 {
     internal const int Ok = 0;
-    /// <summary>A run failed: verification, a broken invariant, or an error from the library.</summary>
+    /// <summary>A run failed: verification, a broken invariant, an error from the library, a damaged trace.</summary>
     internal const int Failed = 1;
-    /// <summary>The arguments were wrong; nothing ran.</summary>
+    /// <summary>The arguments were wrong (or name a file, process or path that is not usable); nothing ran.</summary>
     internal const int BadArguments = 2;
-}
+    /// <summary>The machine ran out of a resource: memory, address space, threads (ENOMEM, EAGAIN, OutOfMemoryException).</summary>
+    internal const int ResourceExhausted = 3;
 
-/// <summary>An argument combination the parser cannot see is wrong; reported as one line, exit code 2.</summary>
-internal sealed class UsageException(string message) : Exception(message);
+    /// <summary>Whether an exception means the machine or the process limits ran out, not that the code is wrong.</summary>
+    internal static bool IsResourceExhaustion(Exception e) => e switch
+    {
+        OutOfMemoryException or InsufficientExecutionStackException => true,
+        NativeCallException n => n.ErrnoName is "ENOMEM" or "EAGAIN" or "ENOSPC" or "EMFILE" or "ENFILE",
+        _ => e.InnerException is { } inner && IsResourceExhaustion(inner),
+    };
+}

@@ -1,200 +1,264 @@
 using System.CommandLine;
-using System.CommandLine.Parsing;
 using System.Globalization;
 using PagePool.Cli.Stress;
 using PagePool.Memory;
 
 namespace PagePool.Cli;
 
-/// <summary>pagepool stress: run a scenario on many threads and check that nothing was lost or corrupted.</summary>
+/// <summary>
+/// pagepool stress: run a scenario on many threads and check that nothing was lost or corrupted. Every option is
+/// parsed by its own parser (errors name the option and say what it accepts); <see cref="Resolve"/> turns the
+/// parse into <see cref="StressSettings"/> with every default applied, once, for the validator and the run alike.
+/// </summary>
 internal static class StressCommand
 {
-    private static readonly long DefaultWorkingSet = Math.Min(256L << 20, SystemInfo.PhysicalMemoryBytes / 8);
+    private static readonly long Ram = SystemInfo.PhysicalMemoryBytes;
+    private static readonly long DefaultWorkingSet = Math.Min(256L << 20, Ram / 8);
+    private static readonly TimeSpan DefaultDuration = TimeSpan.FromSeconds(10);
+    private const long MaxOperations = 1_000_000_000_000;
+    private const string DefaultScenario = "mixed";
 
-    internal static Command Create()
+    internal static readonly Mix<CachingMode> DefaultCachingMix =
+        new([(CachingMode.WriteBack, 1), (CachingMode.WriteCombined, 1), (CachingMode.Uncached, 1)], CachingName);
+    internal static readonly Mix<int> DefaultOrderMix =
+        new([(0, 8), (1, 2), (2, 2), (3, 2), (4, 1), (6, 1), (9, 1)], o => o.ToString(CultureInfo.InvariantCulture));
+
+    /// <summary>The command's options, so that <see cref="Resolve"/> can read them.</summary>
+    private sealed class Options
     {
-        var scenario = new Argument<string>("scenario")
+        internal readonly Argument<string> Scenario = new("SCENARIO")
         {
             Description = "What to run: " + string.Join("; ", StressScenario.All.Select(s => $"{s.Name} ({s.Description})")) + ".",
-            DefaultValueFactory = _ => "mixed",
+            HelpName = "SCENARIO",
+            DefaultValueFactory = _ => DefaultScenario,
+            CustomParser = r => Arguments.OneOf(r, "scenario", StressScenario.All.Select(s => s.Name).ToArray(), DefaultScenario),
         };
-        scenario.Validators.Add(r =>
-        {
-            var v = r.GetValueOrDefault<string>();
-            if (!StressScenario.All.Any(s => s.Name == v))
-                r.AddError($"scenario: unknown '{v}'; accepted: {string.Join(", ", StressScenario.All.Select(s => s.Name))}.");
-        });
-
-        var threads = new Option<int>("--threads", "-t")
+        internal readonly Option<int?> Threads = new("--threads", "-t")
         {
             Description = "Worker threads (default: twice the CPUs, so threads are preempted and migrate).",
-            DefaultValueFactory = _ => 2 * Environment.ProcessorCount,
+            HelpName = "N",
+            CustomParser = r => Arguments.Whole("--threads", 1, 1024)(r),
         };
-        threads.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 1024) r.AddError("--threads: must be 1..1024."); });
-        var duration = new Option<TimeSpan?>("--duration", "-d")
+        internal readonly Option<TimeSpan?> Duration = new("--duration", "-d")
         {
             Description = "How long to run: 10s, 500ms, 2m (default 10s unless --ops is given).",
             HelpName = "TIME",
-            CustomParser = r => ParseDuration(r),
+            CustomParser = r => Arguments.Time(r, "--duration"),
         };
-        var ops = new Option<long?>("--ops", "-n") { Description = "Stop after this many operations in all (instead of a duration).", HelpName = "N" };
-        ops.Validators.Add(r => { if (r.GetValueOrDefault<long?>() is < 1) r.AddError("--ops: must be at least 1."); });
-        var workingSet = new Option<long>("--working-set", "-w")
+        internal readonly Option<long?> Ops = new("--ops", "-n")
         {
-            Description = $"Memory the workers hold at most, all threads together: 64M, 1G (default {Size.Format(DefaultWorkingSet)}).",
+            Description = "Stop after this many operations in all (instead of a duration).",
+            HelpName = "N",
+            CustomParser = r => Arguments.Whole("--ops", 1L, MaxOperations)(r),
+        };
+        internal readonly Option<long?> WorkingSet = new("--working-set", "-w")
+        {
+            Description = $"Memory the workers hold at most, all threads together: 64M, 1G (default {Size.Argument(DefaultWorkingSet)}).",
             HelpName = "SIZE",
-            DefaultValueFactory = _ => DefaultWorkingSet,
-            CustomParser = r => ParseSize(r, "--working-set", 1L << 20),
+            CustomParser = Arguments.Bytes("--working-set", 1L << 20, Ram, "at most this machine's memory"),
         };
-        var poolLimit = new Option<long?>("--pool-limit")
+        internal readonly Option<long?> PoolLimit = new("--pool-limit")
         {
-            Description = "Pool limit: 32M, 1G (default: half of RAM; churn uses a quarter and mixed half of the working set).",
+            Description = "Most the pool keeps: 32M, 1G (default half of RAM; churn a quarter and mixed half of the working set).",
             HelpName = "SIZE",
-            CustomParser = r => ParseSize(r, "--pool-limit", 0),
+            CustomParser = Arguments.Bytes("--pool-limit", 0, Ram, "at most this machine's memory"),
         };
-        var cachingMix = new Option<(CachingMode, int)[]>("--caching-mix")
+        internal readonly Option<Mix<CachingMode>?> CachingMix = new("--caching-mix")
         {
-            Description = "Weights of caching modes for new buffers: wb:2,wc:1,uc:1 (default wb:1,wc:1,uc:1).",
+            Description = $"Weights of caching modes for new buffers, modes wb, wc, uc (default {DefaultCachingMix}).",
             HelpName = "MIX",
-            DefaultValueFactory = _ => [(CachingMode.WriteBack, 1), (CachingMode.WriteCombined, 1), (CachingMode.Uncached, 1)],
-            CustomParser = r => ParseMix<CachingMode>(r, "--caching-mix", ParseCaching),
+            CustomParser = Mix<CachingMode>.Parser("--caching-mix", "wb:2,wc:1,uc:1", ParseCaching, CachingName),
         };
-        var orderMix = new Option<(int, int)[]>("--order-mix")
+        internal readonly Option<Mix<int>?> OrderMix = new("--order-mix")
         {
-            Description = "Weights of buffer sizes as orders (2^order pages): 0:8,3:2,9:1 (default 0:8,1:2,2:2,3:2,4:1,6:1,9:1).",
+            Description = $"Weights of buffer sizes as orders 0..{PhysicalMemory.MaxOrder} (2^order pages) (default {DefaultOrderMix}).",
             HelpName = "MIX",
-            DefaultValueFactory = _ => [(0, 8), (1, 2), (2, 2), (3, 2), (4, 1), (6, 1), (9, 1)],
-            CustomParser = r => ParseMix<int>(r, "--order-mix", t => int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int o) && o <= PhysicalMemory.MaxOrder ? o : (int?)null),
+            CustomParser = Mix<int>.Parser("--order-mix", "0:8,3:2,9:1", ParseOrder, o => $"order {o}"),
         };
-        var seed = new Option<ulong>("--seed", "-s") { Description = "Seed: the same seed and --ops give the same operation sequence (default 1).", DefaultValueFactory = _ => 1 };
-        var verify = new Option<bool>("--verify") { Description = "Write a checksum pattern into every byte and check it on every read back and at the end." };
-        var json = new Option<string?>("--json") { Description = "Write the summary as a flat JSON object to FILE.", HelpName = "FILE" };
-        var inject = new Option<bool>("--inject-corruption")
+        internal readonly Option<ulong?> Seed = new("--seed", "-s")
+        {
+            Description = "Seed: the same seed and --ops give the same operation sequence (default 1).",
+            HelpName = "N",
+            CustomParser = r => Arguments.Whole("--seed", 0UL, ulong.MaxValue)(r),
+        };
+        internal readonly Option<bool> Verify = new("--verify") { Description = "Write a checksum pattern into every byte and check it on every read back and at the end." };
+        internal readonly Option<string?> Json = new("--json")
+        {
+            Description = "Write the summary as JSON to FILE (- for standard output); checked before the run.",
+            HelpName = "FILE",
+            CustomParser = r => Arguments.OutputPath(r, "--json", allowStdout: true),
+        };
+        internal readonly Option<string?> Samples = new("--samples")
+        {
+            Description = "Write one CSV row per progress interval to FILE (- for standard output), to plot a run.",
+            HelpName = "FILE",
+            CustomParser = r => Arguments.OutputPath(r, "--samples", allowStdout: true),
+        };
+        internal readonly Option<bool> Inject = new("--inject-corruption")
         {
             Description = "Testing aid: flip one byte of a live buffer behind the library's back; verification must catch it (exit 1).",
         };
 
-        var reclaim = new Option<bool>("--reclaim")
+        internal readonly Option<bool> Reclaim = new("--reclaim")
         {
             Description = "Run the reclaim thread with this machine's pressure sources (PSI, cgroup limit, MemAvailable, GC): the pool gives pages back under memory pressure.",
         };
 
-        var opsKind = new Option<string>("--ops-kind") { Description = "dma: how devices address memory: direct, iommu, swiotlb or xen (default iommu).", DefaultValueFactory = _ => "iommu" };
-        opsKind.AcceptOnlyFromAmong("direct", "iommu", "swiotlb", "xen");
-        var devices = new Option<int>("--devices") { Description = "dma: how many devices (default 4).", DefaultValueFactory = _ => 4 };
-        devices.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 1 or > 64) r.AddError("--devices: must be 1..64."); });
-        var mask = new Option<int>("--mask") { Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).", HelpName = "BITS", DefaultValueFactory = _ => 32 };
-        mask.Validators.Add(r => { if (r.GetValueOrDefault<int>() is < 12 or > 64) r.AddError("--mask: must be 12..64 bits."); });
-        var deferredFlush = new Option<bool>("--deferred-flush") { Description = "dma: defer IOTLB invalidation to flush queues (250 entries or 10 ms)." };
-        var swapStore = new Option<string>("--swap-store") { Description = "Where swapped buffer pages go: file (default; frees memory) or memfd (shmem: fast, frees nothing).", DefaultValueFactory = _ => "file" };
-        swapStore.AcceptOnlyFromAmong("file", "memfd");
-        var swapDir = new Option<string?>("--swap-dir") { Description = "Folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
-        var bufferLimit = new Option<long?>("--buffer-limit") { Description = "Resident buffer pages allowed (swap, mixed): 16M, 1G (default: half the working set).", HelpName = "SIZE", CustomParser = r => ParseSize(r, "--buffer-limit", 1L << 20) };
-        var injectFault = new Option<string?>("--inject")
+        // ---- scenario-specific options: declare them here, add them in All, read them in Resolve ----
+
+        internal readonly Option<string?> OpsKind = new("--ops-kind")
+        {
+            Description = "dma: how devices address memory: direct, iommu, swiotlb or xen (default iommu).",
+            HelpName = "KIND",
+            CustomParser = r => Arguments.OneOf(r, "--ops-kind", ["direct", "iommu", "swiotlb", "xen"], "iommu"),
+        };
+        internal readonly Option<int?> Devices = new("--devices")
+        {
+            Description = "dma: how many devices (default 4).",
+            HelpName = "N",
+            CustomParser = r => Arguments.Whole("--devices", 1, 64)(r),
+        };
+        internal readonly Option<int?> Mask = new("--mask")
+        {
+            Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).",
+            HelpName = "BITS",
+            CustomParser = r => Arguments.Whole("--mask", 12, 64)(r),
+        };
+        internal readonly Option<bool> DeferredFlush = new("--deferred-flush") { Description = "dma: defer IOTLB invalidation to flush queues (250 entries or 10 ms)." };
+        internal readonly Option<string?> SwapStore = new("--swap-store")
+        {
+            Description = "swap: where swapped buffer pages go: file (default; frees memory) or memfd (shmem: fast, frees nothing).",
+            HelpName = "STORE",
+            CustomParser = r => Arguments.OneOf(r, "--swap-store", ["file", "memfd"], "file"),
+        };
+        internal readonly Option<string?> SwapDir = new("--swap-dir") { Description = "swap: folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
+        internal readonly Option<long?> BufferLimit = new("--buffer-limit")
+        {
+            Description = "swap, mixed: resident buffer pages allowed: 16M, 1G (default: half the working set).",
+            HelpName = "SIZE",
+            CustomParser = Arguments.Bytes("--buffer-limit", 1L << 20, Ram, "at most this machine's memory"),
+        };
+        internal static readonly string[] DmaFaults = ["missing-sync", "stale-iotlb", "wrong-pool"], SwapFaults = ["interrupted-restore", "failing-write"];
+        internal readonly Option<string?> InjectFault = new("--inject")
         {
             Description = "Testing aid: dma: missing-sync, stale-iotlb or wrong-pool, a misuse the checker must report (exit 1); swap: interrupted-restore or failing-write, faults the run must survive.",
             HelpName = "FAULT",
+            CustomParser = r => Arguments.OneOf(r, "--inject", [.. DmaFaults, .. SwapFaults], ""),
         };
-        injectFault.AcceptOnlyFromAmong("missing-sync", "stale-iotlb", "wrong-pool", "interrupted-restore", "failing-write");
 
-        var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.")
+        internal IEnumerable<Symbol> All =>
+            [Scenario, Threads, Duration, Ops, WorkingSet, PoolLimit, CachingMix, OrderMix, Seed, Verify, Json, Samples, Inject, Reclaim,
+             OpsKind, Devices, Mask, DeferredFlush, SwapStore, SwapDir, BufferLimit, InjectFault];
+    }
+
+    internal static Command Create()
+    {
+        var o = new Options();
+        o.Scenario.CompletionSources.Add(StressScenario.All.Select(s => s.Name).ToArray());
+        o.CachingMix.CompletionSources.Add("wb:1,wc:1,uc:1", "wb:1", "wc:1", "uc:1", "wb:2,wc:1,uc:1");
+        o.OrderMix.CompletionSources.Add(DefaultOrderMix.ToString(), "0:1", "9:1", "0:8,3:2,9:1");
+
+        var cmd = new Command("stress", "Run a stress scenario on many threads; exit 1 if verification or an invariant fails.");
+        foreach (var symbol in o.All)
         {
-            scenario, threads, duration, ops, workingSet, poolLimit, cachingMix, orderMix, seed, verify, json, inject, reclaim,
-            opsKind, devices, mask, deferredFlush, swapStore, swapDir, bufferLimit, injectFault,
-        };
+            if (symbol is Option option) cmd.Options.Add(option);
+            else cmd.Arguments.Add((Argument)symbol);
+        }
+        // Validators see which options were given, never their values: a value is converted (and its error
+        // reported) by its own parser, and read only by the action, after every error was reported.
         cmd.Validators.Add(r =>
         {
-            if (r.GetResult(duration) is not null && r.GetResult(ops) is not null)
+            if (r.GetResult(o.Duration) is not null && r.GetResult(o.Ops) is not null)
                 r.AddError("--duration and --ops: give one or the other, not both.");
         });
         cmd.SetAction(r =>
         {
-            var chosen = StressScenario.All.Single(s => s.Name == r.GetValue(scenario));
-            long? limit = r.GetValue(poolLimit);
-            long? opCount = r.GetValue(ops);
-            var settings = new StressSettings
-            {
-                Scenario = chosen,
-                Threads = r.GetValue(threads),
-                Operations = opCount,
-                Duration = opCount is null ? r.GetValue(duration) ?? TimeSpan.FromSeconds(10) : null,
-                WorkingSetBytes = r.GetValue(workingSet),
-                PoolLimitBytes = limit ?? SystemInfo.PhysicalMemoryBytes / 2,
-                PoolLimitGiven = limit is not null,
-                CachingMix = r.GetValue(cachingMix)!,
-                OrderMix = r.GetValue(orderMix)!,
-                Seed = r.GetValue(seed),
-                Verify = r.GetValue(verify),
-                InjectCorruption = r.GetValue(inject),
-                JsonPath = r.GetValue(json),
-                Reclaim = r.GetValue(reclaim),
-                SwapStore = r.GetValue(swapStore)!,
-                SwapDir = r.GetValue(swapDir),
-                BufferLimitBytes = r.GetValue(bufferLimit),
-                Inject = r.GetValue(injectFault),
-            };
-            if (chosen is DmaScenario)
-                return DmaStressRunner.Run(settings, new DmaStressSettings
-                {
-                    OpsKind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(opsKind)!, ignoreCase: true),
-                    Devices = r.GetValue(devices),
-                    MaskBits = r.GetValue(mask),
-                    DeferredFlush = r.GetValue(deferredFlush),
-                    Inject = r.GetValue(injectFault) switch
-                    {
-                        "missing-sync" => DmaInjection.MissingSync, "stale-iotlb" => DmaInjection.StaleIotlb,
-                        "wrong-pool" => DmaInjection.WrongPool, _ => DmaInjection.None,
-                    },
-                });
-            return StressRunner.Run(settings);
+            var settings = Resolve(o, r);
+            if (settings.Scenario is DmaScenario)
+                return DmaStressRunner.Run(settings, ResolveDma(o, r));
+            return StressRunner.Run(settings, r.InvocationConfiguration.Output, r.InvocationConfiguration.Error);
         });
         return cmd;
     }
 
-    private static TimeSpan? ParseDuration(ArgumentResult r)
+    /// <summary>The one place where the command line becomes settings, every default applied.</summary>
+    private static StressSettings Resolve(Options o, ParseResult r)
     {
-        string text = r.Tokens[0].Value;
-        if (Duration.TryParse(text, out var d)) return d;
-        r.AddError($"--duration: '{text}' is not a duration; use 10s, 500ms, 2m or 1h.");
-        return null;
+        string name = r.GetValue(o.Scenario) ?? DefaultScenario;
+        var scenario = StressScenario.All.Single(s => s.Name == name);
+        if (r.GetValue(o.InjectFault) is { Length: > 0 } injected && Options.DmaFaults.Contains(injected) && scenario is not DmaScenario)
+            throw new UsageException($"--inject: '{injected}' is a DMA fault, for the dma scenario; {name} takes {string.Join(", ", Options.SwapFaults)}.");
+        long? ops = r.GetValue(o.Ops);
+        TimeSpan? duration = r.GetValue(o.Duration);
+        long workingSet = r.GetValue(o.WorkingSet) ?? DefaultWorkingSet;
+        int threads = r.GetValue(o.Threads) ?? 2 * Environment.ProcessorCount;
+        return new StressSettings
+        {
+            Scenario = scenario,
+            Threads = threads,
+            Operations = ops,
+            Duration = ops is null ? duration ?? DefaultDuration : null,
+            WorkingSetBytes = workingSet,
+            PoolLimitBytes = r.GetValue(o.PoolLimit) ?? scenario.DefaultPoolLimit(workingSet, Ram),
+            CachingMix = r.GetValue(o.CachingMix) ?? DefaultCachingMix,
+            OrderMix = r.GetValue(o.OrderMix) ?? DefaultOrderMix,
+            Seed = r.GetValue(o.Seed) ?? 1,
+            Verify = r.GetValue(o.Verify),
+            InjectCorruption = r.GetValue(o.Inject),
+            JsonPath = r.GetValue(o.Json),
+            SamplesPath = r.GetValue(o.Samples),
+            Reclaim = r.GetValue(o.Reclaim),
+            SwapStore = r.GetValue(o.SwapStore) ?? "file",
+            SwapDir = r.GetValue(o.SwapDir),
+            BufferLimitBytes = r.GetValue(o.BufferLimit),
+            Inject = r.GetValue(o.InjectFault) is { Length: > 0 } fault && Options.SwapFaults.Contains(fault) ? fault : null,
+        };
     }
 
-    private static long ParseSize(ArgumentResult r, string option, long minimum)
+    // The dma scenario's own settings; a swap fault named for it is a usage error, and the reverse in Resolve.
+    private static DmaStressSettings ResolveDma(Options o, ParseResult r)
     {
-        string text = r.Tokens[0].Value;
-        if (Size.TryParse(text, out long bytes) && bytes >= minimum) return bytes;
-        r.AddError($"{option}: '{text}' is not a size of at least {Size.Format(minimum)}; use 64M, 1G or a byte count.");
-        return 0;
+        string? fault = r.GetValue(o.InjectFault);
+        if (fault is { Length: > 0 } && !Options.DmaFaults.Contains(fault))
+            throw new UsageException($"--inject: '{fault}' is a swap fault; the dma scenario takes {string.Join(", ", Options.DmaFaults)}.");
+        return new DmaStressSettings
+        {
+            OpsKind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true),
+            Devices = r.GetValue(o.Devices) ?? 4,
+            MaskBits = r.GetValue(o.Mask) ?? 32,
+            DeferredFlush = r.GetValue(o.DeferredFlush),
+            Inject = fault switch
+            {
+                "missing-sync" => DmaInjection.MissingSync,
+                "stale-iotlb" => DmaInjection.StaleIotlb,
+                "wrong-pool" => DmaInjection.WrongPool,
+                _ => DmaInjection.None,
+            },
+        };
     }
 
-    private static CachingMode? ParseCaching(string t) => t.ToLowerInvariant() switch
+    private static (CachingMode?, string?) ParseCaching(string t) => t.ToLowerInvariant() switch
     {
-        "wb" => CachingMode.WriteBack,
-        "wc" => CachingMode.WriteCombined,
-        "uc" => CachingMode.Uncached,
-        _ => null,
+        "wb" => (CachingMode.WriteBack, null),
+        "wc" => (CachingMode.WriteCombined, null),
+        "uc" => (CachingMode.Uncached, null),
+        _ => (null, $"'{Arguments.Shorten(t)}' is not a caching mode; use wb, wc or uc"),
     };
 
-    // "a:1,b:2" -> [(a,1),(b,2)]; weights are whole numbers, at least one of them positive.
-    private static (T, int)[] ParseMix<T>(ArgumentResult r, string option, Func<string, T?> key) where T : struct
+    private static (int?, string?) ParseOrder(string t)
     {
-        string text = r.Tokens[0].Value;
-        var items = new List<(T, int)>();
-        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            var kv = part.Split(':');
-            if (kv.Length != 2 || key(kv[0]) is not { } k || !int.TryParse(kv[1], NumberStyles.None, CultureInfo.InvariantCulture, out int w) || w > 1_000_000)
-            {
-                r.AddError($"{option}: '{part}' is not KEY:WEIGHT (for example {(option == "--order-mix" ? "0:8,9:1 with orders 0..9" : "wb:2,wc:1 with modes wb, wc, uc")}).");
-                return [];
-            }
-            items.Add((k, w));
-        }
-        if (items.Sum(i => i.Item2) == 0)
-        {
-            r.AddError($"{option}: '{text}' gives no positive weight.");
-            return [];
-        }
-        return items.ToArray();
+        if (!int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int order) && !(t.Length > 0 && t.All(char.IsAsciiDigit)))
+            return (null, $"the order '{Arguments.Shorten(t)}' is not a whole number from 0 to {PhysicalMemory.MaxOrder}");
+        if (t.Length > 9 || order > PhysicalMemory.MaxOrder)
+            return (null, $"the order {Arguments.Shorten(t)} is outside 0..{PhysicalMemory.MaxOrder} (a buffer is at most 2^{PhysicalMemory.MaxOrder} pages)");
+        return (order, null);
     }
+
+    /// <summary>"wb", "wc", "uc": how modes are typed and shown.</summary>
+    internal static string CachingName(CachingMode mode) => mode switch
+    {
+        CachingMode.WriteBack => "wb",
+        CachingMode.WriteCombined => "wc",
+        _ => "uc",
+    };
 }

@@ -2,24 +2,87 @@ using System.Diagnostics;
 
 namespace PagePool.Cli.Tests;
 
-/// <summary>Runs the pagepool built next to the tests (under the JIT, as 'dotnet pagepool.dll') and captures it.</summary>
+/// <summary>
+/// Runs pagepool as users do: the published NativeAOT binary (artifacts/pagepool/pagepool) when it exists, so
+/// trimming and AOT differences are tested; otherwise the JIT build next to the tests ('dotnet pagepool.dll').
+/// Every run carries a tag in its environment, so a test can prove no process of it (a traced child) outlived it.
+/// </summary>
 internal static class PagepoolProcess
 {
-    internal sealed record Result(int ExitCode, string Stdout, string Stderr);
-
-    internal static Result Run(params string[] args)
+    internal sealed record Result(int ExitCode, string Stdout, string Stderr, TimeSpan Elapsed)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "pagepool.dll"));
+        /// <summary>The lines pagepool wrote to stderr.</summary>
+        internal string[] ErrorLines => Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+    }
+
+    /// <summary>The AOT binary, or null when it has not been published.</summary>
+    internal static string? AotBinary { get; } = FindAot();
+
+    private static string? FindAot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (!File.Exists(Path.Combine(dir.FullName, "Allocator.sln"))) continue;
+            string bin = Path.Combine(dir.FullName, "artifacts", "pagepool", "pagepool");
+            // Only a binary newer than the JIT build tests this source; an old one would test old code.
+            string dll = Path.Combine(AppContext.BaseDirectory, "pagepool.dll");
+            return File.Exists(bin) && File.GetLastWriteTimeUtc(bin) >= File.GetLastWriteTimeUtc(dll) ? bin : null;
+        }
+        return null;
+    }
+
+    internal static Result Run(params string[] args) => Run(args, TimeSpan.FromSeconds(120));
+
+    internal static Result Run(string[] args, TimeSpan timeout, IDictionary<string, string>? environment = null)
+    {
+        var psi = AotBinary is { } aot ? new ProcessStartInfo(aot) : new ProcessStartInfo("dotnet");
+        if (AotBinary is null) psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "pagepool.dll"));
+        psi.RedirectStandardOutput = psi.RedirectStandardError = psi.RedirectStandardInput = true;
         foreach (var a in args) psi.ArgumentList.Add(a);
+        string tag = Guid.NewGuid().ToString("N");
+        psi.Environment["PAGEPOOL_TEST_TAG"] = tag;
+        if (environment is not null) foreach (var (k, v) in environment) psi.Environment[k] = v;
+        var clock = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
+        p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000))
+        if (!p.WaitForExit(timeout))
         {
             p.Kill(entireProcessTree: true);
-            throw new TimeoutException($"pagepool {string.Join(' ', args)} did not finish in 120 s");
+            KillTagged(tag);
+            throw new TimeoutException($"pagepool {string.Join(' ', args)} did not finish in {timeout.TotalSeconds} s");
         }
-        return new Result(p.ExitCode, stdout.Result, stderr.Result);
+        p.WaitForExit();
+        var left = Tagged(tag);
+        KillTagged(tag);
+        if (left.Count > 0)
+            throw new InvalidOperationException($"pagepool {string.Join(' ', args)} left processes behind: {string.Join(", ", left)}");
+        return new Result(p.ExitCode, stdout.Result, stderr.Result, clock.Elapsed);
+    }
+
+    /// <summary>Processes whose environment holds the tag (the run's children, grandchildren...).</summary>
+    internal static List<int> Tagged(string tag)
+    {
+        var found = new List<int>();
+        string needle = $"PAGEPOOL_TEST_TAG={tag}";
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid)) continue;
+            try
+            {
+                if (File.ReadAllText(Path.Combine(dir, "environ")).Contains(needle, StringComparison.Ordinal)) found.Add(pid);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+        return found;
+    }
+
+    private static void KillTagged(string tag)
+    {
+        foreach (int pid in Tagged(tag))
+        {
+            try { using var p = Process.GetProcessById(pid); p.Kill(); } catch (Exception e) when (e is ArgumentException or InvalidOperationException) { }
+        }
     }
 }

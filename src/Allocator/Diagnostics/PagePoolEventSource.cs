@@ -87,9 +87,15 @@ public sealed class PagePoolEventSource : EventSource
         TraceFlags.Caching = IsEnabled(EventLevel.Informational, Keywords.Caching);
         TraceFlags.Shrinker = IsEnabled(EventLevel.Informational, Keywords.Shrinker);
         TraceFlags.Memory = IsEnabled(EventLevel.Informational, Keywords.Memory);
-        TraceFlags.HitPath = IsEnabled(EventLevel.Verbose, Keywords.HitPath);
+        // A session asking for "any keyword" (keywords 0, what a bare provider name sends, or all ones) also matches
+        // a bit no event uses. EventPipe records none of our events for keywords 0, yet IsEnabled says yes: the hit
+        // path, the one hot path with an event, is therefore traced only when HitPath is asked for by name.
+        TraceFlags.HitPath = IsEnabled(EventLevel.Verbose, Keywords.HitPath) && !IsEnabled(EventLevel.Verbose, UnusedKeyword);
         TraceFlags.Dma = IsEnabled(EventLevel.Informational, Keywords.Dma);
     }
+
+    // A keyword no event carries (bits from 0x100 are reserved for later layers; this one stays unused).
+    private const EventKeywords UnusedKeyword = (EventKeywords)0x0000_4000_0000_0000;
 
     // ---- pool: 1-19 ----
 

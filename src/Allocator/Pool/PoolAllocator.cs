@@ -91,7 +91,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         Id = TakeId();
         _shrinker = new PoolShrinker(memory, _types, _gauge, Id);
         _memory.AddCachingListener(Id, this);
-        PagePoolMetrics.Register(this);
+        PoolMeterSource.Register(this);
         _registry = shrinkers;
         _registry?.Register(_shrinker, ShrinkerRegistry.DefaultSeeks, ShrinkBatch);
     }
@@ -549,7 +549,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _registry?.Unregister(_shrinker);
-        PagePoolMetrics.Unregister(this);
+        PoolMeterSource.Unregister(this);
         _memory.RemoveCachingListener(Id);
         while (_shrinker.Scan(long.MaxValue) > 0) { }
         var (blocks, pages) = _memory.Disown(Id);

@@ -11,8 +11,11 @@ internal abstract class StressScenario
     internal abstract string Name { get; }
     internal abstract string Description { get; }
 
-    /// <summary>Adjust defaults the user did not set (for example, churn keeps the pool smaller than the working set).</summary>
-    internal virtual void Configure(StressSettings settings) { }
+    /// <summary>
+    /// The pool limit when --pool-limit is not given (read once, where the command is resolved): half of RAM,
+    /// unless the scenario needs the pool smaller than the working set.
+    /// </summary>
+    internal virtual long DefaultPoolLimit(long workingSetBytes, long physicalMemoryBytes) => physicalMemoryBytes / 2;
 
     /// <summary>One step on one worker.</summary>
     internal abstract void Step(StressWorker w);
@@ -74,10 +77,7 @@ internal sealed class ChurnScenario : StressScenario
     internal override string Name => "churn";
     internal override string Description => "working set larger than the pool limit, pages leave and return";
 
-    internal override void Configure(StressSettings s)
-    {
-        if (!s.PoolLimitGiven) s.PoolLimitBytes = s.WorkingSetBytes / 4;
-    }
+    internal override long DefaultPoolLimit(long workingSetBytes, long physicalMemoryBytes) => workingSetBytes / 4;
 
     internal override void Step(StressWorker w)
     {
@@ -98,10 +98,7 @@ internal sealed class MixedScenario : StressScenario
     internal override IEnumerable<string> Finish() => _parts.SelectMany(p => p.Finish()).ToList();
     internal override IEnumerable<(string Name, string Text, double Value)> Report() => _parts.SelectMany(p => p.Report());
 
-    internal override void Configure(StressSettings s)
-    {
-        if (!s.PoolLimitGiven) s.PoolLimitBytes = s.WorkingSetBytes / 2;
-    }
+    internal override long DefaultPoolLimit(long workingSetBytes, long physicalMemoryBytes) => workingSetBytes / 2;
 
     internal override void Step(StressWorker w) => _parts[w.Next(_parts.Length)].Step(w);
 }

@@ -5,9 +5,6 @@ using PagePool.Pool;
 
 namespace PagePool.Cli.Stress;
 
-/// <summary>The operations a stress run times and counts.</summary>
-internal enum StressOp { Allocate, AllocatePage, Release, Switch, Scan }
-
 /// <summary>
 /// One stress thread: its seeded generator, the buffers it holds, and the operations scenarios compose. Every
 /// operation is timed into the worker's own histograms and folded into its sequence hash (what it did, not what
@@ -15,8 +12,6 @@ internal enum StressOp { Allocate, AllocatePage, Release, Switch, Scan }
 /// </summary>
 internal sealed class StressWorker
 {
-    internal const int OpKinds = 5;
-
     private readonly PoolAllocator _pool;
     private readonly PhysicalMemory _memory;
     private readonly StressSettings _settings;
@@ -24,11 +19,10 @@ internal sealed class StressWorker
     private SplitMix _rng;
     private ulong _nextId;
     private long _liveBytes;
-    private readonly int _cachingTotal, _orderTotal;
 
     internal readonly int Index;
     internal readonly long ShareBytes;
-    internal readonly LatencyHistogram[] Latency = new LatencyHistogram[OpKinds];
+    internal readonly LatencyHistogram[] Latency = new LatencyHistogram[StressOps.Count];
     internal long Operations;                 // read racily by the progress line
     internal long Budget = long.MaxValue;     // operations this worker may do (--ops): steps never overshoot it
     internal ulong SequenceHash = 0xCBF29CE484222325UL;
@@ -45,9 +39,7 @@ internal sealed class StressWorker
         _rng = new SplitMix(settings.Seed * 0x9E3779B97F4A7C15UL + (ulong)index + 1);
         _nextId = ((ulong)index << 48) + 1;
         ShareBytes = settings.WorkingSetBytes / settings.Threads;
-        for (int i = 0; i < OpKinds; i++) Latency[i] = new LatencyHistogram();
-        foreach (var (_, w) in settings.CachingMix) _cachingTotal += w;
-        foreach (var (_, w) in settings.OrderMix) _orderTotal += w;
+        for (int i = 0; i < Latency.Length; i++) Latency[i] = new LatencyHistogram();
     }
 
     internal int LiveCount => _live.Count;
@@ -56,19 +48,9 @@ internal sealed class StressWorker
     /// <summary>A uniform number in [0, n).</summary>
     internal int Next(int n) => (int)(_rng.Next() % (ulong)n);
 
-    internal CachingMode PickCaching()
-    {
-        int r = Next(_cachingTotal);
-        foreach (var (mode, w) in _settings.CachingMix) if ((r -= w) < 0) return mode;
-        return _settings.CachingMix[^1].Mode;
-    }
+    internal CachingMode PickCaching() => _settings.CachingMix.Pick(Next(_settings.CachingMix.Total));
 
-    internal int PickPages()
-    {
-        int r = Next(_orderTotal);
-        foreach (var (order, w) in _settings.OrderMix) if ((r -= w) < 0) return 1 << order;
-        return 1 << _settings.OrderMix[^1].Order;
-    }
+    internal int PickPages() => 1 << _settings.OrderMix.Pick(Next(_settings.OrderMix.Total));
 
     internal Zone PickZone() => Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
 
