@@ -33,9 +33,9 @@ public sealed class SwapStressTests
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
         Assert.Equal(0, json.GetProperty("verify_failures").GetInt64());
         Assert.Equal(0, json.GetProperty("invariant_violations").GetInt64());
-        Assert.True(json.GetProperty("swap.out_bytes").GetInt64() > 0, "the buffer limit must have forced swap-outs");
-        Assert.True(json.GetProperty("swap.in_bytes").GetInt64() > 0);
-        if (inject is not null) Assert.True(json.GetProperty("swap.injected").GetInt64() > 0, r.Stdout);
+        Assert.True(json.GetProperty("scenario").GetProperty("swap.out_bytes").GetInt64() > 0, "the buffer limit must have forced swap-outs");
+        Assert.True(json.GetProperty("scenario").GetProperty("swap.in_bytes").GetInt64() > 0);
+        if (inject is not null) Assert.True(json.GetProperty("scenario").GetProperty("swap.injected").GetInt64() > 0, r.Stdout);
     }
 
     [Fact]
