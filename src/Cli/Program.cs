@@ -9,6 +9,7 @@ root.Subcommands.Add(InfoCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(StressCommand.Create());
 root.Subcommands.Add(TraceCommand.Create());
+root.Subcommands.Add(GateCommand.Create());
 
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
