@@ -21,6 +21,7 @@ internal static class BenchCommand
         ("scaling", "pool hits on two threads over one, and the machine's ceiling", PoolBench.RunScaling),
         ("policies", "a miss, no write-back pooling, and where pages are cleared", PoolBench.RunPolicies),
         ("pooled", "the write-back hit with 4 GiB pooled; seconds to fill", PoolBench.RunPooled),
+        ("diagnosis", "what the hit pays: its synchronisation alone, and what two threads share", HitPathDiagnosis.Run),
     ];
 
     /// <summary>The most repetitions --repeat accepts: enough for any statistical test, a bound on run time.</summary>

@@ -15,30 +15,33 @@ namespace PagePool.Cli;
 internal static class GateCommand
 {
     /// <summary>
-    /// The metrics the gate holds, each over the floor it is read against. A metric not named here is not gated
-    /// (new bench groups add their pairs here); a pair whose metric is present on one side only is reported.
+    /// The metrics the gate holds, each over the floor it is read against, and the smallest threshold (percent)
+    /// the pair is judged with. A metric not named here is not gated (new bench groups add their pairs here); a
+    /// pair whose metric is present on one side only is reported.
     /// </summary>
-    internal static readonly (string Metric, string Over)[] Pairs =
+    internal static readonly (string Metric, string Over, double MinThresholdPercent)[] Pairs =
     [
-        ("pool.hit.wb.ns", "baseline.memset_4k.ns"),
-        ("pool.hit.wb.noclear.ns", "baseline.memset_4k.ns"),
-        ("pool.hit.wb.ns.pooled_4g", "pool.hit.wb.ns"),
-        ("pool.hit.wc.ns", "baseline.ntclear_4k.ns"),
-        ("pool.hit.uc.ns", "baseline.memset_4k.ns"),
-        ("pool.populate_2m.wc.us", "baseline.ntclear_2m.us"),
-        ("pool.miss.wc.ns", "baseline.mmap_munmap.ns"),
-        ("pool.nopool.wb.ns", "baseline.mmap_munmap.ns"),
-        ("pool.cycle.clear_on_alloc.ns_per_page", "baseline.memset_4k.ns"),
-        ("pool.cycle.clear_on_release.ns_per_page", "baseline.memset_4k.ns"),
-        ("pool.cycle.no_clear.ns_per_page", "baseline.memset_4k.ns"),
-        ("pool.scaling.2t", "baseline.scaling.2t"),
-        ("pool.scaling.2t.noclear", "baseline.scaling.2t"),
-        ("caching.single.ns_per_page", "baseline.mmap_munmap.ns"),
-        ("caching.batched.ns_per_page", "baseline.memset_4k.ns"),
+        ("pool.hit.wb.ns", "baseline.memset_4k.ns", 0),
+        ("pool.hit.wb.noclear.ns", "baseline.memset_4k.ns", 0),
+        ("pool.hit.wb.ns.pooled_4g", "pool.hit.wb.ns", 0),
+        ("pool.hit.wc.ns", "baseline.ntclear_4k.ns", 0),
+        ("pool.hit.uc.ns", "baseline.memset_4k.ns", 0),
+        ("pool.populate_2m.wc.us", "baseline.ntclear_2m.us", 0),
+        ("pool.miss.wc.ns", "baseline.mmap_munmap.ns", 0),
+        ("pool.nopool.wb.ns", "baseline.mmap_munmap.ns", 0),
+        // A cycle writes 256 KiB and lives in L2: with neighbours evicting it, its repetitions on a shared
+        // machine are bimodal (105 or 750 ns a page for clear_on_release in one run), so only a doubling counts.
+        ("pool.cycle.no_clear.ns_per_page", "baseline.memset_2m.us", 100),
+        ("pool.cycle.clear_on_alloc.ns_per_page", "pool.cycle.no_clear.ns_per_page", 100),
+        ("pool.cycle.clear_on_release.ns_per_page", "pool.cycle.no_clear.ns_per_page", 100),
+        ("pool.scaling.2t", "baseline.scaling.2t", 0),
+        ("pool.scaling.2t.noclear", "baseline.scaling.2t", 0),
+        ("caching.single.ns_per_page", "baseline.mmap_munmap.ns", 0),
+        ("caching.batched.ns_per_page", "baseline.memset_4k.ns", 0),
     ];
 
     /// <summary>The default threshold in percent: measured false-alarm rate in README.md (perf gate).</summary>
-    internal const double DefaultThresholdPercent = 25;
+    internal const double DefaultThresholdPercent = 35;
 
     /// <summary>Significance level of the one-sided test (a 5% chance of calling noise a change, per metric, before the threshold).</summary>
     internal const double Alpha = 0.05;
@@ -82,7 +85,7 @@ internal static class GateCommand
     }
 
     /// <summary>One line of the gate's table. Ratios are the metric over its pair, medians of the samples.</summary>
-    internal sealed record GateRow(string Metric, string Over, double? Baseline, double? Current, double? P, GateVerdict Verdict, string? Why = null)
+    internal sealed record GateRow(string Metric, string Over, double? Baseline, double? Current, double? P, GateVerdict Verdict, string? Why = null, double Threshold = 0)
     {
         internal double? Change => Baseline is { } b && Current is { } c && b != 0 ? c / b - 1 : null;
     }
@@ -91,7 +94,7 @@ internal static class GateCommand
     internal static List<GateRow> Compare(BenchResults before, BenchResults after, double threshold)
     {
         var rows = new List<GateRow>();
-        foreach (var (metric, over) in Pairs)
+        foreach (var (metric, over, minPercent) in Pairs)
         {
             bool inBefore = before.Medians.ContainsKey(metric), inAfter = after.Medians.ContainsKey(metric);
             if (!inBefore && !inAfter) continue;
@@ -108,7 +111,7 @@ internal static class GateCommand
             }
             var x = Normalised(before, metric, over);
             var y = Normalised(after, metric, over);
-            rows.Add(Judge(metric, over, x, y, threshold));
+            rows.Add(Judge(metric, over, x, y, Math.Max(threshold, minPercent / 100)));
         }
         return rows;
     }
@@ -124,7 +127,7 @@ internal static class GateCommand
     {
         double b = new Samples(before).Median, c = new Samples(after).Median;
         if (before.Length < 3 || after.Length < 3)
-            return new GateRow(metric, over, b, c, null, GateVerdict.TooFewSamples, $"{before.Length} and {after.Length} samples; bench --repeat 3 or more");
+            return new GateRow(metric, over, b, c, null, GateVerdict.TooFewSamples, $"{before.Length} and {after.Length} samples; bench --repeat 3 or more", threshold);
         bool higherIsBetter = MetricUnit.HigherIsBetter(metric);
         // Worse means larger for a cost, smaller for a ratio of throughputs: test the worse direction against the
         // baseline shifted by the threshold, and the better direction likewise.
@@ -132,23 +135,24 @@ internal static class GateCommand
         var shiftedBetter = before.Select(v => higherIsBetter ? v * (1 + threshold) : v / (1 + threshold)).ToArray();
         double pWorse = higherIsBetter ? MannWhitney.PGreater(shiftedWorse, after) : MannWhitney.PGreater(after, shiftedWorse);
         double pBetter = higherIsBetter ? MannWhitney.PGreater(after, shiftedBetter) : MannWhitney.PGreater(shiftedBetter, after);
-        if (pWorse < Alpha) return new GateRow(metric, over, b, c, pWorse, GateVerdict.Regression);
-        if (pBetter < Alpha) return new GateRow(metric, over, b, c, pBetter, GateVerdict.Improvement);
-        return new GateRow(metric, over, b, c, pWorse, GateVerdict.Same);
+        if (pWorse < Alpha) return new GateRow(metric, over, b, c, pWorse, GateVerdict.Regression, null, threshold);
+        if (pBetter < Alpha) return new GateRow(metric, over, b, c, pBetter, GateVerdict.Improvement, null, threshold);
+        return new GateRow(metric, over, b, c, pWorse, GateVerdict.Same, null, threshold);
     }
 
     private static void Print(List<GateRow> rows, BenchResults before, BenchResults after, double thresholdPercent)
     {
-        Console.WriteLine($"gate: each metric over its same-run baseline; regression = worse by more than {thresholdPercent.ToString("0.#", CultureInfo.InvariantCulture)}% (one-sided Mann-Whitney U, p < {Alpha.ToString(CultureInfo.InvariantCulture)})");
+        Console.WriteLine($"gate: each metric over its same-run baseline; regression = worse by more than its limit ({thresholdPercent.ToString("0.#", CultureInfo.InvariantCulture)}% or the pair's own) (one-sided Mann-Whitney U, p < {Alpha.ToString(CultureInfo.InvariantCulture)})");
         int w = Math.Max(6, rows.Select(r => r.Metric.Length).DefaultIfEmpty(0).Max());
         int ow = Math.Max(4, rows.Select(r => r.Over.Length).DefaultIfEmpty(0).Max());
-        Console.WriteLine($"{"metric".PadRight(w)}  {"over".PadRight(ow)}  {"baseline",9}  {"current",9}  {"change",8}  {"p",7}  verdict");
+        Console.WriteLine($"{"metric".PadRight(w)}  {"over".PadRight(ow)}  {"baseline",9}  {"current",9}  {"change",8}  {"limit",6}  {"p",7}  verdict");
         foreach (var r in rows)
         {
             string change = r.Change is { } ch ? ch.ToString("+0.0%;-0.0%;0.0%", CultureInfo.InvariantCulture) : "";
             string p = r.P is { } pv ? pv.ToString("0.0000", CultureInfo.InvariantCulture) : "";
             string verdict = Describe(r.Verdict) + (r.Why is null ? "" : $" ({r.Why})");
-            Console.WriteLine($"{r.Metric.PadRight(w)}  {r.Over.PadRight(ow)}  {Ratio(r.Baseline),9}  {Ratio(r.Current),9}  {change,8}  {p,7}  {verdict}");
+            string limit = r.Threshold > 0 ? r.Threshold.ToString("0%", CultureInfo.InvariantCulture) : "";
+            Console.WriteLine($"{r.Metric.PadRight(w)}  {r.Over.PadRight(ow)}  {Ratio(r.Baseline),9}  {Ratio(r.Current),9}  {change,8}  {limit,6}  {p,7}  {verdict}");
         }
         var gated = Pairs.Select(p => p.Metric).Concat(Pairs.Select(p => p.Over)).ToHashSet();
         var loose = before.Medians.Keys.Union(after.Medians.Keys).Where(m => !gated.Contains(m)).ToList();

@@ -40,7 +40,7 @@ internal static class BenchChart
         var svg = new StringBuilder();
         svg.Append(CultureInfo.InvariantCulture, $"""<svg xmlns="http://www.w3.org/2000/svg" width="{Width}" height="{height}" viewBox="0 0 {Width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">""").Append('\n');
         svg.Append($"""<rect width="{Width}" height="{height}" fill="white"/>""").Append('\n');
-        svg.Append(CultureInfo.InvariantCulture, $"""<text x="10" y="20" font-size="15" font-weight="bold">pagepool bench: median of {reps} repetitions, whisker = min..max (shorter bar is better, except ratios)</text>""").Append('\n');
+        svg.Append(CultureInfo.InvariantCulture, $"""<text x="10" y="20" font-size="14" font-weight="bold">pagepool bench: median of {reps} repetitions, whisker min..max; shorter is better except ratios</text>""").Append('\n');
         int lx = 10;
         foreach (var (kind, colour) in Kinds)
         {
@@ -79,7 +79,7 @@ internal static class BenchChart
         {
             double tx = x(t);
             svg.Append(CultureInfo.InvariantCulture, $"""<line x1="{tx:0.#}" y1="{plotTop - 4}" x2="{tx:0.#}" y2="{plotBottom}" stroke="#e4e4e4"/>""");
-            svg.Append(CultureInfo.InvariantCulture, $"""<text x="{tx:0.#}" y="{plotBottom + 14}" text-anchor="middle" font-size="11" fill="#444">{BenchCommand.Format(t).TrimEnd('0').TrimEnd('.')}</text>""").Append('\n');
+            svg.Append(CultureInfo.InvariantCulture, $"""<text x="{tx:0.#}" y="{plotBottom + 14}" text-anchor="middle" font-size="11" fill="#444">{Tick(t)}</text>""").Append('\n');
         }
         if (unit == MetricUnit.Ratio)
         {
@@ -102,6 +102,11 @@ internal static class BenchChart
         }
         return plotBottom + AxisBelow + PanelGap;
     }
+
+    // 0.5, 2, 50, 1k, 20k: short enough to sit under a gridline.
+    private static string Tick(double v) => v >= 1000
+        ? (v / 1000).ToString("0.#", CultureInfo.InvariantCulture) + "k"
+        : v.ToString("0.##", CultureInfo.InvariantCulture);
 
     private static string Title(string unit) => unit switch
     {

@@ -54,7 +54,7 @@ internal static unsafe class PoolBench
             "hit throughput with two threads / one thread (WB)");
         ctx.Add("pool.scaling.2t.noclear", Scaling(ctx, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, AllocationFlags.NoClear), CachingMode.WriteBack), ops),
             "NoClear hit throughput with two threads / one thread (WB): what the threads share, without the clear");
-        ctx.Add("baseline.scaling.2t", Scaling(ctx, null, ops),
+        ctx.Add("baseline.scaling.2t", Scaling(ctx, (Action?)null, ops),
             "the machine's own ceiling: two threads / one clearing private 4 KiB buffers (no shared state)");
     }
 
@@ -132,22 +132,26 @@ internal static unsafe class PoolBench
 
     // Two threads running an operation at once, against one alone, interleaved rep by rep so both see the same
     // machine. A null operation clears a private page: no shared state at all, the ceiling of this machine.
-    private static Samples Scaling(BenchContext ctx, Action? op, int ops)
+    private static Samples Scaling(BenchContext ctx, Action? op, int ops) => Scaling(ctx, _ => op, ops);
+
+    /// <summary>Two threads over one, thread t running <paramref name="opOf"/>(t) (null: clear a private page).</summary>
+    internal static Samples Scaling(BenchContext ctx, Func<int, Action?> opOf, int ops)
     {
         double one = 0;
         return ctx.Median(() =>
         {
-            one = Throughput(op, 1, ops);
-            return Throughput(op, 2, ops) / one;
+            one = Throughput(opOf, 1, ops);
+            return Throughput(opOf, 2, ops) / one;
         });
     }
 
-    private static double Throughput(Action? op, int threads, int opsPerThread)
+    private static double Throughput(Func<int, Action?> opOf, int threads, int opsPerThread)
     {
         using var start = new Barrier(threads + 1);
         var workers = new Thread[threads];
         for (int t = 0; t < threads; t++)
         {
+            var op = opOf(t);
             workers[t] = new Thread(() =>
             {
                 byte* own = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
