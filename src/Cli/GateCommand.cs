@@ -19,24 +19,30 @@ internal static class GateCommand
     /// the pair is judged with. A metric not named here is not gated (new bench groups add their pairs here); a
     /// pair whose metric is present on one side only is reported.
     /// </summary>
+    /// <remarks>
+    /// The minimums come from 20 quick runs of an unchanged tree on a 2-core machine shared with other builds
+    /// (load average 30-47; README.md, perf gate): cache-resident CPU work (the WB hit, batched caching, scaling)
+    /// moved its ratio by less than 45% there, while paths that go to DRAM, flush lines or enter the kernel
+    /// moved by up to 2-5x with the neighbours, so they are held only against gross regressions.
+    /// </remarks>
     internal static readonly (string Metric, string Over, double MinThresholdPercent)[] Pairs =
     [
         ("pool.hit.wb.ns", "baseline.memset_4k.ns", 0),
         ("pool.hit.wb.noclear.ns", "baseline.memset_4k.ns", 0),
-        ("pool.hit.wb.ns.pooled_4g", "pool.hit.wb.ns", 0),
-        ("pool.hit.wc.ns", "baseline.ntclear_4k.ns", 0),
-        ("pool.hit.uc.ns", "baseline.memset_4k.ns", 0),
-        ("pool.populate_2m.wc.us", "baseline.ntclear_2m.us", 0),
-        ("pool.miss.wc.ns", "baseline.mmap_munmap.ns", 0),
-        ("pool.nopool.wb.ns", "baseline.mmap_munmap.ns", 0),
+        ("pool.hit.wb.ns.pooled_4g", "pool.hit.wb.ns", 100),
+        ("pool.hit.wc.ns", "baseline.ntclear_4k.ns", 150),
+        ("pool.hit.uc.ns", "baseline.memset_4k.ns", 300),
+        ("pool.populate_2m.wc.us", "baseline.ntclear_2m.us", 100),
+        ("pool.miss.wc.ns", "baseline.mmap_munmap.ns", 150),
+        ("pool.nopool.wb.ns", "baseline.mmap_munmap.ns", 200),
         // A cycle writes 256 KiB and lives in L2: with neighbours evicting it, its repetitions on a shared
-        // machine are bimodal (105 or 750 ns a page for clear_on_release in one run), so only a doubling counts.
-        ("pool.cycle.no_clear.ns_per_page", "baseline.memset_2m.us", 100),
-        ("pool.cycle.clear_on_alloc.ns_per_page", "pool.cycle.no_clear.ns_per_page", 100),
-        ("pool.cycle.clear_on_release.ns_per_page", "pool.cycle.no_clear.ns_per_page", 100),
+        // machine are bimodal (105 or 750 ns a page for clear_on_release in one run).
+        ("pool.cycle.no_clear.ns_per_page", "baseline.memset_2m.us", 150),
+        ("pool.cycle.clear_on_alloc.ns_per_page", "pool.cycle.no_clear.ns_per_page", 300),
+        ("pool.cycle.clear_on_release.ns_per_page", "pool.cycle.no_clear.ns_per_page", 300),
         ("pool.scaling.2t", "baseline.scaling.2t", 0),
-        ("pool.scaling.2t.noclear", "baseline.scaling.2t", 0),
-        ("caching.single.ns_per_page", "baseline.mmap_munmap.ns", 0),
+        ("pool.scaling.2t.noclear", "baseline.scaling.2t", 60),
+        ("caching.single.ns_per_page", "baseline.mmap_munmap.ns", 150),
         ("caching.batched.ns_per_page", "baseline.memset_4k.ns", 0),
     ];
 

@@ -30,7 +30,7 @@ internal static unsafe partial class HitPathDiagnosis
         var lines = new PrivateLines { Slot = new object() };
         // What a pool hit synchronises today: the CPU number and an exchange of the per-CPU slot on take and on
         // give (two each), the release compare-and-swap of the metadata word, and the slot put back twice.
-        ctx.Add("baseline.hit_sync.ns", ctx.NsPerOp("baseline.hit_sync.ns", ops, () =>
+        var sync = () =>
         {
             int cpu = SchedGetCpu();
             var cc = Interlocked.Exchange(ref lines.Slot, null);
@@ -42,7 +42,49 @@ internal static unsafe partial class HitPathDiagnosis
             cc = Interlocked.Exchange(ref lines.Slot, null);
             lines.Count -= cpu & 1;
             Volatile.Write(ref lines.Slot, cc);
-        }), "2x sched_getcpu + 3 locked read-modify-writes + 2 release stores on private lines: the hit's synchronisation alone");
+        };
+        ctx.Add("baseline.hit_sync.ns", ctx.NsPerOp("baseline.hit_sync.ns", ops, sync),
+            "2x sched_getcpu + 3 locked read-modify-writes + 2 release stores on private lines: the hit's synchronisation alone");
+        // The same after a 4 KiB clear, as in a hit: a locked instruction waits for every earlier store to leave
+        // the store buffer, so the clear's 128 vector stores are paid inside the first atomic that follows.
+        byte* page = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
+        try
+        {
+            ctx.Add("baseline.clear_then_sync.ns", ctx.NsPerOp("baseline.clear_then_sync.ns", ops, () =>
+            {
+                NativeMemory.Clear(page, 4096);
+                sync();
+            }), "a 4 KiB clear then the hit's synchronisation: against baseline.memset_4k.ns + baseline.hit_sync.ns");
+            ctx.Add("baseline.ntclear_then_sync.ns", ctx.NsPerOp("baseline.ntclear_then_sync.ns", ops / 10, () =>
+            {
+                StreamingClear.ClearAndFence(page, 4096);
+                sync();
+            }), "a 4 KiB streaming clear + sfence, then the hit's synchronisation: the floor of a WC hit with today's atomics");
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(page);
+        }
+
+        // The streaming-clear floor on a page of the pool's own memory (a memfd mapping of 4 KiB pages) rather than
+        // on NativeMemory: if pool.hit.wc follows this and not baseline.ntclear_4k.ns, the memory is the cost.
+        using (var memory = new PhysicalMemory(new MemoryOptions { Dma32Bytes = 0, NormalBytes = 64L << 20 }))
+        {
+            var h = memory.AllocateBlock(Zone.Normal, 0);
+            try
+            {
+                fixed (byte* p = memory.GetSpan(h))
+                {
+                    byte* q = p;
+                    ctx.Add("baseline.ntclear_4k.memfd.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd.ns", ops / 10, () => StreamingClear.ClearAndFence(q, 4096)),
+                        "baseline.ntclear_4k.ns on a page of a PhysicalMemory (memfd, 4 KiB pages) instead of NativeMemory");
+                }
+            }
+            finally
+            {
+                memory.FreeBlock(h);
+            }
+        }
 
         // Two threads, each with its own pool over one memory: only PhysicalMemory (metadata words, arenas) is shared.
         using (var memory = new PhysicalMemory(new MemoryOptions { Dma32Bytes = 0, NormalBytes = 256L << 20 }))

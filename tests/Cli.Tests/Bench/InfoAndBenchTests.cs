@@ -75,4 +75,27 @@ public sealed class InfoAndBenchTests
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("--repeat", r.Stderr);
     }
+
+    [Fact]
+    public void Bench_svg_is_well_formed_with_a_bar_per_metric_and_labelled_axes()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"pagepool-test-{Guid.NewGuid():N}.svg");
+        try
+        {
+            var r = PagepoolProcess.Run("bench", "--quick", "--only", "caching", "--repeat", "3", "--svg", file);
+            Assert.Equal(0, r.ExitCode);
+            var svg = System.Xml.Linq.XDocument.Load(file).Root!;
+            Assert.Equal("800", svg.Attribute("width")!.Value);
+            var texts = svg.Descendants().Where(e => e.Name.LocalName == "text").Select(e => e.Value).ToList();
+            Assert.Contains("caching.single.ns_per_page", texts);
+            Assert.Contains("caching.batched.ns_per_page", texts);
+            Assert.Contains(texts, t => t.StartsWith("Per page of a batch (ns/page", StringComparison.Ordinal)); // panel title with unit
+            Assert.Contains(texts, t => t.StartsWith("ns/page", StringComparison.Ordinal));                      // axis label
+            Assert.Equal(2, svg.Descendants().Count(e => e.Name.LocalName == "rect" && e.Elements().Any(c => c.Name.LocalName == "title")));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
 }
