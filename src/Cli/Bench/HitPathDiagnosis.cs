@@ -78,6 +78,13 @@ internal static unsafe partial class HitPathDiagnosis
                     byte* q = p;
                     ctx.Add("baseline.ntclear_4k.memfd.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd.ns", ops / 10, () => StreamingClear.ClearAndFence(q, 4096)),
                         "baseline.ntclear_4k.ns on a page of a PhysicalMemory (memfd, 4 KiB pages) instead of NativeMemory");
+                    // The same page cleared and then the pool's own bookkeeping of a hit on it, through the public
+                    // API: the page's caching read back (a metadata load after the clear, as the release does).
+                    ctx.Add("baseline.ntclear_4k.memfd_then_meta.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd_then_meta.ns", ops / 10, () =>
+                    {
+                        StreamingClear.ClearAndFence(q, 4096);
+                        if (memory.CachingOf(h) != CachingMode.WriteBack) throw new InvalidOperationException("bench: the page changed caching.");
+                    }), "the memfd-page streaming clear, then a read of that page's metadata word (PhysicalMemory.CachingOf)");
                 }
             }
             finally
