@@ -28,7 +28,7 @@ internal static class GateCommand
     internal static readonly (string Metric, string Over, double MinThresholdPercent)[] Pairs =
     [
         ("pool.hit.wb.ns", "baseline.memset_4k.ns", 0),
-        ("pool.hit.wb.noclear.ns", "baseline.memset_4k.ns", 0),
+        ("pool.hit.wb.noclear.ns", "baseline.memset_4k.ns", 50),
         ("pool.hit.wb.ns.pooled_4g", "pool.hit.wb.ns", 100),
         ("pool.hit.wc.ns", "baseline.ntclear_4k.ns", 150),
         ("pool.hit.uc.ns", "baseline.memset_4k.ns", 300),
