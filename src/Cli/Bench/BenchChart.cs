@@ -12,8 +12,8 @@ namespace PagePool.Cli.Bench;
 internal static class BenchChart
 {
     private const int Width = 800;
-    private const int LabelRight = 262;      // metric names end here (right-aligned)
-    private const int PlotLeft = 270, PlotRight = 700; // value labels follow the bar, up to the right edge
+    private const int LabelRight = 296;      // metric names end here (right-aligned; 40 characters fit)
+    private const int PlotLeft = 304, PlotRight = 716; // value labels follow the bar, up to the right edge
     private const int Row = 18, BarHeight = 12;
     private const int PanelTitle = 26, AxisBelow = 34, PanelGap = 14;
     private const double LogScaleSpread = 10;
