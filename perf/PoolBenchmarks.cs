@@ -5,12 +5,16 @@ using PagePool.Pool;
 
 namespace PagePool.Perf;
 
-/// <summary>The pool's hit, populate and miss paths against NativeMemory, with BenchmarkDotNet's statistics.</summary>
+/// <summary>
+/// The pool's main paths with BenchmarkDotNet's statistics: the hit per caching mode (with and without the
+/// clear), a 2 MiB populate, a miss and the unpooled write-back path, against NativeMemory (the baseline row).
+/// The same operations as 'pagepool bench' (pool, policies groups); see README.md (perf) for how they differ.
+/// </summary>
 [MemoryDiagnoser]
 public unsafe class PoolBenchmarks
 {
     private PhysicalMemory _memory = null!;
-    private PoolAllocator _pool = null!, _unpooled = null!;
+    private PoolAllocator _pool = null!, _unpooled = null!, _noWriteBack = null!;
     private readonly PageHandle[] _blocks = new PageHandle[512];
 
     [GlobalSetup]
@@ -19,7 +23,8 @@ public unsafe class PoolBenchmarks
         _memory = new PhysicalMemory(new MemoryOptions { Dma32Bytes = 0, NormalBytes = 1L << 30 });
         _pool = new PoolAllocator(_memory);
         _unpooled = new PoolAllocator(_memory, new PoolOptions { LimitBytes = 0, MagazinePages = 1 });
-        foreach (var c in new[] { CachingMode.WriteBack, CachingMode.WriteCombined })
+        _noWriteBack = new PoolAllocator(_memory, new PoolOptions { PoolWriteBack = false });
+        foreach (var c in new[] { CachingMode.WriteBack, CachingMode.WriteCombined, CachingMode.Uncached })
         {
             int n = _pool.Allocate(512, c, Zone.Normal, _blocks);
             _pool.Release(_blocks.AsSpan(0, n), c);
@@ -30,6 +35,7 @@ public unsafe class PoolBenchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
+        _noWriteBack.Dispose();
         _unpooled.Dispose();
         _pool.Dispose();
         _memory.Dispose();
@@ -46,8 +52,15 @@ public unsafe class PoolBenchmarks
     [Benchmark(Description = "pool hit WB 4K")]
     public void HitWriteBack() => _pool.ReleasePage(_pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
 
+    [Benchmark(Description = "pool hit WB 4K NoClear")]
+    public void HitWriteBackNoClear()
+        => _pool.ReleasePage(_pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, AllocationFlags.NoClear), CachingMode.WriteBack);
+
     [Benchmark(Description = "pool hit WC 4K")]
     public void HitWriteCombined() => _pool.ReleasePage(_pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined);
+
+    [Benchmark(Description = "pool hit UC 4K")]
+    public void HitUncached() => _pool.ReleasePage(_pool.AllocatePage(CachingMode.Uncached), CachingMode.Uncached);
 
     [Benchmark(Description = "pool populate 2 MiB WC")]
     public void Populate2M()
@@ -62,4 +75,7 @@ public unsafe class PoolBenchmarks
         _unpooled.ReleasePage(_unpooled.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined);
         _unpooled.Scan(long.MaxValue);
     }
+
+    [Benchmark(Description = "WB 4K, PoolWriteBack off (fresh + punch)")]
+    public void NoPoolWriteBack() => _noWriteBack.ReleasePage(_noWriteBack.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
 }

@@ -1,79 +1,128 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using PagePool.Cli.Bench;
 
 namespace PagePool.Cli;
 
 /// <summary>
-/// pagepool bench: in-process measurements, each the median of several repetitions in one run, printed as a
-/// table and optionally written as a flat JSON object of metric name to number (what the CI gate reads).
+/// pagepool bench: in-process measurements, each repeated (--repeat) and shown as the median with the spread of
+/// the repetitions, printed as a table and optionally written as JSON (the flat object of medians plus every
+/// sample, what the perf gate reads) and drawn as an SVG chart.
 /// </summary>
 internal static class BenchCommand
 {
     /// <summary>The groups, in the order they run. A group adds its metrics to the shared context.</summary>
     internal static readonly (string Name, string About, Action<BenchContext> Run)[] Groups =
     [
-        ("baseline", "kernel and CPU floors: mmap, memset", BaselineBench.Run),
+        ("baseline", "kernel and CPU floors: mmap, memset, streaming clears", BaselineBench.Run),
         ("caching", "caching changes, single page versus batched", CachingBench.Run),
-        ("peers", "mimalloc, jemalloc and NativeMemory: zeroed aligned 4 KiB", PeerAllocators.Run),
-        ("pool", "pool hit, miss, populate, scaling and policies", PoolBench.Run),
+        ("peers", "mimalloc, jemalloc and NativeMemory: aligned 4 KiB, zeroed and not", PeerAllocators.Run),
+        ("pool", "pool hits per caching mode, with and without the clear; 2 MiB populate", PoolBench.Run),
+        ("scaling", "pool hits on two threads over one, and the machine's ceiling", PoolBench.RunScaling),
+        ("policies", "a miss, no write-back pooling, and where pages are cleared", PoolBench.RunPolicies),
+        ("pooled", "the write-back hit with 4 GiB pooled; seconds to fill", PoolBench.RunPooled),
+        ("diagnosis", "what the hit pays: its synchronisation alone, and what two threads share", HitPathDiagnosis.Run),
         ("memorypool", "MemoryPool<byte> over the pool against MemoryPool.Shared and ArrayPool", MemoryPoolBench.Run),
         ("reclaim", "memory back under pressure, pooled pages reached from every CPU", ReclaimBench.Run),
         ("dma", "IOVA cache, IOMMU map/unmap and scaling, swiotlb round trip", DmaBench.Run),
         ("swap", "a 256 MiB buffer swapped to the file store and back, against memcpy and plain file I/O", SwapBench.Run),
     ];
 
+    /// <summary>The most repetitions --repeat accepts: enough for any statistical test, a bound on run time.</summary>
+    private const int MaxRepeat = 101;
+
     internal static Command Create()
     {
-        var quick = new Option<bool>("--quick") { Description = "Fewer repetitions and smaller sizes (for CI)." };
+        var quick = new Option<bool>("--quick") { Description = "Fewer operations per repetition and smaller sizes (for CI)." };
         var only = new Option<string?>("--only")
         {
-            Description = "Run one group: " + string.Join(", ", Groups.Select(g => g.Name)) + ".",
-            HelpName = "GROUP",
+            Description = "Run these groups only (comma-separated): " + string.Join(", ", Groups.Select(g => g.Name)) + ".",
+            HelpName = "GROUPS",
         };
         only.CompletionSources.Add(Groups.Select(g => g.Name).ToArray());
         only.Validators.Add(r =>
         {
             var v = r.GetValueOrDefault<string?>();
-            if (v is not null && !Groups.Any(g => g.Name == v))
-                r.AddError($"--only: unknown group '{v}'; accepted: {string.Join(", ", Groups.Select(g => g.Name))}.");
+            if (v is null) return;
+            foreach (var name in SplitGroups(v))
+                if (!Groups.Any(g => g.Name == name))
+                    r.AddError($"--only: unknown group '{name}'; accepted: {string.Join(", ", Groups.Select(g => g.Name))}.");
         });
-        var json = new Option<string?>("--json") { Description = "Also write the metrics as a flat JSON object to FILE.", HelpName = "FILE" };
-        var cmd = new Command("bench", "Measure caching changes, the pool and their baselines; print a table.") { quick, only, json };
-        cmd.SetAction(r => Run(r.GetValue(quick), r.GetValue(only), r.GetValue(json)));
+        only.CompletionSources.Add(Groups.Select(g => g.Name).ToArray());
+        var repeat = new Option<int?>("--repeat")
+        {
+            Description = "Repetitions per metric (default 5 with --quick, 11 otherwise); the JSON keeps every one.",
+            HelpName = "N",
+        };
+        repeat.Validators.Add(r =>
+        {
+            var v = r.GetValueOrDefault<int?>();
+            if (v is < 1 or > MaxRepeat) r.AddError($"--repeat: a whole number from 1 to {MaxRepeat}, not {v}.");
+        });
+        var json = new Option<string?>("--json")
+        {
+            Description = "Also write the results as JSON to FILE ('-' for standard output; the table then goes to standard error).",
+            HelpName = "FILE",
+        };
+        var svg = new Option<string?>("--svg") { Description = "Also draw the results as an SVG chart to FILE.", HelpName = "FILE" };
+        var cmd = new Command("bench", "Measure caching changes, the pool and their baselines; print a table.") { quick, only, repeat, json, svg };
+        cmd.SetAction(r => Run(r.GetValue(quick), r.GetValue(only), r.GetValue(repeat), r.GetValue(json), r.GetValue(svg)));
         return cmd;
     }
 
-    private static int Run(bool quick, string? only, string? jsonPath)
+    private static string[] SplitGroups(string value) => value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    private static int Run(bool quick, string? only, int? repeat, string? jsonPath, string? svgPath)
     {
-        var ctx = new BenchContext(quick);
+        var slowdown = BenchSlowdown.Parse(Environment.GetEnvironmentVariable(BenchSlowdown.Variable));
+        foreach (var (metric, factor) in slowdown.Factors)
+            Console.Error.WriteLine($"bench: {BenchSlowdown.Variable} slows {metric} down {factor}x on purpose (its operation runs {factor} times per timed operation).");
+        var ctx = new BenchContext(quick, repeat, slowdown);
+        var chosen = only is null ? null : SplitGroups(only);
         foreach (var g in Groups)
         {
-            if (only is not null && g.Name != only) continue;
-            Console.Error.WriteLine($"bench: {g.Name} ({g.About})...");
+            if (chosen is not null && !chosen.Contains(g.Name)) continue;
+            Console.Error.Write($"bench: {g.Name} ({g.About})...");
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             g.Run(ctx);
+            Console.Error.WriteLine($" {System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s");
         }
-        Print(ctx);
-        if (jsonPath is not null) WriteJson(ctx, jsonPath);
+        bool jsonToStdout = jsonPath == "-";
+        Print(ctx, jsonToStdout ? Console.Error : Console.Out);
+        if (jsonPath is not null)
+        {
+            using var stream = jsonToStdout ? Console.OpenStandardOutput() : File.Create(jsonPath);
+            BenchResults.Write(ctx.Metrics, stream);
+            if (jsonToStdout) stream.Write("\n"u8);
+        }
+        if (svgPath is not null) File.WriteAllText(svgPath, BenchChart.Draw(ctx.Metrics, ctx.Reps));
         return ExitCodes.Ok;
     }
 
-    private static void Print(BenchContext ctx)
+    private static void Print(BenchContext ctx, TextWriter output)
     {
+        if (ctx.Metrics.Count == 0)
+        {
+            output.WriteLine("bench: no metric measured.");
+            return;
+        }
         int w = Math.Max(6, ctx.Metrics.Max(m => m.Name.Length));
-        Console.WriteLine($"{"metric".PadRight(w)}  {"value",12}  what");
-        foreach (var m in ctx.Metrics)
-            Console.WriteLine($"{m.Name.PadRight(w)}  {m.Value.ToString("0.###", CultureInfo.InvariantCulture),12}  {m.Description}");
-        foreach (var n in ctx.Notes) Console.WriteLine($"note: {n}");
+        var spreads = ctx.Metrics.Select(m => $"{Format(m.Samples.Min)}..{Format(m.Samples.Max)}").ToArray();
+        int sw = Math.Max(18, spreads.Max(s => s.Length));
+        output.WriteLine($"{"metric".PadRight(w)}  {"median",10}  {"unit",-7}  {$"spread of {ctx.Reps}".PadRight(sw)}  what");
+        for (int i = 0; i < ctx.Metrics.Count; i++)
+        {
+            var m = ctx.Metrics[i];
+            output.WriteLine($"{m.Name.PadRight(w)}  {Format(m.Value),10}  {m.Unit,-7}  {spreads[i].PadRight(sw)}  {m.Description}");
+        }
+        foreach (var n in ctx.Notes) output.WriteLine($"note: {n}");
     }
 
-    internal static void WriteJson(BenchContext ctx, string path)
+    /// <summary>Four significant digits, never exponent notation: 0.9312, 41.37, 412.6, 4126.</summary>
+    internal static string Format(double v)
     {
-        using var stream = File.Create(path);
-        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
-        w.WriteStartObject();
-        foreach (var m in ctx.Metrics) w.WriteNumber(m.Name, Math.Round(m.Value, 3));
-        w.WriteEndObject();
+        double a = Math.Abs(v);
+        string format = a >= 1000 ? "0" : a >= 100 ? "0.0" : a >= 10 ? "0.00" : "0.000";
+        return v.ToString(format, CultureInfo.InvariantCulture);
     }
 }

@@ -24,6 +24,7 @@ internal static class Program
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(StressCommand.Create());
         root.Subcommands.Add(TraceCommand.Create());
+        root.Subcommands.Add(GateCommand.Create());
         return root;
     }
 

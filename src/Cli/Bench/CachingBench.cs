@@ -17,7 +17,7 @@ internal static class CachingBench
         var pages = new PageHandle[RunPages];
         for (int i = 0; i < pages.Length; i++) pages[i] = memory.AllocateBlock(Zone.Normal, 0);
 
-        double single = ctx.Median(() =>
+        var single = ctx.Median(() =>
         {
             Dirty(memory, pages);
             long t0 = Stopwatch.GetTimestamp();
@@ -29,7 +29,7 @@ internal static class CachingBench
             return Stopwatch.GetElapsedTime(t0).TotalNanoseconds / pages.Length;
         });
         int runs = 0;
-        double batched = ctx.Median(() =>
+        var batched = ctx.Median(() =>
         {
             Dirty(memory, pages);
             long t0 = Stopwatch.GetTimestamp();

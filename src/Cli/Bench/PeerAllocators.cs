@@ -12,31 +12,40 @@ internal static unsafe class PeerAllocators
 {
     private const int MallocxZero = 0x40;              // MALLOCX_ZERO
     private const int MallocxAlign4096 = 12;           // MALLOCX_ALIGN(4096) = log2(4096)
+    private const string JemallocZalloc = "mallocx(4096, ALIGN(4096)|ZERO) + dallocx (Debian libjemalloc2)";
+    private const string JemallocAlloc = "mallocx(4096, ALIGN(4096)) + dallocx, no zeroing (Debian libjemalloc2)";
+    private const string InChild = "; measured in a child started with a larger static TLS reserve";
 
     internal static void Run(BenchContext ctx)
     {
         int ops = ctx.Quick ? 200_000 : 1_000_000;
-        double native = ctx.Median(() => BenchContext.NsPerOp(ops, () =>
+        var native = ctx.NsPerOp("baseline.native_aligned_zero.ns", ops, () =>
         {
             void* p = NativeMemory.AlignedAlloc(4096, 4096);
             NativeMemory.Clear(p, 4096);
             NativeMemory.AlignedFree(p);
-        }));
+        });
         ctx.Add("baseline.native_aligned_zero.ns", native, "NativeMemory.AlignedAlloc(4096, 4096) + Clear + AlignedFree");
 
         if (TryLoad("libmimalloc.so.2", "libmimalloc2.0", ctx, out nint mi, out _))
         {
             var zalloc = (delegate* unmanaged[Cdecl, SuppressGCTransition]<nuint, nuint, void*>)NativeLibrary.GetExport(mi, "mi_zalloc_aligned");
+            var malloc = (delegate* unmanaged[Cdecl, SuppressGCTransition]<nuint, nuint, void*>)NativeLibrary.GetExport(mi, "mi_malloc_aligned");
             var free = (delegate* unmanaged[Cdecl, SuppressGCTransition]<void*, void>)NativeLibrary.GetExport(mi, "mi_free");
-            double v = ctx.Median(() => BenchContext.NsPerOp(ops, () => free(zalloc(4096, 4096))));
-            ctx.Add("baseline.mimalloc_zalloc.ns", v, "mi_zalloc_aligned(4096, 4096) + mi_free (Debian libmimalloc2.0)");
+            ctx.Add("baseline.mimalloc_zalloc.ns", ctx.NsPerOp("baseline.mimalloc_zalloc.ns", ops, () => free(zalloc(4096, 4096))),
+                "mi_zalloc_aligned(4096, 4096) + mi_free (Debian libmimalloc2.0)");
+            // No zeroing: the allocator's own overhead, what pool.hit.wb.noclear.ns is held to.
+            ctx.Add("baseline.mimalloc_alloc_4k.ns", ctx.NsPerOp("baseline.mimalloc_alloc_4k.ns", ops, () => free(malloc(4096, 4096))),
+                "mi_malloc_aligned(4096, 4096) + mi_free, no zeroing (Debian libmimalloc2.0)");
         }
         if (TryLoad("libjemalloc.so.2", "libjemalloc2", ctx, out nint je, out string? error))
         {
             var mallocx = (delegate* unmanaged[Cdecl, SuppressGCTransition]<nuint, int, void*>)NativeLibrary.GetExport(je, "mallocx");
             var dallocx = (delegate* unmanaged[Cdecl, SuppressGCTransition]<void*, int, void>)NativeLibrary.GetExport(je, "dallocx");
-            double v = ctx.Median(() => BenchContext.NsPerOp(ops, () => dallocx(mallocx(4096, MallocxAlign4096 | MallocxZero), 0)));
-            ctx.Add("baseline.jemalloc_zalloc.ns", v, "mallocx(4096, ALIGN(4096)|ZERO) + dallocx (Debian libjemalloc2)");
+            ctx.Add("baseline.jemalloc_zalloc.ns", ctx.NsPerOp("baseline.jemalloc_zalloc.ns", ops, () => dallocx(mallocx(4096, MallocxAlign4096 | MallocxZero), 0)),
+                JemallocZalloc);
+            ctx.Add("baseline.jemalloc_alloc_4k.ns", ctx.NsPerOp("baseline.jemalloc_alloc_4k.ns", ops, () => dallocx(mallocx(4096, MallocxAlign4096), 0)),
+                JemallocAlloc);
         }
         else if (error is not null && error.Contains("static TLS", StringComparison.Ordinal))
         {
@@ -55,7 +64,8 @@ internal static unsafe class PeerAllocators
             return;
         }
         string json = Path.Combine(Path.GetTempPath(), $"pagepool-peers-{Environment.ProcessId}.json");
-        string[] args = ctx.Quick ? ["bench", "--only", "peers", "--json", json, "--quick"] : ["bench", "--only", "peers", "--json", json];
+        List<string> args = ["bench", "--only", "peers", "--json", json, "--repeat", ctx.Reps.ToString(System.Globalization.CultureInfo.InvariantCulture)];
+        if (ctx.Quick) args.Add("--quick");
         var psi = SelfProcess.StartInfo(args);
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
@@ -66,13 +76,16 @@ internal static unsafe class PeerAllocators
             child.StandardOutput.ReadToEnd();
             child.StandardError.ReadToEnd();
             child.WaitForExit();
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(json));
-            if (child.ExitCode == 0 && doc.RootElement.TryGetProperty("baseline.jemalloc_zalloc.ns", out var v))
-                ctx.Add("baseline.jemalloc_zalloc.ns", v.GetDouble(), "mallocx(4096, ALIGN(4096)|ZERO) + dallocx (Debian libjemalloc2; measured in a child started with a larger static TLS reserve)");
-            else
-                ctx.Note("jemalloc: the measuring child process did not report a value.");
+            var childResults = child.ExitCode == 0 ? BenchResults.Load(json) : null;
+            foreach (var (name, about) in new[] { ("baseline.jemalloc_zalloc.ns", JemallocZalloc), ("baseline.jemalloc_alloc_4k.ns", JemallocAlloc) })
+            {
+                if (childResults is not null && childResults.Samples.TryGetValue(name, out var samples))
+                    ctx.Add(name, new Samples(samples), about + InChild);
+                else
+                    ctx.Note($"jemalloc: the measuring child process did not report {name}.");
+            }
         }
-        catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or System.Text.Json.JsonException)
+        catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or BenchResultsException)
         {
             ctx.Note($"jemalloc: the measuring child process failed ({e.Message}).");
         }

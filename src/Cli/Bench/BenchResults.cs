@@ -1,0 +1,104 @@
+using System.Text.Json;
+
+namespace PagePool.Cli.Bench;
+
+/// <summary>
+/// A bench run as JSON. The object stays flat for tools that read one number per metric: every top-level number
+/// member is a metric's median. Two object members ride along: <c>"samples"</c> (metric to every repetition,
+/// what the gate tests) and <c>"units"</c> (metric to its unit). A reader of the flat form takes the number
+/// members and skips the rest; a file without <c>"samples"</c> (an older bench) reads as one sample per metric.
+/// </summary>
+internal sealed class BenchResults
+{
+    internal const string SamplesMember = "samples";
+    internal const string UnitsMember = "units";
+
+    /// <summary>Metric to median, in file order.</summary>
+    internal IReadOnlyDictionary<string, double> Medians { get; }
+
+    /// <summary>Metric to every repetition (at least one).</summary>
+    internal IReadOnlyDictionary<string, double[]> Samples { get; }
+
+    private BenchResults(Dictionary<string, double> medians, Dictionary<string, double[]> samples)
+    {
+        Medians = medians;
+        Samples = samples;
+    }
+
+    /// <summary>Write the metrics of a run to <paramref name="stream"/>.</summary>
+    internal static void Write(IReadOnlyList<Metric> metrics, Stream stream)
+    {
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        foreach (var m in metrics) w.WriteNumber(m.Name, Math.Round(m.Value, 3));
+        w.WriteStartObject(SamplesMember);
+        foreach (var m in metrics)
+        {
+            w.WriteStartArray(m.Name);
+            foreach (var v in m.Samples.Values) w.WriteNumberValue(Math.Round(v, 3));
+            w.WriteEndArray();
+        }
+        w.WriteEndObject();
+        w.WriteStartObject(UnitsMember);
+        foreach (var m in metrics) w.WriteString(m.Name, m.Unit);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    /// <summary>Read a file written by <see cref="Write"/> (or the flat object alone).</summary>
+    /// <exception cref="BenchResultsException">The file is missing, unreadable, or not a bench result.</exception>
+    internal static BenchResults Load(string path)
+    {
+        if (!File.Exists(path)) throw new BenchResultsException($"the bench result '{path}' does not exist.");
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            throw new BenchResultsException($"cannot read the bench result '{path}': {e.Message}", e);
+        }
+        try
+        {
+            using var doc = JsonDocument.Parse(bytes);
+            return Parse(doc.RootElement, path);
+        }
+        catch (JsonException e)
+        {
+            throw new BenchResultsException($"'{path}' is not JSON ({e.Message}); expected the output of 'pagepool bench --json'.", e);
+        }
+    }
+
+    private static BenchResults Parse(JsonElement root, string path)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+            throw new BenchResultsException($"'{path}' holds a JSON {root.ValueKind.ToString().ToLowerInvariant()}, not the object 'pagepool bench --json' writes.");
+        var medians = new Dictionary<string, double>();
+        var samples = new Dictionary<string, double[]>();
+        foreach (var p in root.EnumerateObject())
+        {
+            if (p.Value.ValueKind == JsonValueKind.Number) medians[p.Name] = p.Value.GetDouble();
+            else if (p.Name == SamplesMember && p.Value.ValueKind == JsonValueKind.Object) continue;
+            else if (p.Name == UnitsMember && p.Value.ValueKind == JsonValueKind.Object) continue;
+            else throw new BenchResultsException($"'{path}': member '{p.Name}' is a {p.Value.ValueKind.ToString().ToLowerInvariant()}; a metric must be a number.");
+        }
+        if (root.TryGetProperty(SamplesMember, out var all) && all.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var p in all.EnumerateObject())
+            {
+                if (p.Value.ValueKind != JsonValueKind.Array || p.Value.GetArrayLength() == 0
+                    || p.Value.EnumerateArray().Any(v => v.ValueKind != JsonValueKind.Number))
+                    throw new BenchResultsException($"'{path}': samples of '{p.Name}' must be a non-empty array of numbers.");
+                if (!medians.ContainsKey(p.Name))
+                    throw new BenchResultsException($"'{path}': samples of '{p.Name}' have no median member of that name.");
+                samples[p.Name] = p.Value.EnumerateArray().Select(v => v.GetDouble()).ToArray();
+            }
+        }
+        foreach (var (name, median) in medians)
+            samples.TryAdd(name, [median]);
+        if (medians.Count == 0)
+            throw new BenchResultsException($"'{path}' holds no metric; expected the output of 'pagepool bench --json'.");
+        return new BenchResults(medians, samples);
+    }
+}

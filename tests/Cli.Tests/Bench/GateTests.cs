@@ -1,0 +1,144 @@
+using PagePool.Cli.Bench;
+using Xunit;
+
+namespace PagePool.Cli.Tests;
+
+public sealed class GateTests
+{
+    private static Dictionary<string, double[]> Run(int seed, double hitWb = 70, double memset = 40, double scaling = 1.9) => new()
+    {
+        ["baseline.memset_4k.ns"] = BenchFile.Around(memset, seed),
+        ["pool.hit.wb.ns"] = BenchFile.Around(hitWb, seed + 1),
+        ["baseline.scaling.2t"] = BenchFile.Around(1.95, seed + 2),
+        ["pool.scaling.2t"] = BenchFile.Around(scaling, seed + 3),
+    };
+
+    [Fact]
+    public void Identical_inputs_pass_with_exit_0()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("gate: no regression.", r.Stdout);
+        Assert.Matches(@"pool\.hit\.wb\.ns\s+baseline\.memset_4k\.ns\s+\S+x\s+\S+x\s+0\.0%\s+35%\s+\S+\s+same", r.Stdout);
+    }
+
+    [Fact]
+    public void A_cost_worse_beyond_the_threshold_exits_1()
+    {
+        using var before = new BenchFile(Run(1));
+        using var after = new BenchFile(Run(11, hitWb: 70 * 1.6));
+        var r = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path, "--threshold", "25");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"pool\.hit\.wb\.ns .* REGRESSION", r.Stdout);
+    }
+
+    [Fact]
+    public void A_slower_machine_is_not_a_regression_when_the_pair_moves_with_it()
+    {
+        var before = GateCommand.Compare(Load(Run(1)), Load(Run(11, hitWb: 140, memset: 80)), 0.10);
+        Assert.Equal(GateVerdict.Same, before.Single(r => r.Metric == "pool.hit.wb.ns").Verdict);
+    }
+
+    [Fact]
+    public void A_change_inside_the_threshold_is_the_same()
+    {
+        var rows = GateCommand.Compare(Load(Run(1)), Load(Run(11, hitWb: 70 * 1.08)), 0.25);
+        Assert.Equal(GateVerdict.Same, rows.Single(r => r.Metric == "pool.hit.wb.ns").Verdict);
+    }
+
+    [Fact]
+    public void A_ratio_that_drops_is_the_regression_for_metrics_where_more_is_better()
+    {
+        var rows = GateCommand.Compare(Load(Run(1)), Load(Run(11, scaling: 0.9)), 0.25);
+        Assert.Equal(GateVerdict.Regression, rows.Single(r => r.Metric == "pool.scaling.2t").Verdict);
+        var better = GateCommand.Compare(Load(Run(11, scaling: 0.9)), Load(Run(1)), 0.25);
+        Assert.Equal(GateVerdict.Improvement, better.Single(r => r.Metric == "pool.scaling.2t").Verdict);
+    }
+
+    [Fact]
+    public void A_metric_on_one_side_only_is_reported_and_does_not_fail_the_gate()
+    {
+        var current = Run(11);
+        current["pool.hit.wc.ns"] = BenchFile.Around(450, 5);
+        current["baseline.ntclear_4k.ns"] = BenchFile.Around(400, 6);
+        using var before = new BenchFile(Run(1));
+        using var after = new BenchFile(current);
+        var r = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Matches(@"pool\.hit\.wc\.ns .* only in current", r.Stdout);
+    }
+
+    [Fact]
+    public void A_metric_whose_pair_is_missing_is_reported_as_not_compared()
+    {
+        var current = Run(11);
+        current.Remove("baseline.memset_4k.ns");
+        var rows = GateCommand.Compare(Load(Run(1)), Load(current), 0.25);
+        var row = rows.Single(r => r.Metric == "pool.hit.wb.ns");
+        Assert.Equal(GateVerdict.NoPair, row.Verdict);
+        Assert.Contains("baseline.memset_4k.ns missing from current", row.Why);
+    }
+
+    [Fact]
+    public void Metrics_without_a_pair_in_the_table_are_listed_as_not_gated()
+    {
+        var current = Run(11);
+        current["dma.map.ns"] = BenchFile.Around(100, 7);
+        using var before = new BenchFile(Run(1));
+        using var after = new BenchFile(current);
+        var r = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("not gated (no pair in the gate's table): dma.map.ns", r.Stdout);
+    }
+
+    [Fact]
+    public void Flat_files_with_one_sample_are_shown_but_not_tested()
+    {
+        var rows = GateCommand.Compare(Load(new() { ["baseline.memset_4k.ns"] = [40], ["pool.hit.wb.ns"] = [70] }),
+            Load(new() { ["baseline.memset_4k.ns"] = [40], ["pool.hit.wb.ns"] = [700] }), 0.25);
+        Assert.Equal(GateVerdict.TooFewSamples, rows.Single().Verdict);
+    }
+
+    [Fact]
+    public void A_missing_file_is_bad_input_exit_2()
+    {
+        using var f = new BenchFile(Run(1));
+        string missing = Path.Combine(Path.GetTempPath(), $"pagepool-gate-missing-{Guid.NewGuid():N}.json");
+        var r = PagepoolProcess.Run("gate", "--baseline", missing, "--current", f.Path);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("does not exist", r.Stderr);
+        Assert.Contains(missing, r.Stderr);
+    }
+
+    [Theory]
+    [InlineData("{ \"pool.hit.wb.ns\": 70")]                         // cut short
+    [InlineData("[70, 40]")]                                          // not an object
+    [InlineData("{ \"pool.hit.wb.ns\": \"fast\" }")]                 // a metric that is not a number
+    [InlineData("{ }")]                                               // no metric
+    [InlineData("{ \"pool.hit.wb.ns\": 70, \"samples\": { \"pool.hit.wb.ns\": [] } }")] // empty samples
+    [InlineData("{ \"samples\": { \"pool.hit.wb.ns\": [70] }, \"x\": 1 }")]             // samples without their median
+    public void A_malformed_file_is_bad_input_exit_2(string text)
+    {
+        using var good = new BenchFile(Run(1));
+        using var bad = new BenchFile(text);
+        var r = PagepoolProcess.Run("gate", "--baseline", good.Path, "--current", bad.Path);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(bad.Path, r.Stderr);
+    }
+
+    [Fact]
+    public void A_threshold_that_is_not_a_positive_percentage_is_a_usage_error()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--threshold", "-5");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--threshold", r.Stderr);
+    }
+
+    private static BenchResults Load(Dictionary<string, double[]> samples)
+    {
+        using var f = new BenchFile(samples);
+        return BenchResults.Load(f.Path);
+    }
+}

@@ -1,0 +1,64 @@
+using PagePool.Cli.Bench;
+using Xunit;
+
+namespace PagePool.Cli.Tests;
+
+/// <summary>The gate can fail: a deliberate slowdown of one measured path, in the bench harness, is caught.</summary>
+public sealed class SlowdownGateTests
+{
+    [Fact]
+    public void Slowing_the_write_back_hit_threefold_makes_the_gate_exit_1()
+    {
+        string before = Path.Combine(Path.GetTempPath(), $"pagepool-slow-{Guid.NewGuid():N}-before.json");
+        string after = Path.Combine(Path.GetTempPath(), $"pagepool-slow-{Guid.NewGuid():N}-after.json");
+        try
+        {
+            var b = PagepoolProcess.Run("bench", "--quick", "--only", "baseline,pool", "--repeat", "5", "--json", before);
+            Assert.Equal(0, b.ExitCode);
+            var a = SlowedPagepool.Run("pool.hit.wb.ns:3",
+                "bench", "--quick", "--only", "baseline,pool", "--repeat", "5", "--json", after);
+            Assert.Equal(0, a.ExitCode);
+            Assert.Contains("slows pool.hit.wb.ns down 3x on purpose", a.Stderr);
+
+            var gate = PagepoolProcess.Run("gate", "--baseline", before, "--current", after);
+            Assert.Equal(1, gate.ExitCode);
+            Assert.Matches(@"pool\.hit\.wb\.ns\s.* REGRESSION", gate.Stdout);
+        }
+        finally
+        {
+            File.Delete(before);
+            File.Delete(after);
+        }
+    }
+
+    [Fact]
+    public void A_slowdown_that_does_not_parse_stops_bench_with_exit_2()
+    {
+        var r = SlowedPagepool.Run("pool.hit.wb.ns:three", "bench", "--quick", "--only", "caching");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("PAGEPOOL_BENCH_SLOWDOWN: 'pool.hit.wb.ns:three'", r.Stderr);
+    }
+
+    [Fact]
+    public void The_slowdown_runs_the_operation_factor_times_per_timed_operation()
+    {
+        var slowdown = BenchSlowdown.Parse("pool.hit.wb.ns:3, baseline.memset_4k.ns:2");
+        int runs = 0;
+        slowdown.Wrap("pool.hit.wb.ns", () => runs++)();
+        Assert.Equal(3, runs);
+        runs = 0;
+        slowdown.Wrap("pool.hit.wc.ns", () => runs++)();
+        Assert.Equal(1, runs);
+    }
+
+    [Theory]
+    [InlineData("pool.hit.wb.ns")]
+    [InlineData(":3")]
+    [InlineData("pool.hit.wb.ns:0")]
+    [InlineData("pool.hit.wb.ns:101")]
+    public void Slowdown_values_outside_metric_colon_factor_are_refused(string value)
+    {
+        var e = Assert.Throws<UsageException>(() => BenchSlowdown.Parse(value));
+        Assert.Contains(value, e.Message);
+    }
+}
