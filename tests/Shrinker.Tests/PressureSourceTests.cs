@@ -82,15 +82,15 @@ public sealed class PressureSourceTests : IDisposable
         using var cg = new CgroupPressureSource(_dir, 1);
         Assert.Equal(1_000_000, cg.LimitBytes);
         Assert.Equal(MemoryPressure.None, cg.Sample());
-        File.WriteAllText(usage, "860000");
+        File.WriteAllText(usage, "760000");
         Assert.Equal(MemoryPressure.Low, cg.Sample());
-        File.WriteAllText(usage, "820000");
-        Assert.Equal(MemoryPressure.Low, cg.Sample()); // hysteresis: stays until below 80 %
-        File.WriteAllText(usage, "790000");
+        File.WriteAllText(usage, "720000");
+        Assert.Equal(MemoryPressure.Low, cg.Sample()); // hysteresis: stays until below 70 %
+        File.WriteAllText(usage, "690000");
         Assert.Equal(MemoryPressure.None, cg.Sample());
-        File.WriteAllText(usage, "910000");
+        File.WriteAllText(usage, "810000");
         Assert.Equal(MemoryPressure.Medium, cg.Sample());
-        File.WriteAllText(usage, "960000");
+        File.WriteAllText(usage, "860000");
         Assert.Equal(MemoryPressure.Critical, cg.Sample());
     }
 
@@ -104,7 +104,7 @@ public sealed class PressureSourceTests : IDisposable
         Assert.True(cg.ThresholdRegistered, cg.Mode);
         var fields = File.ReadAllText(control).Split(' ');
         Assert.Equal(cg.WaitFd.ToString(System.Globalization.CultureInfo.InvariantCulture), fields[0]);
-        Assert.Equal("800000", fields[2]); // 80 % of the limit
+        Assert.Equal("700000", fields[2]); // 70 % of the limit (LowLeave)
     }
 
     [Fact]
@@ -123,7 +123,7 @@ public sealed class PressureSourceTests : IDisposable
     {
         Write("memory.max", "max\n");
         string high = Write("memory.high", "2000000\n");
-        string current = Write("memory.current", "1850000\n");
+        string current = Write("memory.current", "1650000\n");
         using var cg = new CgroupPressureSource(_dir, 2);
         Assert.Equal(2_000_000, cg.LimitBytes);
         Assert.Equal(MemoryPressure.Medium, cg.Sample());

@@ -11,7 +11,7 @@ namespace PagePool.Cli.Tests;
 public sealed class ReclaimCgroupTests
 {
     private const long LimitBytes = 190L << 20;
-    private static readonly string[] Churn = ["stress", "churn", "-d", "6s", "-w", "128M", "--pool-limit", "16G", "--verify", "--seed", "7"];
+    private static readonly string[] Churn = ["stress", "churn", "-d", "6s", "-w", "96M", "--pool-limit", "16G", "--verify", "--seed", "7"];
 
     [Fact]
     public void Under_a_cgroup_memory_limit_the_reclaim_thread_keeps_churn_alive_where_it_is_otherwise_oom_killed()
