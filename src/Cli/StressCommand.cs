@@ -171,13 +171,7 @@ internal static class StressCommand
             if (r.GetResult(o.Duration) is not null && r.GetResult(o.Ops) is not null)
                 r.AddError("--duration and --ops: give one or the other, not both.");
         });
-        cmd.SetAction(r =>
-        {
-            var settings = Resolve(o, r);
-            if (settings.Scenario is DmaScenario)
-                return DmaStressRunner.Run(settings, ResolveDma(o, r));
-            return StressRunner.Run(settings, r.InvocationConfiguration.Output, r.InvocationConfiguration.Error);
-        });
+        cmd.SetAction(r => StressRunner.Run(Resolve(o, r), r.InvocationConfiguration.Output, r.InvocationConfiguration.Error));
         return cmd;
     }
 
@@ -212,6 +206,7 @@ internal static class StressCommand
             SwapDir = r.GetValue(o.SwapDir),
             BufferLimitBytes = r.GetValue(o.BufferLimit),
             Inject = r.GetValue(o.InjectFault) is { Length: > 0 } fault && Options.SwapFaults.Contains(fault) ? fault : null,
+            Dma = scenario is DmaScenario ? ResolveDma(o, r) : new DmaStressSettings(),
         };
     }
 

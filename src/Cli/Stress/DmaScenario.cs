@@ -1,62 +1,47 @@
-using System.Runtime.CompilerServices;
 using PagePool.Dma;
 using PagePool.Memory;
+using PagePool.Pool;
 
 namespace PagePool.Cli.Stress;
 
 /// <summary>
-/// DMA round trips. `stress dma` runs them with its own runner (<see cref="DmaStressRunner"/>: ops kind, devices,
-/// mask, injection); inside `mixed` each step is one round trip on a small DMA machine of its own (an IOMMU device
-/// with deferred flush, a bouncing 32-bit device and a non-coherent direct one), checker on, so mixed covers DMA too.
+/// DMA round trips: devices map, read and write through their DMA addresses, sync, verify every byte and unmap,
+/// with the dma-debug checker on. `stress dma` builds its devices from the command (--ops-kind, --devices, --mask,
+/// --deferred-flush, --inject); inside `mixed` a small machine of three devices (an IOMMU device with deferred
+/// flush, a bouncing 32-bit device, a non-coherent direct one) gives mixed its DMA steps. The runner brings the
+/// threads, progress, JSON and exit code like any scenario; checker reports and left-over bounce slots are broken
+/// invariants at the end (so an injected misuse ends the run with exit 1 and its report).
 /// </summary>
 internal sealed class DmaScenario : StressScenario
 {
-    private static readonly ConditionalWeakTable<StressWorker, DmaLane> s_lanes = new();
-    private static readonly Lazy<MixedDma> s_mixed = new(() => new MixedDma());
+    private DmaMachine? _machine;
 
     internal override string Name => "dma";
     internal override string Description => "devices map, read and write through DMA addresses, sync, verify every byte, unmap (see --ops-kind)";
 
+    internal override void Start(PoolAllocator pool, StressSettings settings)
+        => _machine = settings.Scenario is DmaScenario ? new DmaMachine(settings, settings.Dma) : DmaMachine.ForMixed(settings);
+
     internal override void Step(StressWorker w)
     {
-        var mixed = s_mixed.Value;
-        var lane = s_lanes.GetValue(w, x => mixed.Lane(x.Index));
+        var lane = _machine!.Lanes[w.Index];
         long failures = lane.VerifyFailures;
         lane.Step();
         w.Operations++;
         if (lane.VerifyFailures != failures)
         {
             w.VerifyFailures += lane.VerifyFailures - failures;
-            lock (w.Failures) w.Failures.AddRange(lane.Failures.Skip(w.Failures.Count).Take(8));
-        }
-        if (mixed.Platform.Checker!.ReportCount > 0 && Interlocked.Exchange(ref mixed.Reported, 1) == 0)
-        {
-            w.VerifyFailures++;
-            lock (w.Failures) w.Failures.Add("DMA checker: " + mixed.Platform.Checker.Reports[0]);
+            foreach (var f in lane.Failures.Skip(w.Failures.Count).Take(8 - w.Failures.Count)) w.Failures.Add(f);
         }
     }
 
-    // Lives for the process: mixed has no teardown hook for scenarios, and the memory is the process's to drop.
-    private sealed class MixedDma
+    internal override IEnumerable<string> Finish()
     {
-        internal readonly DmaPlatform Platform;
-        private readonly DmaDevice[] _devices;
-        private readonly DmaPagePool[] _pools;
-        internal int Reported;
-
-        internal MixedDma()
-        {
-            var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 32L << 20, Dma32Bytes = 256L << 20, NormalBytes = 64L << 20 });
-            Platform = new DmaPlatform(memory, new DmaPlatformOptions { Checker = true, DeferredFlush = true, SwiotlbBytes = 32L << 20 });
-            _devices =
-            [
-                Platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-iommu", OpsKind = DmaOpsKind.Iommu }),
-                Platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-bounce", OpsKind = DmaOpsKind.Swiotlb, MaskBits = 32 }),
-                Platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-direct", OpsKind = DmaOpsKind.Direct, MaskBits = 32, Coherent = false }),
-            ];
-            _pools = _devices.Select(d => new DmaPagePool(d)).ToArray();
-        }
-
-        internal DmaLane Lane(int index) => new(Platform, _devices, _pools, index + 1);
+        if (_machine is null) return [];
+        var problems = _machine.Finish();
+        return problems;
     }
+
+    internal override IEnumerable<(string Name, string Text, double Value)> Report()
+        => _machine?.Report() ?? [];
 }

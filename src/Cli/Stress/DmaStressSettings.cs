@@ -2,7 +2,7 @@ using PagePool.Dma;
 
 namespace PagePool.Cli.Stress;
 
-/// <summary>What `stress dma` was asked for beyond the common settings.</summary>
+/// <summary>What `stress dma` was asked for beyond the common settings (<see cref="StressSettings.Dma"/>).</summary>
 internal sealed class DmaStressSettings
 {
     internal DmaOpsKind OpsKind { get; init; } = DmaOpsKind.Iommu;

@@ -35,6 +35,8 @@ internal sealed class StressSettings
     internal string? SwapDir { get; init; }
     /// <summary>swap, mixed: resident buffer pages allowed; null for half the working set.</summary>
     internal long? BufferLimitBytes { get; init; }
-    /// <summary>swap: interrupted-restore or failing-write; dma: missing-sync, stale-iotlb or wrong-pool.</summary>
+    /// <summary>swap: interrupted-restore or failing-write (dma faults are in <see cref="Dma"/>).</summary>
     internal string? Inject { get; init; }
+    /// <summary>dma: ops kind, devices, mask, deferred flush and the misuse to inject.</summary>
+    internal DmaStressSettings Dma { get; init; } = new();
 }

@@ -1,0 +1,163 @@
+using PagePool.Dma;
+using PagePool.Memory;
+
+namespace PagePool.Cli.Stress;
+
+/// <summary>
+/// The simulated machine a DMA stress run drives: a memory space, a platform with the checker on, devices of one ops
+/// kind with a coherent DMA pool each, and one lane of work per worker thread. Built at the start of a run, torn
+/// down at its end, when what the checker saw becomes the run's verdict.
+/// </summary>
+internal sealed class DmaMachine
+{
+    private readonly PhysicalMemory _memory;
+    private readonly DmaPlatform _platform;
+    private readonly DmaDevice[] _devices;
+    private readonly DmaPagePool[] _pools;
+    private readonly DmaInjection _inject;
+    internal readonly DmaLane[] Lanes;
+    private long _faults, _stale, _maintenance, _swiotlbLeft, _reports;
+    private bool _finished;
+
+    internal DmaMachine(StressSettings s, DmaStressSettings d)
+    {
+        long dma32 = Math.Min(2L << 30, Math.Max(128L << 20, s.WorkingSetBytes)) + (64L << 20);
+        _memory = new PhysicalMemory(new MemoryOptions
+        {
+            Dma32Bytes = Math.Min(dma32, (4L << 30) - (16L << 20)), NormalBytes = Math.Max(256L << 20, s.WorkingSetBytes),
+            Xen = d.OpsKind == DmaOpsKind.Xen, XenSeed = s.Seed,
+        });
+        _platform = new DmaPlatform(_memory, new DmaPlatformOptions
+        {
+            Checker = true, DeferredFlush = d.DeferredFlush || d.Inject == DmaInjection.StaleIotlb, SwiotlbBytes = 64L << 20,
+        });
+        _devices = new DmaDevice[d.Devices];
+        for (int i = 0; i < _devices.Length; i++)
+            _devices[i] = _platform.CreateDevice(new DmaDeviceOptions
+            {
+                Name = $"dev{i}", OpsKind = d.OpsKind, MaskBits = d.MaskBits, Coherent = i % 4 != 3, // every fourth does not snoop
+            });
+        _pools = _devices.Select(x => new DmaPagePool(x)).ToArray();
+        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, (int)s.Seed * 7919 + i)).ToArray();
+        _inject = d.Inject;
+        if (_inject != DmaInjection.None) Inject(_inject);
+    }
+
+    private DmaMachine(StressSettings s)
+    {
+        _memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 32L << 20, Dma32Bytes = 256L << 20, NormalBytes = 64L << 20 });
+        _platform = new DmaPlatform(_memory, new DmaPlatformOptions { Checker = true, DeferredFlush = true, SwiotlbBytes = 32L << 20 });
+        _devices =
+        [
+            _platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-iommu", OpsKind = DmaOpsKind.Iommu }),
+            _platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-bounce", OpsKind = DmaOpsKind.Swiotlb, MaskBits = 32 }),
+            _platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-direct", OpsKind = DmaOpsKind.Direct, MaskBits = 32, Coherent = false }),
+        ];
+        _pools = _devices.Select(x => new DmaPagePool(x)).ToArray();
+        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, (int)s.Seed * 7919 + i + 1)).ToArray();
+    }
+
+    /// <summary>The small machine `mixed` interleaves DMA steps on.</summary>
+    internal static DmaMachine ForMixed(StressSettings s) => new(s);
+
+    /// <summary>
+    /// Tear down (lanes, pools, devices: the checker reports anything still mapped) and say what is wrong: every
+    /// checker report, bounce slots still in use, and an injected misuse the checker did not catch.
+    /// </summary>
+    internal List<string> Finish()
+    {
+        var problems = new List<string>();
+        if (_finished) return problems;
+        _finished = true;
+        foreach (var lane in Lanes) lane.Finish();
+        foreach (var p in _pools) p.Dispose();
+        _faults = _devices.Sum(x => x.Faults);
+        _stale = _devices.Sum(x => x.StaleIotlbAccesses);
+        _maintenance = _devices.Sum(x => x.CacheMaintenanceOperations);
+        foreach (var dev in _devices) dev.Dispose();
+        _swiotlbLeft = _platform.SwiotlbUsedBytes;
+        var reports = _platform.Checker!.Reports;
+        _reports = reports.Count;
+        problems.AddRange(reports.Take(20).Select(r => r.ToString()));
+        if (reports.Count > 20) problems.Add($"... and {reports.Count - 20} more checker reports");
+        if (_swiotlbLeft != 0) problems.Add($"{_swiotlbLeft} bytes of swiotlb bounce slots still in use after every device was released");
+        if (_inject != DmaInjection.None)
+        {
+            var expected = _inject switch
+            {
+                DmaInjection.MissingSync => DmaCheckClass.MissingSyncForCpu,
+                DmaInjection.StaleIotlb => DmaCheckClass.StaleIotlbAccess,
+                _ => DmaCheckClass.WrongPool,
+            };
+            if (!reports.Any(r => r.Class == expected))
+                problems.Add($"the injected {_inject} was NOT caught by the checker (expected a {expected} report)");
+        }
+        _platform.Dispose();
+        _memory.Dispose();
+        return problems;
+    }
+
+    /// <summary>What the devices did, for the summary and the JSON's scenario object.</summary>
+    internal IEnumerable<(string Name, string Text, double Value)> Report()
+    {
+        long steps = Lanes.Sum(l => l.Steps), bytes = Lanes.Sum(l => l.Bytes);
+        yield return ("dma.round_trips", $"dma round trips       {steps:N0} ({Size.Format(bytes)} through devices, {Lanes.Sum(l => l.Lists):N0} scatterlists, {Lanes.Sum(l => l.Coherent):N0} DMA-pool pages)", steps);
+        yield return ("dma.bytes", "", bytes);
+        yield return ("dma.faults", $"dma faults            {_faults:N0} (through stale IOTLB entries: {_stale:N0})", _faults);
+        yield return ("dma.stale_iotlb_accesses", "", _stale);
+        yield return ("dma.cache_maintenance", $"cache maintenance     {_maintenance:N0} flushes for non-coherent devices", _maintenance);
+        yield return ("dma.checker_reports", $"dma checker           {_reports:N0} reports", _reports);
+        yield return ("dma.swiotlb_left_bytes", "", _swiotlbLeft);
+    }
+
+    // One misuse, on devices of its own so the lanes' work stays clean and the report names the culprit.
+    private void Inject(DmaInjection what)
+    {
+        var block = _memory.AllocateBlock(Zone.Dma32, 0);
+        switch (what)
+        {
+            case DmaInjection.MissingSync:
+            {
+                var dev = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-bounce", OpsKind = DmaOpsKind.Swiotlb, MaskBits = 32 });
+                ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.FromDevice);
+                dev.MappingError(dma);
+                dev.Engine.Write(dma, Enumerable.Range(0, 4096).Select(i => (byte)(i + 1)).ToArray());
+                _platform.CpuRead(block, 0, new byte[64]); // the bug: no SyncForCpu before reading
+                dev.UnmapPage(dma, 4096, DmaDirection.FromDevice);
+                dev.Dispose();
+                break;
+            }
+            case DmaInjection.StaleIotlb:
+            {
+                var dev = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-iommu", OpsKind = DmaOpsKind.Iommu });
+                for (int attempt = 0; attempt < 8 && dev.StaleIotlbAccesses == 0; attempt++)
+                {
+                    ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+                    dev.MappingError(dma);
+                    dev.Engine.Write(dma, new byte[8]);  // the IOTLB now holds the translation
+                    dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+                    try { dev.Engine.Write(dma, new byte[8]); } // the bug: the device was not stopped before unmap
+                    catch (DmaFaultException) { } // the 10 ms flush won the race this time: try again
+                }
+                dev.Dispose();
+                break;
+            }
+            case DmaInjection.WrongPool:
+            {
+                var a = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-pool-a", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
+                var b = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-pool-b", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
+                using (var pa = new DmaPagePool(a))
+                using (var pb = new DmaPagePool(b))
+                {
+                    var page = pa.Allocate(CachingMode.WriteBack, 0);
+                    try { pb.Free(page); } catch (DmaMappingException) { } // the bug: the other device's pool; refused and reported
+                    pa.Free(page);
+                }
+                a.Dispose();
+                b.Dispose();
+                break;
+            }
+        }
+        _memory.FreeBlock(block);
+    }
+}
