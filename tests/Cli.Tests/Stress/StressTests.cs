@@ -73,7 +73,8 @@ public sealed class StressTests
             foreach (var op in StressOps.All)
                 Assert.True(json.GetProperty("ops").TryGetProperty(StressOps.Key(op), out _), $"{scenario} lacks ops.{StressOps.Key(op)}");
             var pool = json.GetProperty("pool");
-            Assert.True(pool.GetProperty("hits").GetInt64() + pool.GetProperty("misses").GetInt64() > 0);
+            if (scenario != "dma") // dma's devices draw on a machine of their own, not on the pool
+                Assert.True(pool.GetProperty("hits").GetInt64() + pool.GetProperty("misses").GetInt64() > 0, $"{scenario}: no pool activity");
             Assert.Contains("3.2%", json.GetProperty("latency_resolution").GetString());
             Assert.Equal(JsonValueKind.Object, json.GetProperty("scenario").ValueKind);
             var schema = Schema(json);
