@@ -93,6 +93,7 @@ public sealed class IovaAllocator
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong AllocSlow(ulong size, ulong limitPfn)
     {
+        if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.IovaSpace)) return 0; // as if the space had no free range
         ulong pfn = Alloc(size, limitPfn);
         if (pfn != 0) return pfn;
         _rcache.FlushAll();

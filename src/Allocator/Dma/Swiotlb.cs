@@ -95,6 +95,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     /// </summary>
     internal int Allocate(int size, ulong mask, int owner)
     {
+        if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.SwiotlbSlots)) return -1; // as if every slot were taken
         int nslots = (size + SlotSize - 1) >> SlotShift;
         int stride = size >= PhysicalMemory.PageSize ? PhysicalMemory.PageSize / SlotSize : 1;
         int start = Shim.CurrentCpu() & (_areas.Length - 1);

@@ -1,3 +1,4 @@
+using PagePool.Faults;
 using PagePool.Native;
 
 namespace PagePool.Tt;
@@ -62,6 +63,8 @@ public abstract unsafe class SwapStore : IDisposable
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
+            if (FaultInjector.ShouldFail(FaultPoint.SwapDiskFull)) throw NativeCallException.Injected("pwritev", Errno.ENOSPC, Description);
+            if (FaultInjector.ShouldFail(FaultPoint.SwapWrite)) throw NativeCallException.Injected("pwritev", Errno.EIO, Description);
             WriteAt(offset, vectors, bytes);
         }
         catch (NativeCallException e)
@@ -83,6 +86,7 @@ public abstract unsafe class SwapStore : IDisposable
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
+            if (FaultInjector.ShouldFail(FaultPoint.SwapRead)) throw NativeCallException.Injected("preadv", Errno.EIO, Description);
             ReadAt(offset, vectors, bytes);
         }
         catch (NativeCallException e)
