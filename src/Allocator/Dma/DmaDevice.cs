@@ -230,6 +230,7 @@ public sealed unsafe class DmaDevice : IDisposable
 
     private void SyncList(DmaScatterlist list, DmaDirection direction, bool forCpu)
     {
+        ArgumentNullException.ThrowIfNull(list);
         ThrowIfDisposed();
         CheckDirection(direction);
         if (list.MappedBy != this)

@@ -706,7 +706,11 @@ public sealed unsafe class PageArray : IDisposable
         if (State == TtState.Populated && !IsExternal) _accounting.Touch(this);
     }
 
-    /// <summary>Hold the array against other threads and reclaim until the reservation is disposed.</summary>
+    /// <summary>
+    /// Hold the array against other threads and reclaim until the reservation is disposed. The reservation belongs to
+    /// the thread that took it (a monitor, re-entrant for that thread's own calls on the array): dispose it on that
+    /// thread, before the thread ends; a reservation left behind by an ended thread holds the array for good.
+    /// </summary>
     public PageArrayReservation Reserve()
     {
         Gate.Enter();
