@@ -19,8 +19,8 @@ public sealed class NettraceFuzzTests
     private static readonly int[] BlockSizeOffsets = FindBlockSizes(Trace, out ObjectOffsets);
     private static readonly int[] ObjectOffsets; // where the object holding each block starts
 
-    private static string DataFile(string name, [CallerFilePath] string here = "")
-        => Path.Combine(Path.GetDirectoryName(here)!, "data", name);
+    // Copied next to the test assembly by the project (deterministic CI builds have no real source paths).
+    private static string DataFile(string name) => Path.Combine(AppContext.BaseDirectory, "Trace", "data", name);
 
     private enum Outcome { Read, NotATrace, Damaged, Misbehaved }
 
@@ -125,11 +125,18 @@ public sealed class NettraceFuzzTests
         var failures = new List<string>();
         var worker = new Thread(() =>
         {
-            for (int i = 0; i < cases; i++)
+            try
             {
-                var (outcome, detail) = RunCase(i);
-                outcomes[(int)outcome]++;
-                if (outcome == Outcome.Misbehaved && failures.Count < 10) failures.Add($"case {i}: {detail}");
+                for (int i = 0; i < cases; i++)
+                {
+                    var (outcome, detail) = RunCase(i);
+                    outcomes[(int)outcome]++;
+                    if (outcome == Outcome.Misbehaved && failures.Count < 10) failures.Add($"case {i}: {detail}");
+                }
+            }
+            catch (Exception e)
+            {
+                failures.Add($"the fuzzer itself failed: {e}"); // never let it take the test process down
             }
         }, 64 << 20) { IsBackground = true }; // a hung reader must not keep the test process alive
         worker.Start();

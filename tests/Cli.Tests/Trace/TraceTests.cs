@@ -151,6 +151,5 @@ public sealed class TraceTests
         }
     }
 
-    private static string TraceDataFolder([System.Runtime.CompilerServices.CallerFilePath] string here = "")
-        => Path.Combine(Path.GetDirectoryName(here)!, "data");
+    private static string TraceDataFolder() => Path.Combine(AppContext.BaseDirectory, "Trace", "data");
 }
