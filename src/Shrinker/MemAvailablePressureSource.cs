@@ -45,15 +45,5 @@ public sealed class MemAvailablePressureSource : PressureSource
         };
     }
 
-    internal static long? Field(string? text, string key)
-    {
-        if (text is null) return null;
-        foreach (var line in text.Split('\n'))
-            if (line.StartsWith(key, StringComparison.Ordinal))
-            {
-                var f = line[key.Length..].Trim().Split(' ');
-                return long.TryParse(f[0], out long kb) ? kb * 1024 : null;
-            }
-        return null;
-    }
+    internal static long? Field(string? text, string key) => MemoryStatus.MeminfoField(text, key);
 }

@@ -107,9 +107,11 @@ public static class MemoryStatus
         return a >= 0 && b > a ? text![(a + 1)..b] : null;
     }
 
-    private static long? MemInfo(string key)
+    private static long? MemInfo(string key) => MeminfoField(TryRead("/proc/meminfo"), key);
+
+    /// <summary>A "Key: N kB" field of /proc/meminfo text, in bytes; null when absent or unreadable.</summary>
+    internal static long? MeminfoField(string? text, string key)
     {
-        var text = TryRead("/proc/meminfo");
         if (text is null) return null;
         foreach (var line in text.Split('\n'))
             if (line.StartsWith(key, StringComparison.Ordinal))

@@ -14,7 +14,7 @@ internal static unsafe partial class Libc
 
     internal const int PROT_NONE = 0, PROT_READ = 1, PROT_WRITE = 2;
     internal const int MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
-    internal const int MADV_DONTNEED = 4, MADV_REMOVE = 9, MADV_HUGEPAGE = 14;
+    internal const int MADV_HUGEPAGE = 14;
     internal const uint MFD_CLOEXEC = 1;
     internal const int FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
     internal const int SC_PAGESIZE = 30, SC_NPROCESSORS_ONLN = 84, SC_PHYS_PAGES = 85;
@@ -45,13 +45,6 @@ internal static unsafe partial class Libc
             throw NativeCallException.Injected("mprotect", Errno.ENOMEM, $"address 0x{(nuint)addr:x}, length {length}, prot {prot}");
         if (mprotect(addr, length, prot) != 0)
             throw NativeCallException.FromErrno("mprotect", $"address 0x{(nuint)addr:x}, length {length}, prot {prot}");
-    }
-
-    /// <summary>madvise; throws on failure.</summary>
-    internal static void Madvise(void* addr, nuint length, int advice)
-    {
-        if (madvise(addr, length, advice) != 0)
-            throw NativeCallException.FromErrno("madvise", $"address 0x{(nuint)addr:x}, length {length}, advice {advice}");
     }
 
     /// <summary>madvise that reports failure instead of throwing (for hints the kernel may refuse).</summary>
@@ -87,47 +80,6 @@ internal static unsafe partial class Libc
             throw NativeCallException.FromErrno("fallocate", $"fd {fd}, mode {mode}, offset {offset}, length {length}");
     }
 
-    /// <summary>pread the whole span at an offset; a short read is an error.</summary>
-    internal static void PreadExact(int fd, Span<byte> buffer, long offset)
-    {
-        fixed (byte* p = buffer)
-        {
-            nint done = 0;
-            while (done < buffer.Length)
-            {
-                nint n = pread(fd, p + done, (nuint)(buffer.Length - done), offset + done);
-                if (n < 0)
-                {
-                    if (Marshal.GetLastPInvokeError() == Errno.EINTR) continue;
-                    throw NativeCallException.FromErrno("pread", $"fd {fd}, offset {offset + done}");
-                }
-                if (n == 0)
-                    throw new NativeCallException("pread", 0, $"fd {fd}: end of file at offset {offset + done}",
-                        "The file is shorter than the data expected in it; it was truncated by someone else.");
-                done += n;
-            }
-        }
-    }
-
-    /// <summary>pwrite the whole span at an offset.</summary>
-    internal static void PwriteExact(int fd, ReadOnlySpan<byte> buffer, long offset)
-    {
-        fixed (byte* p = buffer)
-        {
-            nint done = 0;
-            while (done < buffer.Length)
-            {
-                nint n = pwrite(fd, p + done, (nuint)(buffer.Length - done), offset + done);
-                if (n < 0)
-                {
-                    if (Marshal.GetLastPInvokeError() == Errno.EINTR) continue;
-                    throw NativeCallException.FromErrno("pwrite", $"fd {fd}, offset {offset + done}");
-                }
-                done += n;
-            }
-        }
-    }
-
     /// <summary>close; throws on failure other than EINTR (the descriptor is gone either way on Linux).</summary>
     internal static void Close(int fd)
     {
@@ -151,8 +103,6 @@ internal static unsafe partial class Libc
     [LibraryImport(C, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int memfd_create(string name, uint flags);
     [LibraryImport(C, SetLastError = true)] private static partial int ftruncate(int fd, long length);
     [LibraryImport(C, SetLastError = true)] private static partial int fallocate(int fd, int mode, long offset, long length);
-    [LibraryImport(C, SetLastError = true)] private static partial nint pread(int fd, void* buf, nuint count, long offset);
-    [LibraryImport(C, SetLastError = true)] private static partial nint pwrite(int fd, void* buf, nuint count, long offset);
     [LibraryImport(C, SetLastError = true)] private static partial int close(int fd);
     [LibraryImport(C, SetLastError = true)] private static partial long sysconf(int name);
 }

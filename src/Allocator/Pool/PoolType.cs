@@ -155,12 +155,28 @@ internal sealed class PoolType
     }
 
     // Our core's cache is empty or held by another thread: the other cores' caches may hold what we need.
+    // Another thread holds that core's cache: it is inside a take or a give, a few instructions long, so wait for it
+    // briefly rather than miss a pooled page that is only momentarily out of reach (measured: 0.1% of allocations in
+    // a producer/consumer pair went to the system while the producer's magazine held the page). Bounded: a holder
+    // that was preempted mid-operation is given up on, and the caller falls back to the depot and then the system.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static CoreCache? AwaitSlot(ref CoreCache? slot)
+    {
+        var spin = new SpinWait();
+        for (int i = 0; i < 32; i++)
+        {
+            spin.SpinOnce(sleep1Threshold: -1);
+            if (Volatile.Read(ref slot) is not null && Interlocked.Exchange(ref slot, null) is { } cc) return cc;
+        }
+        return null;
+    }
+
     private bool TryTakeFromOtherCores(int core, out ulong handle)
     {
         for (int k = 1; k <= _slotMask; k++)
         {
             ref CoreCache? slot = ref Slot(core + k);
-            var cc = Interlocked.Exchange(ref slot, null);
+            var cc = Interlocked.Exchange(ref slot, null) ?? AwaitSlot(ref slot);
             if (cc is null) continue;
             bool hit = cc.TryTake(out handle);
             Volatile.Write(ref slot, cc);

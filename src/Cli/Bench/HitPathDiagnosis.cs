@@ -57,7 +57,7 @@ internal static unsafe partial class HitPathDiagnosis
             }), "a 4 KiB clear then the hit's synchronisation: against baseline.memset_4k.ns + baseline.hit_sync.ns");
             ctx.Add("baseline.ntclear_then_sync.ns", ctx.NsPerOp("baseline.ntclear_then_sync.ns", ops / 10, () =>
             {
-                StreamingClear.ClearAndFence(page, 4096);
+                CachingStores.ClearPages(CachingMode.WriteCombined, new Span<byte>(page, 4096));
                 sync();
             }), "a 4 KiB streaming clear + sfence, then the hit's synchronisation: the floor of a WC hit with today's atomics");
         }
@@ -76,13 +76,13 @@ internal static unsafe partial class HitPathDiagnosis
                 fixed (byte* p = memory.GetSpan(h))
                 {
                     byte* q = p;
-                    ctx.Add("baseline.ntclear_4k.memfd.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd.ns", ops / 10, () => StreamingClear.ClearAndFence(q, 4096)),
+                    ctx.Add("baseline.ntclear_4k.memfd.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd.ns", ops / 10, () => CachingStores.ClearPages(CachingMode.WriteCombined, new Span<byte>(q, 4096))),
                         "baseline.ntclear_4k.ns on a page of a PhysicalMemory (memfd, 4 KiB pages) instead of NativeMemory");
                     // The same page cleared and then the pool's own bookkeeping of a hit on it, through the public
                     // API: the page's caching read back (a metadata load after the clear, as the release does).
                     ctx.Add("baseline.ntclear_4k.memfd_then_meta.ns", ctx.NsPerOp("baseline.ntclear_4k.memfd_then_meta.ns", ops / 10, () =>
                     {
-                        StreamingClear.ClearAndFence(q, 4096);
+                        CachingStores.ClearPages(CachingMode.WriteCombined, new Span<byte>(q, 4096));
                         if (memory.CachingOf(h) != CachingMode.WriteBack) throw new InvalidOperationException("bench: the page changed caching.");
                     }), "the memfd-page streaming clear, then a read of that page's metadata word (PhysicalMemory.CachingOf)");
                 }
