@@ -33,6 +33,27 @@ public static class PagePoolMetrics
             "Pages whose caching mode was changed into the tagged mode.");
         s_meter.CreateObservableCounter("pagepool.pool.returned", () => PerType(r => r.ReturnedPages), "{page}",
             "Pages the pool gave back to the system: limit trims and shrinker scans together.");
+        // Reclaim, as the registry's observer (ReclaimEventForwarder) saw it: tagged by shrinker or pressure source.
+        s_meter.CreateObservableCounter("pagepool.reclaim.passes", () => new Measurement<long>(ReclaimTally.Passes), "{pass}",
+            "Passes of the reclaim thread over the registered shrinkers.");
+        s_meter.CreateObservableCounter("pagepool.reclaim.asked", () => PerShrinker(s => s.Asked), "{page}",
+            "Pages the reclaim thread asked each shrinker for.");
+        s_meter.CreateObservableCounter("pagepool.reclaim.freed", () => PerShrinker(s => s.Freed), "{page}",
+            "Pages each shrinker freed for the reclaim thread.");
+        s_meter.CreateObservableGauge("pagepool.pressure.level", PressureLevels, "{level}",
+            "The last memory pressure level each source reported: 0 none, 1 low, 2 medium, 3 critical.");
+    }
+
+    private static IEnumerable<Measurement<long>> PerShrinker(Func<ReclaimTally.PerShrinker, long> field)
+    {
+        foreach (var (name, s) in ReclaimTally.Shrinkers)
+            yield return new Measurement<long>(field(s), new KeyValuePair<string, object?>("shrinker", name));
+    }
+
+    private static IEnumerable<Measurement<long>> PressureLevels()
+    {
+        foreach (var (source, level) in ReclaimTally.Pressure)
+            yield return new Measurement<long>(level, new KeyValuePair<string, object?>("source", source));
     }
 
     /// <summary>Make a pool's counters visible through the Meter (held weakly: a collected pool drops out).</summary>
