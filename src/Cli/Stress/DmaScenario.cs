@@ -1,3 +1,4 @@
+using PagePool.Shrinker;
 using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Pool;
@@ -19,7 +20,7 @@ internal sealed class DmaScenario : StressScenario
     internal override string Name => "dma";
     internal override string Description => "devices map, read and write through DMA addresses, sync, verify every byte, unmap (see --ops-kind)";
 
-    internal override void Start(PoolAllocator pool, StressSettings settings)
+    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers)
         => _machine = settings.Scenario is DmaScenario ? new DmaMachine(settings, settings.Dma) : DmaMachine.ForMixed(settings);
 
     internal override void Step(StressWorker w)

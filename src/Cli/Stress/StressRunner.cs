@@ -39,7 +39,7 @@ internal static class StressRunner
         }
         var workers = new StressWorker[s.Threads];
         for (int i = 0; i < workers.Length; i++) workers[i] = new StressWorker(i, pool, s);
-        s.Scenario.Start(pool, s);
+        s.Scenario.Start(pool, s, shrinkers);
 
         stderr.WriteLine($"stress {s.Scenario.Name}: {s.Threads} threads, {Describe(s)}, working set {Size.Format(s.WorkingSetBytes)}, " +
                          $"pool limit {Size.Format(s.PoolLimitBytes)}, seed {s.Seed}{(s.Verify ? ", verifying" : "")}");

@@ -1,3 +1,4 @@
+using PagePool.Shrinker;
 using PagePool.Pool;
 
 namespace PagePool.Cli.Stress;
@@ -21,7 +22,7 @@ internal abstract class StressScenario
     internal abstract void Step(StressWorker w);
 
     /// <summary>Set up state the scenario keeps beside the workers' buffers, once the pool exists.</summary>
-    internal virtual void Start(PoolAllocator pool, StressSettings settings) { }
+    internal virtual void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) { }
 
     /// <summary>After the workers released their buffers, before the invariants: give back what the scenario holds; return what is broken.</summary>
     internal virtual IEnumerable<string> Finish() => [];
@@ -94,7 +95,7 @@ internal sealed class MixedScenario : StressScenario
     internal override string Name => "mixed";
     internal override string Description => "alloc, caching, churn, DMA and swap steps interleaved on every thread";
 
-    internal override void Start(PoolAllocator pool, StressSettings settings) { foreach (var p in _parts) p.Start(pool, settings); }
+    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) { foreach (var p in _parts) p.Start(pool, settings, shrinkers); }
     internal override IEnumerable<string> Finish() => _parts.SelectMany(p => p.Finish()).ToList();
     internal override IEnumerable<(string Name, string Text, double Value)> Report() => _parts.SelectMany(p => p.Report());
 

@@ -1,3 +1,4 @@
+using PagePool.Shrinker;
 using PagePool.Pool;
 
 namespace PagePool.Cli.Stress;
@@ -13,7 +14,7 @@ internal sealed class SwapScenario : StressScenario
     internal override string Name => "swap";
     internal override string Description => "buffers swapped out by the page limit and reclaim, moved between devices, restored and verified";
 
-    internal override void Start(PoolAllocator pool, StressSettings settings) => _workload = new SwapWorkload(pool, settings);
+    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) => _workload = new SwapWorkload(pool, settings, shrinkers);
 
     internal override void Step(StressWorker w) => _workload!.Step(w);
 

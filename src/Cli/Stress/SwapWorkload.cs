@@ -1,3 +1,4 @@
+using PagePool.Shrinker;
 using System.Diagnostics;
 using PagePool.Memory;
 using PagePool.Pool;
@@ -36,7 +37,9 @@ internal sealed class SwapWorkload
         internal readonly ulong Id = id;
     }
 
-    internal SwapWorkload(PoolAllocator pool, StressSettings s)
+    private readonly ShrinkerRegistry? _shrinkers;
+
+    internal SwapWorkload(PoolAllocator pool, StressSettings s, ShrinkerRegistry? shrinkers)
     {
         _settings = s;
         _store = s.SwapStore == "memfd" ? SwapStore.CreateMemfd() : SwapStore.CreateFile(s.SwapDir);
@@ -51,6 +54,9 @@ internal sealed class SwapWorkload
         _buffers = new List<SwapBuffer>[s.Threads];
         for (int i = 0; i < _buffers.Length; i++) _buffers[i] = new List<SwapBuffer>();
         _shareBytes = s.WorkingSetBytes / s.Threads;
+        // Under --reclaim the buffers' LRU is a shrinker too: pressure swaps out idle buffers, as TTM's swapout does.
+        _shrinkers = shrinkers;
+        _shrinkers?.Register(_accounting);
         Console.Error.WriteLine($"swap: store {_store.Description}, buffer limit {Size.Format(limit)}");
     }
 
@@ -240,6 +246,7 @@ internal sealed class SwapWorkload
     internal IEnumerable<string> Finish()
     {
         var broken = new List<string>();
+        _shrinkers?.Unregister(_accounting);
         _store.Faults.FailReads(0);
         _store.Faults.FailWrites(0);
         foreach (var list in _buffers)

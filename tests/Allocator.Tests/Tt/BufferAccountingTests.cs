@@ -182,3 +182,32 @@ public sealed class BufferAccountingTests
         Assert.True(f.Accounting.BytesSwappedIn > 0, "the run must have swapped something back in");
     }
 }
+
+/// <summary>The buffers' LRU as a shrinker of the reclaim registry: pressure swaps out idle buffers, bit-exact.</summary>
+public sealed class BufferReclaimTests
+{
+    [Fact]
+    public void Critical_pressure_through_the_registry_swaps_out_idle_buffers_and_they_come_back_bit_exact()
+    {
+        using var f = new TtFixture();
+        var registry = new PagePool.Shrinker.ShrinkerRegistry();
+        registry.Register(f.Accounting);
+        using var a = f.New(64, CachingMode.WriteCombined);
+        using var b = f.New(32, CachingMode.WriteBack);
+        a.Populate(TestContext.Current.CancellationToken);
+        b.Populate(TestContext.Current.CancellationToken);
+        ulong sa = TtFixture.Fill(a, 1), sb = TtFixture.Fill(b, 2);
+
+        long freed = registry.Shrink(0, PagePool.Shrinker.MemoryPressure.Critical);
+
+        Assert.True(freed >= 96, $"freed {freed}");
+        Assert.Equal(TtState.SwappedOut, a.State);
+        Assert.Equal(TtState.SwappedOut, b.State);
+        Assert.Equal(0, f.Accounting.Pages);
+        a.Populate(TestContext.Current.CancellationToken);
+        b.Populate(TestContext.Current.CancellationToken);
+        Assert.Equal(sa, TtFixture.Checksum(a));
+        Assert.Equal(sb, TtFixture.Checksum(b));
+        Assert.True(registry.Unregister(f.Accounting));
+    }
+}
