@@ -252,27 +252,20 @@ public sealed unsafe class PageArray : IDisposable
     }
 
     /// <summary>Give the pages back to the pool (Populated), or drop the backup (SwappedOut). The contents are gone.</summary>
-    public void Unpopulate()
-    {
-        lock (Gate)
-        {
-            Live();
-            if (State is not (TtState.Populated or TtState.SwappedOut))
-                throw new TtStateException("unpopulate", State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
-            if (IsExternal) throw new TtStateException("unpopulate", State, "its pages are external; dispose the array and give them back yourself.");
-            DropEverything();
-        }
-    }
+    public void Unpopulate() => Drop("unpopulate", "its pages are external; dispose the array and give them back yourself.");
 
     /// <summary>Free the pages without a backup (their contents are disposable): TTM's purge. Legal where <see cref="Unpopulate"/> is.</summary>
-    public void Purge()
+    public void Purge() => Drop("purge", "its pages are external.");
+
+    // Unpopulate and purge are one transition under two names (TTM keeps both): checked, then everything dropped.
+    private void Drop(string operation, string externalAdvice)
     {
         lock (Gate)
         {
             Live();
             if (State is not (TtState.Populated or TtState.SwappedOut))
-                throw new TtStateException("purge", State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
-            if (IsExternal) throw new TtStateException("purge", State, "its pages are external.");
+                throw new TtStateException(operation, State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
+            if (IsExternal) throw new TtStateException(operation, State, externalAdvice);
             DropEverything();
         }
     }
