@@ -277,11 +277,21 @@ public sealed unsafe class DmaDevice : IDisposable
         return new DmaCoherentBlock(block, dma);
     }
 
-    /// <summary>dma_free_coherent: give back a block from <see cref="AllocateCoherent"/>, with the DMA address it came with.</summary>
+    /// <summary>
+    /// dma_free_coherent: give back a block from <see cref="AllocateCoherent"/>, with the DMA address it came with.
+    /// After the device was disposed the block goes straight back to the system.
+    /// </summary>
     public void FreeCoherent(DmaCoherentBlock coherent)
     {
-        ThrowIfDisposed();
         var (block, dma) = coherent;
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            // The device is gone and its mappings with it (the checker reported this block at release); the memory
+            // is still the caller's to give back, so it goes to the system rather than being lost.
+            if (_memory.IsXen && OpsKind != DmaOpsKind.Iommu) _memory.DestroyContiguous(block);
+            _memory.FreeBlock(block);
+            return;
+        }
         var entry = _checker?.OnUnmap(this, DmaMapKind.Coherent, dma, (long)block.PageCount << PhysicalMemory.PageShift, DmaDirection.Bidirectional, 0, block);
         try
         {

@@ -86,10 +86,26 @@ public sealed unsafe class DmaPagePool : IDisposable
     /// <summary>Give a page back to the type it came from. Refused (and reported) when it came from elsewhere or changed caching.</summary>
     public void Free(DmaPage page)
     {
-        DmaPage had;
+        DmaPage had = default;
+        bool afterDispose;
         lock (_lock)
         {
-            ObjectDisposedException.ThrowIf(_disposed, this);
+            // After Dispose a page still out goes back to the system (the pool keeps nothing any more), never lost.
+            afterDispose = _disposed;
+            if (afterDispose && _out.TryGetValue(page.Block.Value, out var held) && held.DmaAddress == page.DmaAddress)
+            {
+                had = held;
+                _out.Remove(page.Block.Value);
+            }
+            ObjectDisposedException.ThrowIf(afterDispose && had.Block.IsNull, this);
+        }
+        if (afterDispose)
+        {
+            _device.FreeCoherent(new DmaCoherentBlock(had.Block, had.DmaAddress));
+            return;
+        }
+        lock (_lock)
+        {
             if (!_out.TryGetValue(page.Block.Value, out had) || had.DmaAddress != page.DmaAddress)
                 throw WrongPool(page, $"{page.Block} at DMA address 0x{page.DmaAddress:x} was not taken from the DMA pool of device '{_device.Name}'; give it back to the pool it came from");
         }
@@ -112,7 +128,10 @@ public sealed unsafe class DmaPagePool : IDisposable
         return new DmaMappingException(_device.Name, page.DmaAddress, $"Wrong DMA pool: {detail}.");
     }
 
-    /// <summary>Give every pooled page back to the system (coherent free); pages still out stay with their holders.</summary>
+    /// <summary>
+    /// Give every pooled page back to the system (coherent free). Pages still out stay with their holders; freed
+    /// afterwards, they go to the system.
+    /// </summary>
     public void Dispose()
     {
         List<DmaPage> pooled = new();

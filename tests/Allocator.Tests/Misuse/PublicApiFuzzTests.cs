@@ -85,12 +85,6 @@ public sealed class PublicApiFuzzTests(ITestOutputHelper output)
 
         private readonly List<(PageHandle Handle, CachingMode? Caching)> _fromCalls = new();
 
-        internal void GiveBack()
-        {
-            for (int i = _created.Count - 1; i >= 0; i--)
-                if (_created[i] is Giveback g) { Quietly(g.Dispose); _created.RemoveAt(i); }
-        }
-
         public void Dispose()
         {
             for (int i = _created.Count - 1; i >= 0; i--) Quietly(_created[i].Dispose);
@@ -310,7 +304,6 @@ public sealed class PublicApiFuzzTests(ITestOutputHelper output)
                 if (receiver is IDisposable d && m is MethodInfo && m.Name != "Dispose")
                 {
                     var args = ps.Select(p => Valid(p, f)).ToArray();
-                    f.GiveBack(); // memory the live calls handed out goes back while its owner can still take it
                     d.Dispose();
                     calls++;
                     if (Call(m, receiver, args, f, out string outcome) == Outcome.Bad)
