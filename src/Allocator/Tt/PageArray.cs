@@ -162,14 +162,7 @@ public sealed unsafe class PageArray : IDisposable
             _accounting.Uncharge(PageCount, Zone);
             throw;
         }
-        var segments = new TtSegment[n];
-        int page = 0;
-        for (int i = 0; i < n; i++)
-        {
-            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
-            page += blocks[i].PageCount;
-        }
-        _segments = segments;
+        _segments = SegmentsOf(blocks.AsSpan(0, n));
         State = TtState.Populated;
         MapAllResident();
     }
@@ -483,14 +476,7 @@ public sealed unsafe class PageArray : IDisposable
                 PhysicalMemory.StoreAs(Caching, dst, src, PhysicalMemory.PageSize);
                 if (++sk == source[si].PageCount) { si++; sk = 0; }
             }
-        var segments = new TtSegment[n];
-        int page = 0;
-        for (int i = 0; i < n; i++)
-        {
-            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
-            page += blocks[i].PageCount;
-        }
-        _segments = segments;
+        _segments = SegmentsOf(blocks.AsSpan(0, n));
         MapAllResident(); // the CPU mapping moves to the copies before the old pages go back
         _accounting.Pool.Release(source.ToArray(), Caching);
         _accounting.Uncharge(PageCount, Zone);
@@ -683,6 +669,19 @@ public sealed unsafe class PageArray : IDisposable
             }
             if (done == length) return;
         }
+    }
+
+    // One segment per block, in page order: the layout of a freshly populated (or freshly copied) array.
+    private static TtSegment[] SegmentsOf(ReadOnlySpan<PageHandle> blocks)
+    {
+        var segments = new TtSegment[blocks.Length];
+        int page = 0;
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            segments[i] = new TtSegment(page, blocks[i].PageCount) { Blocks = [blocks[i]] };
+            page += blocks[i].PageCount;
+        }
+        return segments;
     }
 
     private void Resident(string operation, long offset, int length)
