@@ -108,7 +108,14 @@ internal sealed class TraceSummary
             o.WriteLine($"  ({_droppedSeries:N0} values of further series not shown: more than {MaxSeries} series)");
     }
 
-    private static string Format(double v) => Math.Abs(v) >= 1e6 ? v.ToString("0.###e0", CultureInfo.InvariantCulture) : v.ToString("0.###", CultureInfo.InvariantCulture);
+    // Counts people read: 1.93 G, 241.6 M, 12,345, 0.5 (the instruments count pages and blocks; no exponent notation).
+    internal static string Format(double v) => Math.Abs(v) switch
+    {
+        >= 1e9 => string.Create(CultureInfo.InvariantCulture, $"{v / 1e9:0.##} G"),
+        >= 1e6 => string.Create(CultureInfo.InvariantCulture, $"{v / 1e6:0.##} M"),
+        >= 1e4 => v.ToString("N0", CultureInfo.InvariantCulture),
+        _ => v.ToString("0.###", CultureInfo.InvariantCulture),
+    };
 
     private static string Clip(string s, int n) => s.Length <= n ? s : s[..(n - 1)] + "~";
 }

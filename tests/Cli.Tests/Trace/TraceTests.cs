@@ -153,3 +153,14 @@ public sealed class TraceTests
 
     private static string TraceDataFolder() => Path.Combine(AppContext.BaseDirectory, "Trace", "data");
 }
+
+public sealed class TraceSummaryFormatTests
+{
+    [Theory]
+    [InlineData(1_928_000_000d, "1.93 G")]
+    [InlineData(241_600_000d, "241.6 M")]
+    [InlineData(12_345d, "12,345")]
+    [InlineData(0.5d, "0.5")]
+    public void Metric_values_print_as_a_person_reads_them_never_in_exponent_notation(double value, string shown)
+        => Assert.Equal(shown, PagePool.Cli.Trace.TraceSummary.Format(value));
+}
