@@ -33,6 +33,22 @@ internal static class PagepoolProcess
 
     internal static Result Run(params string[] args) => Run(args, TimeSpan.FromSeconds(120));
 
+    /// <summary>Run with --json to a temporary file and return the parsed summary (the file is removed).</summary>
+    internal static System.Text.Json.JsonElement RunJson(out Result result, params string[] args)
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"pagepool-json-{Guid.NewGuid():N}.json");
+        try
+        {
+            result = Run([.. args, "--json", file]);
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(file));
+            return doc.RootElement.Clone();
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
     internal static Result Run(string[] args, TimeSpan timeout, IDictionary<string, string>? environment = null)
     {
         var psi = AotBinary is { } aot ? new ProcessStartInfo(aot) : new ProcessStartInfo("dotnet");

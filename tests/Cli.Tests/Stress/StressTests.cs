@@ -6,20 +6,7 @@ namespace PagePool.Cli.Tests;
 
 public sealed class StressTests
 {
-    private static JsonElement RunJson(out PagepoolProcess.Result result, params string[] args)
-    {
-        string file = Path.Combine(Path.GetTempPath(), $"pagepool-stress-{Guid.NewGuid():N}.json");
-        try
-        {
-            result = PagepoolProcess.Run([.. args, "--json", file]);
-            using var doc = JsonDocument.Parse(File.ReadAllText(file));
-            return doc.RootElement.Clone();
-        }
-        finally
-        {
-            File.Delete(file);
-        }
-    }
+    private static JsonElement RunJson(out PagepoolProcess.Result result, params string[] args) => PagepoolProcess.RunJson(out result, args);
 
     [Theory]
     [InlineData("alloc")]
