@@ -95,17 +95,24 @@ internal sealed class IovaRcache
         return TryGetSlow(sc, cpu, cc, limitPfn);
     }
 
+    // Our CPU's cache is held by another thread: try the other CPUs' caches once each, never wait. On success
+    // cpu names the slot the cache was taken from (where it must be put back).
+    private CpuCache? TakeOtherSlot(SizeCache sc, ref int cpu)
+    {
+        for (int k = 1; k <= _slotMask; k++)
+        {
+            cpu++;
+            if (Interlocked.Exchange(ref Slot(sc, cpu), null) is { } cc) return cc;
+        }
+        return null;
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong TryGetSlow(SizeCache sc, int cpu, CpuCache? cc, ulong limitPfn)
     {
         if (cc is null)
         {
-            // Our CPU's cache is held by another thread: try the others once, never wait.
-            for (int k = 1; k <= _slotMask && cc is null; k++)
-            {
-                cpu++;
-                cc = Interlocked.Exchange(ref Slot(sc, cpu), null);
-            }
+            cc = TakeOtherSlot(sc, ref cpu);
             if (cc is null) return 0;
         }
         ulong pfn = 0;
@@ -174,11 +181,7 @@ internal sealed class IovaRcache
     {
         if (cc is null)
         {
-            for (int k = 1; k <= _slotMask && cc is null; k++)
-            {
-                cpu++;
-                cc = Interlocked.Exchange(ref Slot(sc, cpu), null);
-            }
+            cc = TakeOtherSlot(sc, ref cpu);
             if (cc is null)
             {
                 _owner.Free(pfn); // every cache busy: the tree takes it, as Linux does when the depot is full
