@@ -188,12 +188,14 @@ internal sealed unsafe class DirectOps : DmaOps
         bool found = false;
         lock (_lock)
         {
-            if (_maps.TryGetValue(dma, out s)) { found = true; start = dma; }
+            // Mappings of one device may overlap (the same buffer mapped twice at different offsets): the sync is
+            // legal when any one of them covers the whole range, not only the first that holds its start.
+            if (_maps.TryGetValue(dma, out s) && (ulong)size <= (ulong)s.Size) { found = true; start = dma; }
             else
                 foreach (var (a, x) in _maps)
-                    if (dma >= a && dma < a + (ulong)x.Size) { s = x; start = a; found = true; break; }
+                    if (dma >= a && dma + (ulong)size <= a + (ulong)x.Size) { s = x; start = a; found = true; break; }
         }
-        if (!found || dma + (ulong)size > start + (ulong)s.Size)
+        if (!found)
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': sync of DMA address 0x{dma:x}+{size}, which no mapping of this device covers.");
         int at = (int)(dma - start);
         if (s.Slot < 0)

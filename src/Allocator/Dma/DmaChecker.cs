@@ -172,14 +172,21 @@ public sealed class DmaChecker
         bool outOfRange = false;
         lock (_lock)
         {
+            // Of the mappings holding the start, the one that best matches the call, as dma-debug's
+            // __hash_bucket_find does: one covering the whole range, then one of the same direction. With overlapping
+            // mappings the first found may be another one, and a correct sync would be reported.
+            int best = -1;
             foreach (var (a, x) in Of(d))
             {
                 if (dma < a || dma >= a + (ulong)x.Size) continue;
+                bool covers = dma + (ulong)size <= a + (ulong)x.Size;
+                int score = (covers ? 2 : 0) + (x.Direction == dir ? 1 : 0);
+                if (score <= best) continue;
+                best = score;
                 e = x; start = a;
-                outOfRange = dma + (ulong)size > a + (ulong)x.Size;
-                if (forCpu && !outOfRange) x.DeviceDirty = false;
-                break;
+                outOfRange = !covers;
             }
+            if (e is not null && forCpu && !outOfRange) e.DeviceDirty = false;
         }
         string fn = forCpu ? "sync_for_cpu" : "sync_for_device";
         if (e is null)

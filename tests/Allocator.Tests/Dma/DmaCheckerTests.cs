@@ -215,4 +215,20 @@ public sealed class DmaCheckerTests : IDisposable
         dev.UnmapPage(d, 64, DmaDirection.FromDevice); // wrong direction, unchecked: allowed, as in Linux
         Assert.Throws<DmaMappingException>(() => dev.UnmapPage(d, 64, DmaDirection.ToDevice)); // still refused: nothing there
     }
+
+    [Fact]
+    public void A_sync_covered_by_one_of_two_overlapping_mappings_is_checked_against_that_one()
+    {
+        // Found by the model test: of two mappings holding the start, the checker took the first, of another
+        // direction, and reported a correct sync as SyncWrongDirection (dma-debug picks the best match).
+        ulong from = Map(DmaDirection.FromDevice, offset: 0, size: 1024);
+        ulong to = Map(DmaDirection.ToDevice, offset: 512, size: 1024);
+        _dev.SyncForCpu(to + 64, 256, DmaDirection.ToDevice);     // inside both: the ToDevice one matches
+        _dev.SyncForCpu(from + 600, 256, DmaDirection.FromDevice); // inside both: the FromDevice one matches
+        Assert.Empty(_m.Checker.Reports);
+        _dev.SyncForCpu(to + 64, 256, DmaDirection.Bidirectional);  // matches neither's direction: reported once
+        Only(DmaCheckClass.SyncWrongDirection);
+        _dev.UnmapPage(to, 1024, DmaDirection.ToDevice);
+        _dev.UnmapPage(from, 1024, DmaDirection.FromDevice);
+    }
 }
