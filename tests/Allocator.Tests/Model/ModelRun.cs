@@ -1,17 +1,22 @@
+using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Pool;
+using PagePool.Tt;
 
 namespace PagePool.Allocator.Tests.Model;
 
 /// <summary>
-/// Runs a sequence of steps against a fresh memory space and pool and against <see cref="PoolModel"/>, step by
-/// step, and returns the first disagreement (null when there is none). Every step is checked: results, contents,
-/// the errors of illegal steps (and that an illegal step changed nothing), and the accounting after it.
+/// Runs a sequence of steps against a fresh machine (a memory space, a pool, page arrays with their accounting, swap
+/// store and VRAM, a DMA platform with one device of each kind and the checker on) and against the models
+/// (<see cref="PoolModel"/>, <see cref="TtModel"/>, <see cref="DmaModel"/>), step by step, and returns the first
+/// disagreement (null when there is none). Every step is checked: results, contents, the errors of illegal steps (and
+/// that an illegal step changed nothing), and the accounting of every page, mapping, slot and fault after it.
 /// </summary>
-public sealed class ModelRun : IDisposable
+public sealed partial class ModelRun : IDisposable
 {
     private const int AuditEvery = 32;
     private static readonly MemoryOptions Space = new() { ArenaBytes = 8L << 20, Dma32Bytes = 64L << 20, NormalBytes = 256L << 20 };
+    private const long SwiotlbBytes = 2L << 20; // the smallest pool: 1024 slots, far more than the mappings a run keeps
 
     private readonly PhysicalMemory _memory = new(Space);
     private readonly PoolAllocator _pool, _foreign;
@@ -19,32 +24,62 @@ public sealed class ModelRun : IDisposable
     private readonly Dictionary<int, PageHandle[]> _handles = new();
     private readonly List<PageHandle[]> _released = new();
     private readonly long _limitPages;
+    private bool _skipped, _refused;
+    private readonly ModelTally _tally;
 
-    public ModelRun(long limitBytes)
+    public ModelRun(long limitBytes, bool fileStore = false)
     {
+        _tally = new ModelTally();
         _pool = new PoolAllocator(_memory, new PoolOptions { LimitBytes = limitBytes });
         _foreign = new PoolAllocator(_memory);
         _limitPages = limitBytes / PhysicalMemory.PageSize;
+        _platform = new DmaPlatform(_memory, new DmaPlatformOptions { SwiotlbBytes = SwiotlbBytes, Checker = true });
+        _devices = ModelDevices.Options.Select(_platform.CreateDevice).ToArray();
+        _targets = _devices.Take(ModelDevices.Bindable).Select(d => new ModelBindTarget(d)).ToArray();
+        _store = fileStore ? SwapStore.CreateFile() : SwapStore.CreateMemfd();
+        _accounting = new BufferAccounting(_pool, _store, new AccountingOptions
+        {
+            PageLimitBytes = TtPageLimit * PhysicalMemory.PageSize, Dma32LimitBytes = TtDma32PageLimit * PhysicalMemory.PageSize,
+            RestoreBatchBytes = 8 * PhysicalMemory.PageSize, // several batches per restore
+        });
+        _vram = new VramRegion(VramPages * PhysicalMemory.PageSize);
     }
 
     public void Dispose()
     {
+        foreach (var a in _arrays.Values) a.Dispose();
+        _platform.Dispose();
+        _vram.Dispose();
+        _store.Dispose();
         _foreign.Dispose();
         _pool.Dispose();
         _memory.Dispose();
     }
 
     /// <summary>Run every step; the first disagreement as "step N (op): what differed", or null.</summary>
-    public static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes) => Execute(ops, limitBytes, out _);
+    public static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore = false)
+        => Execute(ops, limitBytes, fileStore, out _, out _);
 
-    /// <summary>As <see cref="Execute(IReadOnlyList{ModelOp}, long)"/>, with the index of the failing step (the count when the end failed).</summary>
-    public static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, out int failedStep)
+    /// <summary>
+    /// As <see cref="Execute(IReadOnlyList{ModelOp}, long, bool)"/>, with the index of the failing step (the count
+    /// when the end failed) and what the steps did (<see cref="ModelTally"/>).
+    /// </summary>
+    public static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore, out int failedStep, out ModelTally tally)
+    {
+        var failure = Execute(ops, limitBytes, fileStore, out failedStep, out int[] _, out tally);
+        return failure;
+    }
+
+    private static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore, out int failedStep, out int[] acted, out ModelTally tally)
     {
         failedStep = -1;
-        using var run = new ModelRun(limitBytes);
+        using var run = new ModelRun(limitBytes, fileStore);
+        tally = run._tally;
+        acted = tally.Acted;
         for (int i = 0; i < ops.Count; i++)
         {
             string? failure;
+            run._skipped = run._refused = false;
             try
             {
                 failure = run.Step(ops[i]) ?? run.CheckAccounting(audit: i % AuditEvery == AuditEvery - 1);
@@ -58,14 +93,52 @@ public sealed class ModelRun : IDisposable
                 failedStep = i;
                 return $"step {i} ({ops[i]}): {failure}";
             }
+            if (!run._skipped) acted[(int)ops[i].Kind]++;
+            if (run._refused) tally.Refused[(int)ops[i].Kind]++;
         }
         failedStep = ops.Count;
         return run.Finish();
     }
 
+    /// <summary>A step with nothing to act on (no live buffer, array or mapping of the kind it needs): it does nothing.</summary>
+    private string? Skip()
+    {
+        _skipped = true;
+        return null;
+    }
+
+    private string? Step(ModelOp op) => op.Kind switch
+    {
+        >= ModelOpKind.TtCreate => TtStep(op),
+        >= ModelOpKind.DmaMap => DmaStep(op),
+        _ => PoolStep(op),
+    };
+
+    /// <summary>
+    /// Run <paramref name="real"/> and compare its outcome with the model's: no exception when
+    /// <paramref name="expected"/> is null, else exactly that type.
+    /// </summary>
+    private string? Expect(Type? expected, Action real, string what)
+    {
+        try
+        {
+            real();
+        }
+        catch (Exception e) when (e.GetType() == expected)
+        {
+            _refused = true;
+            return null;
+        }
+        catch (Exception e)
+        {
+            return expected is null ? $"{what} failed with {e.GetType().Name}: {e.Message}" : $"{what}: expected {expected.Name}, got {e.GetType().Name}: {e.Message}";
+        }
+        return expected is null ? null : $"{what} succeeded, the model expected {expected.Name}";
+    }
+
     private PoolModel.Buffer? LiveAt(int k) => _model.Live.Count == 0 ? null : _model.Live[k % _model.Live.Count];
 
-    private string? Step(ModelOp op)
+    private string? PoolStep(ModelOp op)
     {
         switch (op.Kind)
         {
@@ -87,8 +160,9 @@ public sealed class ModelRun : IDisposable
             }
             case ModelOpKind.Release:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 var handles = _handles[b.Id];
+                if (UnmapAll(b) is { } f) return f; // a driver unmaps before it frees
                 _pool.Release(handles, b.Caching);
                 _model.Release(b);
                 _handles.Remove(b.Id);
@@ -97,31 +171,31 @@ public sealed class ModelRun : IDisposable
             }
             case ModelOpKind.ReleaseStale:
             {
-                if (_released.Count == 0) return null;
+                if (_released.Count == 0) return Skip();
                 var handles = _released[op.A % _released.Count];
                 return ExpectHandleError(() => _pool.Release(handles, _memory.CachingOf(handles[0]) is var c ? c : default),
                     HandleError.DoubleFree, HandleError.Stale);
             }
             case ModelOpKind.ReleaseWrongCaching:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 var wrong = (CachingMode)(((int)b.Caching + 1 + op.B % 2) % 3);
                 return ExpectHandleError(() => _pool.Release(_handles[b.Id], wrong), HandleError.Mismatch) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseForeign:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 return ExpectHandleError(() => _foreign.Release(_handles[b.Id], b.Caching), HandleError.Foreign) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseTwiceInOneCall:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 var h = _handles[b.Id][0];
                 return ExpectHandleError(() => _pool.Release([h, h], b.Caching), HandleError.DoubleFree) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseInvalidCaching:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 try
                 {
                     _pool.Release(_handles[b.Id], (CachingMode)op.B);
@@ -133,7 +207,7 @@ public sealed class ModelRun : IDisposable
             }
             case ModelOpKind.SwitchCaching:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 _memory.SetCaching(_handles[b.Id], op.Caching);
                 b.Caching = op.Caching;
                 foreach (var h in _handles[b.Id])
@@ -142,7 +216,7 @@ public sealed class ModelRun : IDisposable
             }
             case ModelOpKind.Write:
             {
-                if (LiveAt(op.A) is not { } b) return null;
+                if (LiveAt(op.A) is not { } b) return Skip();
                 var handles = _handles[b.Id];
                 int j = op.B % handles.Length;
                 int size = handles[j].PageCount * PhysicalMemory.PageSize;
@@ -161,7 +235,7 @@ public sealed class ModelRun : IDisposable
                 return null;
             }
             case ModelOpKind.Check:
-                return LiveAt(op.A) is { Bytes: not null } live ? Compare(live, "on a check") : null;
+                return LiveAt(op.A) is { Bytes: not null } live ? Compare(live, "on a check") : Skip();
             case ModelOpKind.Shrink:
             {
                 long before = _pool.Count();
@@ -213,34 +287,56 @@ public sealed class ModelRun : IDisposable
         return null;
     }
 
-    // After every step: what callers hold agrees with the model per caching mode, every page the system handed
-    // out is pooled or held (none lost, none twice), and the pool respects its limit. Now and then, the full audit.
+    // After every step: what callers hold agrees with the models per caching mode, every page the system handed
+    // out is pooled, held by a caller, resident in an array or a swiotlb page (none lost, none twice), the pool
+    // respects its limit, and the arrays, the store, VRAM, the devices' mappings, slots and faults agree with the
+    // models. Now and then, the full audit of the pool and of every array's contents.
     private string? CheckAccounting(bool audit)
     {
         foreach (var c in new[] { CachingMode.WriteBack, CachingMode.WriteCombined, CachingMode.Uncached })
-            if (_pool.InUsePages(c) != _model.HeldPages(c))
-                return $"the pool counts {_pool.InUsePages(c)} {c} pages in use, the model {_model.HeldPages(c)}";
+        {
+            long ttPages = _tts.Live.Where(t => t.Caching == c).Sum(t => t.Resident);
+            if (_pool.InUsePages(c) != _model.HeldPages(c) + ttPages)
+                return $"the pool counts {_pool.InUsePages(c)} {c} pages in use, the models {_model.HeldPages(c)} in buffers + {ttPages} in arrays";
+        }
         long pooled = audit ? _pool.Audit() : _pool.Count();
         long used = (_memory.UsedBytes(Zone.Dma32) + _memory.UsedBytes(Zone.Normal)) / PhysicalMemory.PageSize;
-        if (used != pooled + _model.HeldPages())
-            return $"the system handed out {used} pages; pooled {pooled} + held {_model.HeldPages()} = {pooled + _model.HeldPages()}";
+        long resident = _tts.Live.Sum(t => t.Resident), swiotlb = SwiotlbBytes / PhysicalMemory.PageSize;
+        if (used != pooled + _model.HeldPages() + resident + swiotlb)
+            return $"the system handed out {used} pages; pooled {pooled} + held {_model.HeldPages()} + in arrays {resident} + swiotlb {swiotlb} = {pooled + _model.HeldPages() + resident + swiotlb}";
         if (pooled > _limitPages + PoolSlackPages)
             return $"{pooled} pages pooled over a limit of {_limitPages} (+ {PoolSlackPages} per-CPU slack)";
-        return null;
+        return CheckArrays(audit) ?? CheckDevices();
     }
 
     /// <summary>What the pool may keep above its limit in per-CPU magazines: 1 MiB per CPU at most.</summary>
     private static long PoolSlackPages => (long)Environment.ProcessorCount * (1 << 20) / PhysicalMemory.PageSize;
 
-    // The end: release everything the model holds; the pool must then account for every page it was given.
+    // The end: destroy every array, undo every mapping, release every buffer, comparing contents on the way; then
+    // every page must be accounted for, and the checker must have seen nothing a correct driver does not do.
     private string? Finish()
     {
+        _tally.Evictions = _tts.Evictions;
+        foreach (var t in _tts.Live.ToList())
+        {
+            if (CompareArray(t, "at the end") is { } f) return f;
+            if (Destroy(t) is { } g) return g;
+        }
         foreach (var b in _model.Live.ToList())
         {
-            if (b.Bytes is not null && Compare(b, "at the end") is { } f) return f;
+            if (UnmapAll(b) is { } f) return f;
+            if (b.Bytes is not null && Compare(b, "at the end") is { } g) return g;
             _pool.Release(_handles[b.Id], b.Caching);
             _model.Release(b);
         }
-        return CheckAccounting(audit: true);
+        if (CheckAccounting(audit: true) is { } h) return h;
+        _platform.Dispose(); // the checker reports any mapping still pending here
+        if (_store.BytesInUse != 0) return $"the store holds {_store.BytesInUse} bytes with no array left";
+        foreach (var c in new[] { DmaCheckClass.MapErrorNotChecked, DmaCheckClass.WrongFunction, DmaCheckClass.WrongDirection,
+                     DmaCheckClass.DifferentCpuAddress, DmaCheckClass.SyncWrongDirection, DmaCheckClass.StaleIotlbAccess,
+                     DmaCheckClass.WrongPool, DmaCheckClass.CachedAliasUse, DmaCheckClass.PendingAtRelease })
+            if (Checker.CountOf(c) != 0)
+                return $"the checker reported {Checker.CountOf(c)} x {c} on a run that never does that: {Checker.Reports.First(r => r.Class == c)}";
+        return null;
     }
 }

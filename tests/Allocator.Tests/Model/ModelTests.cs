@@ -3,35 +3,49 @@ using Xunit;
 namespace PagePool.Allocator.Tests.Model;
 
 /// <summary>
-/// Model-based random testing: seeded sequences of pool operations, legal and illegal, checked step by step
-/// against <see cref="PoolModel"/>. A failure is shrunk to a short sequence that still fails and printed, so it
-/// can be pasted into a test. PAGEPOOL_MODEL_OPS sets the operations per seed (default 10,000; a million for a
-/// long run), PAGEPOOL_MODEL_SEEDS the number of seeds (default 12).
+/// Model-based random testing: seeded sequences of operations on the pool, page arrays and DMA devices, legal and
+/// illegal, checked step by step against <see cref="PoolModel"/>, <see cref="TtModel"/> and <see cref="DmaModel"/>.
+/// A failure is shrunk to a short sequence that still fails and printed, so it can be pasted into a test.
+/// PAGEPOOL_MODEL_OPS sets the operations per seed (default 10,000; a million for a long run), PAGEPOOL_MODEL_SEEDS
+/// the number of seeds (default 12).
 /// </summary>
 public sealed class ModelTests(ITestOutputHelper output)
 {
     private static int Env(string name, int fallback)
         => int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
 
-    public static TheoryData<int, long> Runs()
+    public static TheoryData<int, long, bool> Runs()
     {
-        var data = new TheoryData<int, long>();
+        var data = new TheoryData<int, long, bool>();
         int seeds = Env("PAGEPOOL_MODEL_SEEDS", 12);
         for (int seed = 1; seed <= seeds; seed++)
-            data.Add(seed, seed % 3 == 0 ? 0 : seed % 3 == 1 ? 1L << 20 : 64L << 20); // limits: none kept, small, roomy
+            data.Add(seed, seed % 3 == 0 ? 0 : seed % 3 == 1 ? 1L << 20 : 64L << 20, // pool limits: none kept, small, roomy
+                seed % 4 == 0); // a quarter swap to a file on disk, the others to a memfd (faster)
         return data;
     }
 
     [Theory]
     [MemberData(nameof(Runs))]
-    public void The_pool_agrees_with_the_model_on_every_step(int seed, long limitBytes)
+    public void The_system_agrees_with_the_model_on_every_step(int seed, long limitBytes, bool fileStore)
     {
         var ops = ModelOp.Generate(seed, Env("PAGEPOOL_MODEL_OPS", 10_000));
-        string? failure = ModelRun.Execute(ops, limitBytes, out int failedStep);
-        if (failure is null) return;
+        string? failure = ModelRun.Execute(ops, limitBytes, fileStore, out int failedStep, out ModelTally tally);
+        if (failure is null)
+        {
+            int[] acted = tally.Acted;
+            output.WriteLine($"seed {seed}: {acted.Sum()} of {ops.Count} steps acted ({tally.Refused.Sum()} refused as predicted); " +
+                $"{tally.Faults} device faults, {tally.StaleCpuReads} stale CPU reads, {tally.CopiesToDma32} copies to DMA32, " +
+                $"{tally.Evictions} evictions, {tally.DeviceBytes} device bytes; by kind (acted/refused):");
+            foreach (var kind in Enum.GetValues<ModelOpKind>()) output.WriteLine($"  {kind} {acted[(int)kind]}/{tally.Refused[(int)kind]}");
+            // A model whose steps find nothing to act on checks nothing: every kind must have run in a full-size run.
+            if (ops.Count >= 5_000)
+                foreach (var kind in Enum.GetValues<ModelOpKind>())
+                    Assert.True(acted[(int)kind] > 0, $"seed {seed}: no {kind} step acted in {ops.Count}");
+            return;
+        }
         // Nothing after the failing step matters; the end of the run stands for itself when that is what failed.
-        var (shrunk, shrunkFailure) = Shrink(ops.Take(failedStep + 1).ToList(), limitBytes, failure);
-        output.WriteLine($"seed {seed}, limit {limitBytes} bytes: {ops.Count} steps shrunk to {shrunk.Count}:");
+        var (shrunk, shrunkFailure) = Shrink(ops.Take(failedStep + 1).ToList(), limitBytes, fileStore, failure);
+        output.WriteLine($"seed {seed}, limit {limitBytes} bytes{(fileStore ? ", file store" : "")}: {ops.Count} steps shrunk to {shrunk.Count}:");
         foreach (var op in shrunk) output.WriteLine($"  {op}");
         Assert.Fail($"seed {seed}: {shrunkFailure}\nshortest failing sequence ({shrunk.Count} steps):\n  " + string.Join("\n  ", shrunk));
     }
@@ -48,8 +62,8 @@ public sealed class ModelTests(ITestOutputHelper output)
         Assert.Equal(2, shrunk.Count);
     }
 
-    private static (List<ModelOp>, string) Shrink(List<ModelOp> ops, long limitBytes, string failure)
-        => Shrink(ops, s => ModelRun.Execute(s, limitBytes), failure);
+    private static (List<ModelOp>, string) Shrink(List<ModelOp> ops, long limitBytes, bool fileStore, string failure)
+        => Shrink(ops, s => ModelRun.Execute(s, limitBytes, fileStore), failure);
 
     /// <summary>
     /// Delta debugging (Zeller's ddmin, chunk removal only): drop chunks of the sequence, halving the chunk size,

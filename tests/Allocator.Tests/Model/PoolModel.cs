@@ -17,6 +17,8 @@ public sealed class PoolModel
         public readonly int Pages = pages;
         /// <summary>The bytes the buffer must read; null while they are unknown (NoClear: a previous owner's data).</summary>
         public byte[]? Bytes = knownBytes;
+        /// <summary>Its live streaming DMA mappings (only a buffer whose bytes are known is mapped).</summary>
+        public readonly List<DmaModel.Mapping> Mappings = new();
     }
 
     private int _nextId;
