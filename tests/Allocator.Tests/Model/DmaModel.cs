@@ -57,8 +57,10 @@ public sealed class DmaModel
     }
 
     /// <summary>A streaming mapping of part of one block of a pool buffer.</summary>
-    public sealed class Mapping(Device device, PoolModel.Buffer buffer, int block, int bufferOffset, int blockOffset, int size, DmaDirection direction, bool single)
+    public sealed class Mapping(int tag, Device device, PoolModel.Buffer buffer, int block, int bufferOffset, int blockOffset, int size, DmaDirection direction, bool single)
     {
+        /// <summary>The tag of the step that mapped it.</summary>
+        public readonly int Tag = tag;
         public readonly Device Device = device;
         public readonly PoolModel.Buffer Buffer = buffer;
         public readonly int Block = block, BufferOffset = bufferOffset, BlockOffset = blockOffset, Size = size;

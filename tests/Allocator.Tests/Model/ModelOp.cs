@@ -21,10 +21,23 @@ public enum ModelOpKind
     TtToVram, TtToSystem, TtDeviceWrite, TtDeviceRead, TtDestroy, TtShrink,
 }
 
-/// <summary>One generated step: a kind and the numbers it draws on (their meaning depends on the kind).</summary>
-public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, CachingMode Caching, Zone Zone)
+/// <summary>
+/// One generated step: a kind and the numbers it draws on (their meaning depends on the kind). <see cref="Tag"/> is
+/// the step's number in the generated sequence, which names what it creates; a step whose <see cref="Pin"/> is set
+/// acts on what the step tagged so acts on, or on nothing once that step is gone (as a shrunk sequence needs: a
+/// step that names its target by index would land on another one when earlier steps are deleted).
+/// </summary>
+public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, CachingMode Caching, Zone Zone, int Tag = 0, int Pin = ModelOp.Unpinned)
 {
-    public override string ToString() => Kind switch
+    /// <summary>The target is the live one at index A modulo the count.</summary>
+    public const int Unpinned = -1;
+
+    /// <summary>A pinned step that found no target when it was pinned: it acts on nothing.</summary>
+    public const int Nothing = -2;
+
+    public override string ToString() => $"[{Tag}] " + (Pin == Unpinned ? Describe() : Describe().Replace($"#{A}", Pin == Nothing ? "none" : $"@{Pin}"));
+
+    private string Describe() => Kind switch
     {
         ModelOpKind.Allocate => $"Allocate(pages: {A}, {Caching}, {Zone}{(B != 0 ? ", NoClear" : "")})",
         ModelOpKind.SwitchCaching => $"SwitchCaching(live #{A}, to {Caching})",
@@ -49,13 +62,13 @@ public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, Cac
     // Weights of the kinds, out of 100: the pool a little under half, DMA and TTs a little over a quarter each.
     private static readonly (ModelOpKind Kind, int Weight)[] Weights =
     [
-        (ModelOpKind.Allocate, 13), (ModelOpKind.Release, 9), (ModelOpKind.ReleaseStale, 1), (ModelOpKind.ReleaseWrongCaching, 1),
+        (ModelOpKind.Allocate, 12), (ModelOpKind.Release, 9), (ModelOpKind.ReleaseStale, 1), (ModelOpKind.ReleaseWrongCaching, 1),
         (ModelOpKind.ReleaseForeign, 1), (ModelOpKind.ReleaseTwiceInOneCall, 1), (ModelOpKind.ReleaseInvalidCaching, 1),
         (ModelOpKind.SwitchCaching, 4), (ModelOpKind.Write, 5), (ModelOpKind.Check, 3), (ModelOpKind.Shrink, 1),
 
         (ModelOpKind.DmaMap, 7), (ModelOpKind.DmaMapAgain, 1), (ModelOpKind.DmaUnmap, 5), (ModelOpKind.DmaUnmapWrongSize, 1),
         (ModelOpKind.DmaUnmapUnmapped, 1), (ModelOpKind.DmaSync, 4), (ModelOpKind.DmaSyncPastEnd, 1),
-        (ModelOpKind.DeviceWrite, 4), (ModelOpKind.DeviceRead, 3), (ModelOpKind.DeviceStray, 2), (ModelOpKind.CpuRead, 2),
+        (ModelOpKind.DeviceWrite, 4), (ModelOpKind.DeviceRead, 3), (ModelOpKind.DeviceStray, 3), (ModelOpKind.CpuRead, 2),
 
         (ModelOpKind.TtCreate, 3), (ModelOpKind.TtPopulate, 4), (ModelOpKind.TtUnpopulate, 1), (ModelOpKind.TtPurge, 1),
         (ModelOpKind.TtWrite, 3), (ModelOpKind.TtRead, 2), (ModelOpKind.TtSwapOut, 2), (ModelOpKind.TtBind, 3),
@@ -81,7 +94,7 @@ public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, Cac
             var caching = (CachingMode)rng.Next(3);
             var zone = rng.Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
             int a = rng.Next(1 << 20), b = rng.Next(1 << 20), c = rng.Next();
-            ops.Add(kind switch
+            ops.Add((kind switch
             {
                 ModelOpKind.Allocate => new ModelOp(kind, 1 + rng.Next(rng.Next(2) == 0 ? 2 : 24), rng.Next(8) == 0 ? 1 : 0, 0, caching, zone),
                 ModelOpKind.ReleaseInvalidCaching => new ModelOp(kind, a, 3 + rng.Next(253), 0, caching, zone),
@@ -90,7 +103,7 @@ public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, Cac
                 ModelOpKind.TtSwapOut => new ModelOp(kind, a, rng.Next(2) == 0 ? -1 : rng.Next(40), c, caching, zone),
                 ModelOpKind.TtShrink => new ModelOp(kind, rng.Next(3) == 0 ? int.MaxValue : rng.Next(200), 0, 0, caching, zone),
                 _ => new ModelOp(kind, a, b, c, caching, zone),
-            });
+            }) with { Tag = i });
         }
         return ops;
     }

@@ -15,7 +15,7 @@ public sealed partial class ModelRun
 
     private DmaChecker Checker => _platform.Checker!;
 
-    private DmaModel.Mapping? MappingAt(int k) => _dma.Live.Count == 0 ? null : _dma.Live[k % _dma.Live.Count];
+    private DmaModel.Mapping? MappingAt(ModelOp op) => Resolve(op, _dma.Live, m => m.Tag);
 
     private string? DmaStep(ModelOp op)
     {
@@ -24,27 +24,27 @@ public sealed partial class ModelRun
         {
             case ModelOpKind.DmaMap:
             {
-                if (_dma.Live.Count >= MaxMappings || LiveAt(op.A) is not { Bytes: not null } b) return Skip();
+                if (_dma.Live.Count >= MaxMappings || LiveAt(op) is not { Bytes: not null } b) return Skip();
                 var handles = _handles[b.Id];
                 int j = rng.Next(handles.Length), blockBytes = handles[j].PageCount * PhysicalMemory.PageSize;
                 int offset = rng.Next(blockBytes), size = 1 + rng.Next(Math.Min(blockBytes - offset, 3 * PhysicalMemory.PageSize));
-                var m = new DmaModel.Mapping(_dma.Devices[op.B % ModelDevices.Count], b, j, PagesBefore(handles, j) * PhysicalMemory.PageSize + offset,
+                var m = new DmaModel.Mapping(op.Tag, _dma.Devices[op.B % ModelDevices.Count], b, j, PagesBefore(handles, j) * PhysicalMemory.PageSize + offset,
                     offset, size, (DmaDirection)rng.Next(3), rng.Next(2) == 0);
                 return Map(m);
             }
             case ModelOpKind.DmaMapAgain:
             {
-                if (_dma.Live.Count >= MaxMappings || MappingAt(op.A) is not { } old) return Skip();
-                return Map(new DmaModel.Mapping(old.Device, old.Buffer, old.Block, old.BufferOffset, old.BlockOffset, old.Size, old.Direction, old.Single));
+                if (_dma.Live.Count >= MaxMappings || MappingAt(op) is not { } old) return Skip();
+                return Map(new DmaModel.Mapping(op.Tag, old.Device, old.Buffer, old.Block, old.BufferOffset, old.BlockOffset, old.Size, old.Direction, old.Single));
             }
             case ModelOpKind.DmaUnmap:
             {
-                return MappingAt(op.A) is { } m ? Unmap(m) : Skip();
+                return MappingAt(op) is { } m ? Unmap(m) : Skip();
             }
             case ModelOpKind.DmaUnmapWrongSize:
             {
                 // One page more than mapped: every kind refuses it (the IOMMU compares pages, the others bytes).
-                if (MappingAt(op.A) is not { } m) return Skip();
+                if (MappingAt(op) is not { } m) return Skip();
                 var d = _devices[m.Device.Index];
                 return Expect(typeof(DmaMappingException), () =>
                 {
@@ -66,7 +66,7 @@ public sealed partial class ModelRun
             }
             case ModelOpKind.DmaSync:
             {
-                if (MappingAt(op.A) is not { } m) return Skip();
+                if (MappingAt(op) is not { } m) return Skip();
                 int at = rng.Next(m.Size), length = 1 + rng.Next(m.Size - at);
                 bool forCpu = rng.Next(2) == 0;
                 var d = _devices[m.Device.Index];
@@ -80,7 +80,7 @@ public sealed partial class ModelRun
             }
             case ModelOpKind.DmaSyncPastEnd:
             {
-                if (MappingAt(op.A) is not { } m) return Skip();
+                if (MappingAt(op) is not { } m) return Skip();
                 int at = rng.Next(m.Size), length = m.Size - at + 1 + rng.Next(2 * PhysicalMemory.PageSize);
                 ulong start = m.Dma + (ulong)at, end = start + (ulong)length; // exclusive
                 var dev = m.Device;
@@ -99,7 +99,7 @@ public sealed partial class ModelRun
             case ModelOpKind.DeviceWrite:
             case ModelOpKind.DeviceRead:
             {
-                if (MappingAt(op.A) is not { } m) return Skip();
+                if (MappingAt(op) is not { } m) return Skip();
                 bool write = op.Kind == ModelOpKind.DeviceWrite;
                 int at = rng.Next(m.Size), length = 1 + rng.Next(m.Size - at);
                 var engine = _devices[m.Device.Index].Engine;
@@ -130,8 +130,8 @@ public sealed partial class ModelRun
                 // A CPU read of a bounced buffer the device wrote, not synced since: it sees the old bytes (the
                 // model's CPU bytes are those), and the checker reports each such mapping once.
                 // Half of the reads go where a mapping is, the others anywhere.
-                var near = _dma.Live.Count > 0 && rng.Next(2) == 0 ? _dma.Live[op.A % _dma.Live.Count] : null;
-                if ((near?.Buffer ?? LiveAt(op.A)) is not { Bytes: not null } b) return Skip();
+                var near = rng.Next(2) == 0 ? MappingAt(op) : null;
+                if ((near?.Buffer ?? LiveAt(op)) is not { Bytes: not null } b) return Skip();
                 var handles = _handles[b.Id];
                 int j = near?.Block ?? rng.Next(handles.Length), blockBytes = handles[j].PageCount * PhysicalMemory.PageSize;
                 int offset = near is null ? rng.Next(blockBytes) : Math.Max(0, near.BlockOffset - rng.Next(64)), length = 1 + rng.Next(blockBytes - offset);
@@ -193,13 +193,14 @@ public sealed partial class ModelRun
         return null;
     }
 
-    // A device goes where it holds nothing: an address it unmapped, another device's, a random one, or just past one of
-    // its own. Where the model says no live mapping of the device reaches, the access faults, is counted and named.
+    // A device goes where it holds nothing: an address it unmapped, another device's, a random one, or just past or
+    // before one of its own (in the same page or slot: the granule matters). Where the model says no live mapping of
+    // the device reaches, the access faults, is counted and named.
     private string? Stray(DmaModel.Device dev, Random rng)
     {
         var others = _dma.Devices.Where(x => x != dev).SelectMany(x => x.Live).ToList();
         ulong address;
-        switch (rng.Next(4))
+        switch (rng.Next(5))
         {
             case 0 when dev.Retired.Count > 0:
                 address = dev.Retired[rng.Next(dev.Retired.Count)] + (ulong)rng.Next(256);
@@ -210,7 +211,11 @@ public sealed partial class ModelRun
                 break;
             case 2 when dev.Live.Count > 0:
                 var r = dev.Live[rng.Next(dev.Live.Count)];
-                address = r.Dma + (ulong)r.Size + (ulong)rng.Next(2 * PhysicalMemory.PageSize);
+                address = r.Dma + (ulong)r.Size + (ulong)rng.Next(rng.Next(2) == 0 ? 256 : 2 * PhysicalMemory.PageSize);
+                break;
+            case 3 when dev.Live.Count > 0:
+                var s = dev.Live[rng.Next(dev.Live.Count)];
+                address = s.Dma - 1 - (ulong)rng.Next((int)Math.Min(s.Dma, 256));
                 break;
             default:
                 address = (ulong)rng.NextInt64(1L << 32);
@@ -255,6 +260,28 @@ public sealed partial class ModelRun
         long slots = _dma.Live.Where(m => m.Bounce is not null).Sum(m => (long)(m.Size + 2047) / 2048);
         if (_platform.SwiotlbUsedBytes != slots * 2048)
             return $"swiotlb has {_platform.SwiotlbUsedBytes} bytes in use, the live bounced mappings {slots * 2048}";
+        return CheckReports();
+    }
+
+    // Reports a run that maps, syncs and unmaps as a correct driver does must never cause. The illegal steps cause
+    // others (NeverMapped, WrongSize, SyncOutOfRange, ...), and CpuRead counts MissingSyncForCpu itself.
+    private static readonly DmaCheckClass[] NeverReported =
+    [
+        DmaCheckClass.MapErrorNotChecked, DmaCheckClass.WrongFunction, DmaCheckClass.WrongDirection, DmaCheckClass.DifferentCpuAddress,
+        DmaCheckClass.SyncWrongDirection, DmaCheckClass.StaleIotlbAccess, DmaCheckClass.WrongPool, DmaCheckClass.CachedAliasUse,
+        DmaCheckClass.PendingAtRelease,
+    ];
+
+    private int _reportsSeen;
+
+    private string? CheckReports()
+    {
+        if (Checker.ReportCount == _reportsSeen) return null;
+        var reports = Checker.Reports;
+        for (int i = _reportsSeen; i < reports.Count; i++)
+            if (NeverReported.Contains(reports[i].Class))
+                return $"the checker reported {reports[i].Class}, which this run never causes: {reports[i]}";
+        _reportsSeen = reports.Count;
         return null;
     }
 }

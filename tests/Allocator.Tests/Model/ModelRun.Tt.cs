@@ -37,8 +37,7 @@ public sealed partial class ModelRun
         };
         var from = legal is not null && (op.Kind == ModelOpKind.TtMove || op.C % 4 != 0) ? _tts.Live.Where(t => legal(t.State)).ToList() : null;
         if (from is { Count: 0 } && op.Kind != ModelOpKind.TtMove) from = null;
-        from ??= _tts.Live;
-        return from.Count == 0 ? null : from[op.A % from.Count];
+        return Resolve(op, op.Pin == ModelOp.Unpinned ? from ?? _tts.Live : _tts.Live, t => t.Tag);
     }
 
     private string? TtStep(ModelOp op)
@@ -47,7 +46,7 @@ public sealed partial class ModelRun
         {
             if (_tts.Live.Count >= MaxTts) return Skip();
             var flags = ModelOp.TtFlagsOf(op.B);
-            var created = _tts.Create(op.A, op.Caching, op.Zone, flags);
+            var created = _tts.Create(op.Tag, op.A, op.Caching, op.Zone, flags);
             _arrays[created.Id] = new PageArray(_accounting, op.A, op.Caching, op.Zone, flags);
             return null;
         }

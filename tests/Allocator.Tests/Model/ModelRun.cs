@@ -22,9 +22,13 @@ public sealed partial class ModelRun : IDisposable
     private readonly PoolAllocator _pool, _foreign;
     private readonly PoolModel _model = new();
     private readonly Dictionary<int, PageHandle[]> _handles = new();
-    private readonly List<PageHandle[]> _released = new();
+    private readonly List<Released> _released = new();
+
+    /// <summary>A buffer given back, by the tag of the step that allocated it: its handles are stale now.</summary>
+    private sealed record Released(int Tag, PageHandle[] Handles);
     private readonly long _limitPages;
     private bool _skipped, _refused;
+    private int _resolved; // the tag of what this step acted on, for pinning
     private readonly ModelTally _tally;
 
     public ModelRun(long limitBytes, bool fileStore = false)
@@ -70,7 +74,18 @@ public sealed partial class ModelRun : IDisposable
         return failure;
     }
 
-    private static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore, out int failedStep, out int[] acted, out ModelTally tally)
+    /// <summary>
+    /// The same sequence with every step pinned to what it acted on in this run (see <see cref="ModelOp.Pin"/>): it
+    /// runs the same way, and keeps doing so when steps are deleted from it.
+    /// </summary>
+    public static List<ModelOp> Pin(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore)
+    {
+        var resolved = new int[ops.Count];
+        Execute(ops, limitBytes, fileStore, out _, out _, out _, resolved);
+        return ops.Select((op, i) => op.Pin == ModelOp.Unpinned && resolved[i] != ModelOp.Unpinned ? op with { Pin = resolved[i] } : op).ToList();
+    }
+
+    private static string? Execute(IReadOnlyList<ModelOp> ops, long limitBytes, bool fileStore, out int failedStep, out int[] acted, out ModelTally tally, int[]? resolved = null)
     {
         failedStep = -1;
         using var run = new ModelRun(limitBytes, fileStore);
@@ -80,6 +95,7 @@ public sealed partial class ModelRun : IDisposable
         {
             string? failure;
             run._skipped = run._refused = false;
+            run._resolved = ModelOp.Unpinned;
             try
             {
                 failure = run.Step(ops[i]) ?? run.CheckAccounting(audit: i % AuditEvery == AuditEvery - 1);
@@ -88,6 +104,7 @@ public sealed partial class ModelRun : IDisposable
             {
                 failure = $"unexpected {e.GetType().Name}: {e.Message}";
             }
+            if (resolved is not null) resolved[i] = run._resolved;
             if (failure is not null)
             {
                 failedStep = i;
@@ -136,7 +153,20 @@ public sealed partial class ModelRun : IDisposable
         return expected is null ? null : $"{what} succeeded, the model expected {expected.Name}";
     }
 
-    private PoolModel.Buffer? LiveAt(int k) => _model.Live.Count == 0 ? null : _model.Live[k % _model.Live.Count];
+    /// <summary>The target of a step among <paramref name="live"/>: the one its pin names, else index A modulo the count; recorded for pinning.</summary>
+    private T? Resolve<T>(ModelOp op, IReadOnlyList<T> live, Func<T, int> tagOf) where T : class
+    {
+        T? target = op.Pin switch
+        {
+            ModelOp.Unpinned => live.Count == 0 ? null : live[op.A % live.Count],
+            ModelOp.Nothing => null,
+            _ => live.FirstOrDefault(x => tagOf(x) == op.Pin),
+        };
+        _resolved = target is null ? ModelOp.Nothing : tagOf(target);
+        return target;
+    }
+
+    private PoolModel.Buffer? LiveAt(ModelOp op) => Resolve(op, _model.Live, b => b.Tag);
 
     private string? PoolStep(ModelOp op)
     {
@@ -154,48 +184,47 @@ public sealed partial class ModelRun : IDisposable
                     if (_memory.CachingOf(h) != op.Caching) return $"{h} is {_memory.CachingOf(h)}";
                     if (_memory.ZoneOf(h) != op.Zone) return $"{h} is in {_memory.ZoneOf(h)}";
                 }
-                var b = _model.Allocate(op.Caching, op.Zone, op.A, op.B != 0);
+                var b = _model.Allocate(op.Tag, op.Caching, op.Zone, op.A, op.B != 0);
                 _handles[b.Id] = handles;
                 return b.Bytes is null ? null : Compare(b, "as handed out");
             }
             case ModelOpKind.Release:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 var handles = _handles[b.Id];
                 if (UnmapAll(b) is { } f) return f; // a driver unmaps before it frees
                 _pool.Release(handles, b.Caching);
                 _model.Release(b);
                 _handles.Remove(b.Id);
-                _released.Add(handles);
+                _released.Add(new Released(b.Tag, handles));
                 return null;
             }
             case ModelOpKind.ReleaseStale:
             {
-                if (_released.Count == 0) return Skip();
-                var handles = _released[op.A % _released.Count];
+                if (Resolve(op, _released, r => r.Tag)?.Handles is not { } handles) return Skip();
                 return ExpectHandleError(() => _pool.Release(handles, _memory.CachingOf(handles[0]) is var c ? c : default),
                     HandleError.DoubleFree, HandleError.Stale);
             }
             case ModelOpKind.ReleaseWrongCaching:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 var wrong = (CachingMode)(((int)b.Caching + 1 + op.B % 2) % 3);
                 return ExpectHandleError(() => _pool.Release(_handles[b.Id], wrong), HandleError.Mismatch) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseForeign:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 return ExpectHandleError(() => _foreign.Release(_handles[b.Id], b.Caching), HandleError.Foreign) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseTwiceInOneCall:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 var h = _handles[b.Id][0];
                 return ExpectHandleError(() => _pool.Release([h, h], b.Caching), HandleError.DoubleFree) ?? Compare(b, "after a refused release");
             }
             case ModelOpKind.ReleaseInvalidCaching:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 try
                 {
                     _pool.Release(_handles[b.Id], (CachingMode)op.B);
@@ -207,7 +236,7 @@ public sealed partial class ModelRun : IDisposable
             }
             case ModelOpKind.SwitchCaching:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 _memory.SetCaching(_handles[b.Id], op.Caching);
                 b.Caching = op.Caching;
                 foreach (var h in _handles[b.Id])
@@ -216,7 +245,7 @@ public sealed partial class ModelRun : IDisposable
             }
             case ModelOpKind.Write:
             {
-                if (LiveAt(op.A) is not { } b) return Skip();
+                if (LiveAt(op) is not { } b) return Skip();
                 var handles = _handles[b.Id];
                 int j = op.B % handles.Length;
                 int size = handles[j].PageCount * PhysicalMemory.PageSize;
@@ -235,7 +264,7 @@ public sealed partial class ModelRun : IDisposable
                 return null;
             }
             case ModelOpKind.Check:
-                return LiveAt(op.A) is { Bytes: not null } live ? Compare(live, "on a check") : Skip();
+                return LiveAt(op) is { Bytes: not null } live ? Compare(live, "on a check") : Skip();
             case ModelOpKind.Shrink:
             {
                 long before = _pool.Count();
@@ -332,11 +361,6 @@ public sealed partial class ModelRun : IDisposable
         if (CheckAccounting(audit: true) is { } h) return h;
         _platform.Dispose(); // the checker reports any mapping still pending here
         if (_store.BytesInUse != 0) return $"the store holds {_store.BytesInUse} bytes with no array left";
-        foreach (var c in new[] { DmaCheckClass.MapErrorNotChecked, DmaCheckClass.WrongFunction, DmaCheckClass.WrongDirection,
-                     DmaCheckClass.DifferentCpuAddress, DmaCheckClass.SyncWrongDirection, DmaCheckClass.StaleIotlbAccess,
-                     DmaCheckClass.WrongPool, DmaCheckClass.CachedAliasUse, DmaCheckClass.PendingAtRelease })
-            if (Checker.CountOf(c) != 0)
-                return $"the checker reported {Checker.CountOf(c)} x {c} on a run that never does that: {Checker.Reports.First(r => r.Class == c)}";
-        return null;
+        return CheckReports();
     }
 }

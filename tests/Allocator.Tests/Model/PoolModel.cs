@@ -9,9 +9,11 @@ namespace PagePool.Allocator.Tests.Model;
 /// </summary>
 public sealed class PoolModel
 {
-    public sealed class Buffer(int id, CachingMode caching, Zone zone, int pages, byte[]? knownBytes)
+    public sealed class Buffer(int id, int tag, CachingMode caching, Zone zone, int pages, byte[]? knownBytes)
     {
         public readonly int Id = id;
+        /// <summary>The tag of the step that allocated it.</summary>
+        public readonly int Tag = tag;
         public CachingMode Caching = caching;
         public readonly Zone Zone = zone;
         public readonly int Pages = pages;
@@ -24,9 +26,9 @@ public sealed class PoolModel
     private int _nextId;
     public readonly List<Buffer> Live = new();
 
-    public Buffer Allocate(CachingMode caching, Zone zone, int pages, bool noClear)
+    public Buffer Allocate(int tag, CachingMode caching, Zone zone, int pages, bool noClear)
     {
-        var b = new Buffer(_nextId++, caching, zone, pages, noClear ? null : new byte[pages * PhysicalMemory.PageSize]);
+        var b = new Buffer(_nextId++, tag, caching, zone, pages, noClear ? null : new byte[pages * PhysicalMemory.PageSize]);
         Live.Add(b);
         return b;
     }

@@ -12,9 +12,9 @@ namespace PagePool.Allocator.Tests.Model;
 /// </summary>
 public sealed class TtModel(long pageLimit, long dma32PageLimit, int vramPages)
 {
-    public sealed class Tt(int id, int pages, CachingMode caching, Zone zone, TtFlags flags)
+    public sealed class Tt(int id, int tag, int pages, CachingMode caching, Zone zone, TtFlags flags)
     {
-        public readonly int Id = id, Pages = pages;
+        public readonly int Id = id, Tag = tag, Pages = pages;
         public readonly CachingMode Caching = caching;
         public readonly TtFlags Flags = flags;
         public Zone Zone = zone;
@@ -44,9 +44,9 @@ public sealed class TtModel(long pageLimit, long dma32PageLimit, int vramPages)
     public long SwappedPages => Live.Sum(t => t.Swapped);
     public long VramFreePages => VramUsed.Count(u => !u);
 
-    public Tt Create(int pages, CachingMode caching, Zone zone, TtFlags flags)
+    public Tt Create(int tag, int pages, CachingMode caching, Zone zone, TtFlags flags)
     {
-        var t = new Tt(_nextId++, pages, caching, zone, flags);
+        var t = new Tt(_nextId++, tag, pages, caching, zone, flags);
         Live.Add(t);
         return t;
     }
