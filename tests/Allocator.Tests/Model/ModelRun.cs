@@ -15,6 +15,8 @@ namespace PagePool.Allocator.Tests.Model;
 public sealed partial class ModelRun : IDisposable
 {
     private const int AuditEvery = 32;
+    // Allocations outnumber releases a little; a cap keeps a run of millions of steps inside the memory space.
+    private const int MaxBuffers = 400;
     private static readonly MemoryOptions Space = new() { ArenaBytes = 8L << 20, Dma32Bytes = 64L << 20, NormalBytes = 256L << 20 };
     private const long SwiotlbBytes = 2L << 20; // the smallest pool: 1024 slots, far more than the mappings a run keeps
 
@@ -174,6 +176,7 @@ public sealed partial class ModelRun : IDisposable
         {
             case ModelOpKind.Allocate:
             {
+                if (_model.Live.Count >= MaxBuffers) return Skip();
                 var flags = op.B != 0 ? AllocationFlags.NoClear : AllocationFlags.None;
                 var blocks = new PageHandle[op.A];
                 int n = _pool.Allocate(op.A, op.Caching, op.Zone, blocks, flags);
