@@ -233,8 +233,8 @@ public sealed partial class ModelRun : IDisposable
                     _pool.Release(_handles[b.Id], (CachingMode)op.B);
                     return $"a release as caching mode {op.B} was accepted";
                 }
-                catch (ArgumentOutOfRangeException) { }
-                catch (PageHandleException) { }
+                catch (ArgumentOutOfRangeException) { _refused = true; }
+                catch (PageHandleException) { _refused = true; }
                 return Compare(b, "after a refused release");
             }
             case ModelOpKind.SwitchCaching:
@@ -287,7 +287,7 @@ public sealed partial class ModelRun : IDisposable
         return pages;
     }
 
-    private static string? ExpectHandleError(Action release, params HandleError[] expected)
+    private string? ExpectHandleError(Action release, params HandleError[] expected)
     {
         try
         {
@@ -296,6 +296,7 @@ public sealed partial class ModelRun : IDisposable
         }
         catch (PageHandleException e) when (expected.Contains(e.Error))
         {
+            _refused = true;
             return null;
         }
         catch (PageHandleException e)
