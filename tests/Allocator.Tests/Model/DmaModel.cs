@@ -75,7 +75,19 @@ public sealed class DmaModel
         public override string ToString() => $"{Device.Kind} mapping of buffer {Buffer.Id} block {Block} [{BlockOffset}, +{Size}) {Direction} at 0x{Dma:x}";
     }
 
+    /// <summary>Coherent memory: one block the CPU and the device both reach, no syncs; it reads zero when allocated.</summary>
+    public sealed class Coherent(int tag, Device device, int pages)
+    {
+        public readonly int Tag = tag;
+        public readonly Device Device = device;
+        public readonly byte[] Bytes = new byte[pages * PagePool.Memory.PhysicalMemory.PageSize];
+        public PagePool.Dma.DmaCoherentBlock Real;
+
+        public override string ToString() => $"coherent block of {Bytes.Length} bytes on {Device.Kind} at 0x{Real.DmaAddress:x}";
+    }
+
     public readonly Device[] Devices = ModelDevices.Options.Select((o, i) => new Device(i, o)).ToArray();
+    public readonly List<Coherent> CoherentBlocks = new();
     public readonly List<Mapping> Live = new();
 
     /// <summary>dma_map: the device now reaches the range; a bouncing device gets a copy of the CPU's bytes (whatever the direction).</summary>

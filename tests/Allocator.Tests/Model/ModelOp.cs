@@ -15,6 +15,8 @@ public enum ModelOpKind
     // Streaming DMA mappings of pool buffers, and the devices' engines reading and writing through them.
     DmaMap, DmaMapAgain, DmaUnmap, DmaUnmapWrongSize, DmaUnmapUnmapped, DmaSync, DmaSyncPastEnd,
     DeviceWrite, DeviceRead, DeviceStray, CpuRead,
+    // Coherent DMA memory: allocated for a device (zeroed, as dma_alloc_coherent is), reached by CPU and device alike.
+    CoherentAlloc, CoherentFree, CoherentAccess,
 
     // Page arrays (TTs): their lifecycle, contents, binding to devices, swap, VRAM, and reclaim.
     TtCreate, TtPopulate, TtUnpopulate, TtPurge, TtWrite, TtRead, TtSwapOut, TtBind, TtUnbind, TtMove,
@@ -46,6 +48,8 @@ public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, Cac
         ModelOpKind.ReleaseStale => $"ReleaseStale(released #{A})",
         ModelOpKind.DmaMap => $"DmaMap(live #{A}, device #{B % ModelDevices.Count}, seed {C})",
         ModelOpKind.DeviceStray => $"DeviceStray(device #{B % ModelDevices.Count}, seed {C})",
+        ModelOpKind.CoherentAlloc => $"CoherentAlloc(device #{B % ModelDevices.Count}, order {A % 3})",
+        ModelOpKind.CoherentFree or ModelOpKind.CoherentAccess => $"{Kind}(coherent #{A}, seed {C})",
         ModelOpKind.TtCreate => $"TtCreate(pages: {A}, {Caching}, {Zone}, {(TtFlagsOf(B))})",
         ModelOpKind.TtBind or ModelOpKind.TtMove => $"{Kind}(tt #{A}, device #{B % ModelDevices.Bindable}, seed {C})",
         ModelOpKind.TtSwapOut => $"TtSwapOut(tt #{A}, {(B < 0 ? "all" : $"at most {B} pages")}, seed {C})",
@@ -62,13 +66,14 @@ public readonly record struct ModelOp(ModelOpKind Kind, int A, int B, int C, Cac
     // Weights of the kinds, out of 100: the pool a little under half, DMA and TTs a little over a quarter each.
     private static readonly (ModelOpKind Kind, int Weight)[] Weights =
     [
-        (ModelOpKind.Allocate, 12), (ModelOpKind.Release, 9), (ModelOpKind.ReleaseStale, 1), (ModelOpKind.ReleaseWrongCaching, 1),
+        (ModelOpKind.Allocate, 11), (ModelOpKind.Release, 9), (ModelOpKind.ReleaseStale, 1), (ModelOpKind.ReleaseWrongCaching, 1),
         (ModelOpKind.ReleaseForeign, 1), (ModelOpKind.ReleaseTwiceInOneCall, 1), (ModelOpKind.ReleaseInvalidCaching, 1),
-        (ModelOpKind.SwitchCaching, 4), (ModelOpKind.Write, 5), (ModelOpKind.Check, 3), (ModelOpKind.Shrink, 1),
+        (ModelOpKind.SwitchCaching, 4), (ModelOpKind.Write, 4), (ModelOpKind.Check, 2), (ModelOpKind.Shrink, 1),
 
         (ModelOpKind.DmaMap, 7), (ModelOpKind.DmaMapAgain, 1), (ModelOpKind.DmaUnmap, 5), (ModelOpKind.DmaUnmapWrongSize, 1),
         (ModelOpKind.DmaUnmapUnmapped, 1), (ModelOpKind.DmaSync, 4), (ModelOpKind.DmaSyncPastEnd, 1),
         (ModelOpKind.DeviceWrite, 4), (ModelOpKind.DeviceRead, 3), (ModelOpKind.DeviceStray, 3), (ModelOpKind.CpuRead, 2),
+        (ModelOpKind.CoherentAlloc, 1), (ModelOpKind.CoherentFree, 1), (ModelOpKind.CoherentAccess, 1),
 
         (ModelOpKind.TtCreate, 3), (ModelOpKind.TtPopulate, 4), (ModelOpKind.TtUnpopulate, 1), (ModelOpKind.TtPurge, 1),
         (ModelOpKind.TtWrite, 3), (ModelOpKind.TtRead, 2), (ModelOpKind.TtSwapOut, 2), (ModelOpKind.TtBind, 3),

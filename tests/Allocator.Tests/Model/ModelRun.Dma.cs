@@ -146,9 +146,74 @@ public sealed partial class ModelRun
                 _tally.StaleCpuReads += stale > 0 ? 1 : 0;
                 return reported == stale ? null : $"the CPU read of buffer {b.Id} block {j} [{offset}, +{length}) overlaps {stale} bounced mappings the device wrote without a sync; the checker reported {reported}";
             }
+            case ModelOpKind.CoherentAlloc:
+            {
+                if (_dma.CoherentBlocks.Count >= MaxCoherent) return Skip();
+                var dev = _dma.Devices[op.B % ModelDevices.Count];
+                var d = _devices[dev.Index];
+                var c = new DmaModel.Coherent(op.Tag, dev, 1 << (op.A % 3)) { Real = d.AllocateCoherent(op.A % 3) };
+                var (block, dma) = c.Real;
+                _dma.CoherentBlocks.Add(c);
+                dev.Add(dma, c.Bytes.Length, c);
+                if (d.MappingError(dma)) return $"{c}: the mapping error address";
+                if (dma + (ulong)c.Bytes.Length - 1 > d.Mask) return $"{c} lies above the device's mask";
+                if (dev.Kind != DmaOpsKind.Iommu && dma != _memory.PhysicalAddress(block)) return $"{c}: without an IOMMU the address is the physical one, 0x{_memory.PhysicalAddress(block):x}";
+                var zone = d.MaskBits <= 32 ? Zone.Dma32 : Zone.Normal;
+                if (_memory.ZoneOf(block) != zone) return $"{c} is in {_memory.ZoneOf(block)}, not {zone}";
+                var caching = d.IsCoherent ? CachingMode.WriteBack : CachingMode.Uncached;
+                if (_memory.CachingOf(block) != caching) return $"{c} is {_memory.CachingOf(block)}, not {caching}";
+                return CompareCoherent(c, 0, c.Bytes.Length, "as allocated");
+            }
+            case ModelOpKind.CoherentFree:
+            {
+                if (Resolve(op, _dma.CoherentBlocks, x => x.Tag) is not { } c) return Skip();
+                return FreeCoherent(c);
+            }
+            case ModelOpKind.CoherentAccess:
+            {
+                // The device writes or reads, or the CPU writes: no sync in between, both sides see the same bytes.
+                if (Resolve(op, _dma.CoherentBlocks, x => x.Tag) is not { } c) return Skip();
+                int at = rng.Next(c.Bytes.Length), length = 1 + rng.Next(c.Bytes.Length - at);
+                var data = new byte[length];
+                int who = rng.Next(3);
+                var engine = _devices[c.Device.Index].Engine;
+                if (who == 1)
+                {
+                    engine.Read(c.Real.DmaAddress + (ulong)at, data);
+                    int diff = c.Bytes.AsSpan(at, length).CommonPrefixLength(data);
+                    if (diff != length) return $"the device read [{at}, +{length}) of {c}: byte {at + diff} is {data[diff]:x2}, the model {c.Bytes[at + diff]:x2}";
+                }
+                else
+                {
+                    rng.NextBytes(data);
+                    if (who == 0) engine.Write(c.Real.DmaAddress + (ulong)at, data);
+                    else _memory.Write(c.Real.Block, at, data);
+                    data.CopyTo(c.Bytes, at);
+                }
+                _tally.DeviceBytes += who < 2 ? length : 0;
+                return CompareCoherent(c, at, length, who == 0 ? "after a device write" : who == 1 ? "after a device read" : "after a CPU write");
+            }
             default:
                 return $"unknown step {op.Kind}";
         }
+    }
+
+    private const int MaxCoherent = 8;
+
+    private string? CompareCoherent(DmaModel.Coherent c, int at, int length, string when)
+    {
+        var data = new byte[length];
+        _platform.CpuRead(c.Real.Block, at, data);
+        int diff = c.Bytes.AsSpan(at, length).CommonPrefixLength(data);
+        return diff == length ? null : $"the CPU read [{at}, +{length}) of {c} {when}: byte {at + diff} is {data[diff]:x2}, the model {c.Bytes[at + diff]:x2}";
+    }
+
+    private string? FreeCoherent(DmaModel.Coherent c)
+    {
+        _devices[c.Device.Index].FreeCoherent(c.Real);
+        _dma.CoherentBlocks.Remove(c);
+        c.Device.Retire(c);
+        return null;
     }
 
     private string? Map(DmaModel.Mapping m)

@@ -7,7 +7,7 @@ namespace PagePool.Allocator.Tests.Model;
 
 /// <summary>
 /// Runs a sequence of steps against a fresh machine (a memory space, a pool, page arrays with their accounting, swap
-/// store and VRAM, a DMA platform with one device of each kind and the checker on) and against the models
+/// store and VRAM, a DMA platform with one device of each kind and the checker on, coherent DMA memory) and against the models
 /// (<see cref="PoolModel"/>, <see cref="TtModel"/>, <see cref="DmaModel"/>), step by step, and returns the first
 /// disagreement (null when there is none). Every step is checked: results, contents, the errors of illegal steps (and
 /// that an illegal step changed nothing), and the accounting of every page, mapping, slot and fault after it.
@@ -335,8 +335,10 @@ public sealed partial class ModelRun : IDisposable
         long pooled = audit ? _pool.Audit() : _pool.Count();
         long used = (_memory.UsedBytes(Zone.Dma32) + _memory.UsedBytes(Zone.Normal)) / PhysicalMemory.PageSize;
         long resident = _tts.Live.Sum(t => t.Resident), swiotlb = SwiotlbBytes / PhysicalMemory.PageSize;
-        if (used != pooled + _model.HeldPages() + resident + swiotlb)
-            return $"the system handed out {used} pages; pooled {pooled} + held {_model.HeldPages()} + in arrays {resident} + swiotlb {swiotlb} = {pooled + _model.HeldPages() + resident + swiotlb}";
+        long coherent = _dma.CoherentBlocks.Sum(c => (long)c.Bytes.Length) / PhysicalMemory.PageSize;
+        long accounted = pooled + _model.HeldPages() + resident + swiotlb + coherent;
+        if (used != accounted)
+            return $"the system handed out {used} pages; pooled {pooled} + held {_model.HeldPages()} + in arrays {resident} + swiotlb {swiotlb} + coherent {coherent} = {accounted}";
         if (pooled > _limitPages + PoolSlackPages)
             return $"{pooled} pages pooled over a limit of {_limitPages} (+ {PoolSlackPages} per-CPU slack)";
         return CheckArrays(audit) ?? CheckDevices();
@@ -355,6 +357,8 @@ public sealed partial class ModelRun : IDisposable
             if (CompareArray(t, "at the end") is { } f) return f;
             if (Destroy(t) is { } g) return g;
         }
+        foreach (var c in _dma.CoherentBlocks.ToList())
+            if ((CompareCoherent(c, 0, c.Bytes.Length, "at the end") ?? FreeCoherent(c)) is { } f) return f;
         foreach (var b in _model.Live.ToList())
         {
             if (UnmapAll(b) is { } f) return f;
