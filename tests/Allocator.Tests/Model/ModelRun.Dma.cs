@@ -85,15 +85,19 @@ public sealed partial class ModelRun
                 ulong start = m.Dma + (ulong)at, end = start + (ulong)length; // exclusive
                 var dev = m.Device;
                 // The IOMMU asks only that every page of the range be mapped; the others that one mapping cover it all.
+                // A range another mapping covers whole is a sync of that one (overlapping mappings of a direct device),
+                // made here with its direction as a correct driver would.
+                var other = dev.Kind == DmaOpsKind.Iommu ? null : dev.Live.Cast<DmaModel.Range?>().FirstOrDefault(r => r!.Value.Dma <= start && end <= r.Value.Dma + (ulong)r.Value.Size);
                 bool covered = dev.Kind == DmaOpsKind.Iommu
                     ? Enumerable.Range(0, (int)(((end - 1) >> 12) - (start >> 12) + 1)).All(k => dev.Reaches(((start >> 12) + (ulong)k) << 12))
-                    : dev.Live.Any(r => r.Dma <= start && end <= r.Dma + (ulong)r.Size);
+                    : other is not null;
+                var direction = other?.Owner is DmaModel.Mapping o ? o.Direction : other is not null ? DmaDirection.Bidirectional : m.Direction;
                 bool forCpu = rng.Next(2) == 0;
                 var d = _devices[dev.Index];
                 return Expect(covered ? null : typeof(DmaMappingException), () =>
                 {
-                    if (forCpu) d.SyncForCpu(start, length, m.Direction);
-                    else d.SyncForDevice(start, length, m.Direction);
+                    if (forCpu) d.SyncForCpu(start, length, direction);
+                    else d.SyncForDevice(start, length, direction);
                 }, $"sync of [{at}, +{length}) of {m}, past its end");
             }
             case ModelOpKind.DeviceWrite:

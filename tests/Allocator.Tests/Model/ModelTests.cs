@@ -5,7 +5,8 @@ namespace PagePool.Allocator.Tests.Model;
 /// <summary>
 /// Model-based random testing: seeded sequences of operations on the pool, page arrays and DMA devices, legal and
 /// illegal, checked step by step against <see cref="PoolModel"/>, <see cref="TtModel"/> and <see cref="DmaModel"/>.
-/// A failure is shrunk to a short sequence that still fails and printed, so it can be pasted into a test.
+/// A failure is pinned (each step to what it acted on), shrunk to a short sequence that still fails, and printed, so
+/// it can be pasted into a test.
 /// PAGEPOOL_MODEL_OPS sets the operations per seed (default 10,000; a million for a long run), PAGEPOOL_MODEL_SEEDS
 /// the number of seeds (default 12).
 /// </summary>
