@@ -92,7 +92,7 @@ internal static class BenchCommand
         if (jsonPath is not null)
         {
             using var stream = jsonToStdout ? Console.OpenStandardOutput() : File.Create(jsonPath);
-            BenchResults.Write(ctx.Metrics, stream);
+            BenchResults.Write(ctx.Metrics, BenchMachine.Current, stream);
             if (jsonToStdout) stream.Write("\n"u8);
         }
         if (svgPath is not null) File.WriteAllText(svgPath, BenchChart.Draw(ctx.Metrics, ctx.Reps));
