@@ -74,15 +74,16 @@ internal sealed class ChildMemoryCgroup : IDisposable
 
     /// <summary>
     /// Run pagepool in the group: the shell moves itself (and only itself) into it, then becomes pagepool (the AOT
-    /// binary when published, else the JIT build), so every page it touches is charged here.
+    /// binary when published and <paramref name="jitOnly"/> is false, else the JIT build), so every page it touches is
+    /// charged here.
     /// </summary>
-    internal Result Run(params string[] args)
+    internal Result Run(string[] args, bool jitOnly = false)
     {
         var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add("echo $$ > \"$0\" && exec \"$@\"");
         psi.ArgumentList.Add(Path.Combine(Directory, "cgroup.procs"));
-        if (PagepoolProcess.AotBinary is { } aot) psi.ArgumentList.Add(aot);
+        if (!jitOnly && PagepoolProcess.AotBinary is { } aot) psi.ArgumentList.Add(aot);
         else
         {
             psi.ArgumentList.Add("dotnet");

@@ -21,9 +21,11 @@ public sealed class MixedCgroupTests
         using var cgroup = ChildMemoryCgroup.Create("pagepool-mixed", Limit, out string? refused);
         if (cgroup is null) Assert.Skip(refused!);
         string json = Path.Combine(Path.GetTempPath(), $"pagepool-mixed-cgroup-{Guid.NewGuid():N}.json");
+        // An operation count, not a duration: the buffers reach their share of the working set (224 MiB) by the
+        // 24,000th operation however slowly a loaded machine runs them (about 6 s on an idle one).
         try
         {
-            var run = cgroup.Run("stress", "mixed", "--verify", "--reclaim", "-w", "256M", "-d", "6s", "--json", json);
+            var run = cgroup.Run(["stress", "mixed", "--verify", "--reclaim", "-w", "256M", "-n", "24000", "--json", json]);
             string output = run.Stdout + run.Stderr;
             Assert.True(run.ExitCode == 0, $"exit {run.ExitCode} (137 = killed), {cgroup.OomKills} OOM kills:\n{output}");
             Assert.Equal(0, cgroup.OomKills);
@@ -59,7 +61,7 @@ public sealed class MixedCgroupTests
         try
         {
             // 1 GiB: an eighth in pool buffers is the whole limit, and no reclaim can swap a pool buffer.
-            var run = cgroup.Run("stress", "mixed", "--verify", "--reclaim", "-w", "1G", "-d", "20s", "--json", json);
+            var run = cgroup.Run(["stress", "mixed", "--verify", "--reclaim", "-w", "1G", "-d", "20s", "--json", json]);
             string output = run.Stdout + run.Stderr;
             Assert.True(run.ExitCode == 3, $"exit {run.ExitCode} (137 = killed, 3 = out of resources), {cgroup.OomKills} OOM kills:\n{output}");
             Assert.Equal(0, cgroup.OomKills);
