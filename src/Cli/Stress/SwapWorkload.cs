@@ -39,12 +39,18 @@ internal sealed class SwapWorkload
 
     private readonly ShrinkerRegistry? _shrinkers;
 
-    internal SwapWorkload(PoolAllocator pool, StressSettings s, ShrinkerRegistry? shrinkers)
+    /// <summary>A workload whose buffers hold <paramref name="bytes"/> live, all threads together.</summary>
+    internal SwapWorkload(PoolAllocator pool, StressSettings s, ShrinkerRegistry? shrinkers, long bytes)
     {
         _settings = s;
         _store = s.SwapStore == "memfd" ? SwapStore.CreateMemfd() : SwapStore.CreateFile(s.SwapDir);
-        // Default limit: half the working set, so buffers must swap for the workers to reach their share.
-        long limit = s.BufferLimitBytes ?? s.WorkingSetBytes / 2;
+        // Default limit: half of what the buffers hold, so they must swap for the workers to reach their share; in a
+        // memory cgroup at most half its limit, as TTM takes half of RAM: the cgroup is this process's RAM. What the
+        // rest of the process needs on top (pool buffers, pooled pages) is the reclaim thread's to find under --reclaim.
+        long? cgroup = MemoryStatus.CgroupLimitBytes;
+        bool cgroupBound = s.BufferLimitBytes is null && cgroup / 2 < bytes / 2;
+        long limit = s.BufferLimitBytes ?? (cgroupBound ? Math.Max(1L << 20, cgroup!.Value / 2) : bytes / 2);
+        string why = cgroupBound ? $" (half the memory cgroup's {Size.Format(cgroup!.Value)} limit)" : "";
         _accounting = new BufferAccounting(pool, _store, new AccountingOptions
         {
             PageLimitBytes = limit,
@@ -53,11 +59,11 @@ internal sealed class SwapWorkload
         });
         _buffers = new List<SwapBuffer>[s.Threads];
         for (int i = 0; i < _buffers.Length; i++) _buffers[i] = new List<SwapBuffer>();
-        _shareBytes = s.WorkingSetBytes / s.Threads;
+        _shareBytes = bytes / s.Threads;
         // Under --reclaim the buffers' LRU is a shrinker too: pressure swaps out idle buffers, as TTM's swapout does.
         _shrinkers = shrinkers;
         _shrinkers?.Register(_accounting);
-        Console.Error.WriteLine($"swap: store {_store.Description}, buffer limit {Size.Format(limit)}");
+        Console.Error.WriteLine($"swap: store {_store.Description}, buffer limit {Size.Format(limit)}{why}");
     }
 
     internal void Step(StressWorker w)
