@@ -227,6 +227,60 @@ public sealed class DmaOpsTests : IDisposable
     }
 
     [Fact]
+    public void Swiotlb_list_counts_the_free_slots_to_the_end_of_each_run_after_every_allocation_and_release()
+    {
+        using var m = new DmaTestMachine(swiotlb: 2L << 20);
+        var tlb = m.Platform.Swiotlb;
+        var rng = new Random(11);
+        var live = new List<(int Slot, int Size)>();
+        for (int i = 0; i < 600; i++)
+        {
+            if (live.Count > 0 && rng.Next(2) == 0)
+            {
+                int k = rng.Next(live.Count);
+                tlb.Release(live[k].Slot, live[k].Size);
+                live.RemoveAt(k);
+            }
+            else
+            {
+                int size = rng.Next(3) == 0 ? rng.Next(1, 2048) : rng.Next(1, 20 * 2048); // single slots and runs of up to 20
+                int slot = tlb.Allocate(size, ulong.MaxValue, owner: 1);
+                if (slot >= 0) live.Add((slot, size));
+            }
+            // Linux's invariant, checked slot by slot: a used slot reads 0, a free one the length of the free run from
+            // it to the next used slot or its segment's end.
+            int run = 0;
+            for (int s = tlb.Slots - 1; s >= 0; s--)
+            {
+                if (s % Swiotlb.SegmentSlots == Swiotlb.SegmentSlots - 1) run = 0;
+                run = tlb.OwnerOf(s) != 0 ? 0 : run + 1;
+                if (tlb.ListOf(s) != run) Assert.Fail($"after step {i}: slot {s} reads {tlb.ListOf(s)}, its free run is {run}");
+            }
+        }
+    }
+
+    [Fact]
+    public void A_device_write_spanning_several_bounce_slots_lands_whole_and_stops_at_the_mapping()
+    {
+        var dev = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var other = _m.Device("other", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
+        ulong dma = dev.MapPage(block, 0, 5000, DmaDirection.FromDevice); // 3 slots
+        ulong next = other.MapPage(block, 0, 100, DmaDirection.FromDevice); // the slots after it, another device's
+        dev.MappingError(dma);
+        other.MappingError(next);
+        Assert.Equal(dma + 3 * 2048, next);
+        var data = DmaTestMachine.Pattern(3 * 2048, 3);
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma + 2048, new byte[2 * 2048 + 1])); // one byte into the other device's slot
+        dev.Engine.Write(dma, data); // the whole of its 3 slots
+        dev.UnmapPage(dma, 5000, DmaDirection.FromDevice);
+        var got = new byte[5000];
+        _m.Memory.Read(block, 0, got);
+        Assert.Equal(data.AsSpan(0, 5000).ToArray(), got);
+        other.UnmapPage(next, 100, DmaDirection.FromDevice);
+    }
+
+    [Fact]
     public void A_device_cannot_reach_a_bounce_slot_given_to_another_device()
     {
         var a = _m.Device("a", DmaOpsKind.Swiotlb);
