@@ -49,11 +49,14 @@ internal sealed unsafe class DirectOps : DmaOps
     {
         _rule = rule;
         _memory = device.Platform.Memory;
+        if (rule != BounceRule.Never) _tlb = device.Platform.Swiotlb;
     }
 
     internal override bool NeverBounces => _rule == BounceRule.Never;
 
-    private Swiotlb Tlb => Device.Platform.Swiotlb;
+    private readonly Swiotlb? _tlb; // the platform takes its pool before creating a bouncing device
+
+    private Swiotlb Tlb => _tlb!;
 
     // The bus address of the first byte when the device can reach the range directly, else ulong.MaxValue.
     private ulong DirectBus(ulong frame, int offset, int size)

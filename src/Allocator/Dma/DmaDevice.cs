@@ -111,7 +111,8 @@ public sealed unsafe class DmaDevice : IDisposable
         var span = _memory.GetSpan(block);
         if (size <= 0 || offset < 0 || offset > span.Length - size)
             throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': the range [{offset}, {offset}+{size}) is not a non-empty part of the block of {span.Length} bytes.");
-        ulong frame = _memory.FrameOf(block) + (ulong)(offset >> PhysicalMemory.PageShift);
+        // swiotlb=force bounces every mapping by its CPU address and never reads the frame: skip the lookup.
+        ulong frame = OpsKind == DmaOpsKind.Swiotlb ? 0 : _memory.FrameOf(block) + (ulong)(offset >> PhysicalMemory.PageShift);
         byte* cpu = (byte*)Unsafe.AsPointer(ref span[offset]);
         var caching = OpsKind == DmaOpsKind.Iommu ? CachingMode.WriteBack : _memory.CachingOf(block);
         ulong dma = _ops.Map(block, cpu, frame, offset, size, direction, caching, out bool bounced);
