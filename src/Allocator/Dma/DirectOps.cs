@@ -195,7 +195,7 @@ internal sealed unsafe class DirectOps : DmaOps
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
         byte* bounce = tlb.HostOf(slot);
         SyncForCpuCaches(bounce, size, dir);
-        if (dir != DmaDirection.ToDevice) PhysicalMemory.StoreAs(tlb.CachingAt(slot), tlb.OrigOf(slot), bounce, (nuint)size);
+        if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(slot), tlb.OrigOf(slot), bounce, size);
         tlb.Release(slot, size);
     }
 
@@ -235,13 +235,21 @@ internal sealed unsafe class DirectOps : DmaOps
         if (forCpu)
         {
             SyncForCpuCaches(bounce, size, dir);
-            if (dir != DmaDirection.ToDevice) PhysicalMemory.StoreAs(tlb.CachingAt(head), cpu, bounce, (nuint)size);
+            if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(head), cpu, bounce, size);
         }
         else
         {
             if (dir != DmaDirection.FromDevice) Buffer.MemoryCopy(cpu, bounce, size, size);
             SyncForDeviceCaches(bounce, size, dir);
         }
+    }
+
+    // swiotlb_bounce DMA_FROM_DEVICE: the copy into the driver's buffer, stored as its CPU mapping stores.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static void BounceBack(CachingMode caching, byte* cpu, byte* bounce, int size)
+    {
+        if (caching == CachingMode.WriteBack) Buffer.MemoryCopy(bounce, cpu, size, size); // the usual case, inline
+        else PhysicalMemory.StoreAs(caching, cpu, bounce, (nuint)size);
     }
 
     private DmaMappingException NoMappingCovers(ulong dma, int size)

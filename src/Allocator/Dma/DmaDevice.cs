@@ -309,16 +309,25 @@ public sealed unsafe class DmaDevice : IDisposable
 
     // ---- helpers ---------------------------------------------------------------------------------------
 
+    // Both checks run on every call of the hot paths: the throws live out of line so the checks inline.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckDirection(DmaDirection d)
     {
-        if ((uint)d > (uint)DmaDirection.FromDevice)
-            throw new ArgumentOutOfRangeException(nameof(d), d, $"Device '{Name}': direction must be Bidirectional, ToDevice or FromDevice.");
+        if ((uint)d > (uint)DmaDirection.FromDevice) ThrowBadDirection(d);
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowBadDirection(DmaDirection d)
+        => throw new ArgumentOutOfRangeException(nameof(d), d, $"Device '{Name}': direction must be Bidirectional, ToDevice or FromDevice.");
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void ThrowIfDisposed()
     {
-        if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException($"DmaDevice '{Name}'");
+        if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowDisposed() => throw new ObjectDisposedException($"DmaDevice '{Name}'");
 
     /// <summary>Release the device: the checker reports mappings still in place; its IOMMU domain and bounce slots go.</summary>
     public void Dispose()

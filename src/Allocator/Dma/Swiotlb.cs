@@ -166,7 +166,7 @@ internal sealed unsafe class Swiotlb : IDisposable
                 if (rel + nslots > _areaSlots) rel = 0;
                 int i = first + rel;
                 if (_list[i] < nslots) continue;
-                if (BusOf(i) + (ulong)size - 1 > mask) continue;
+                if (mask < uint.MaxValue && BusOf(i) + (ulong)size - 1 > mask) continue; // every slot lies below 4 GiB
                 fixed (int* list = _list)
                 {
                     int before = list[i]; // the free slots before i count through it: list[s] = before + (i - s)
