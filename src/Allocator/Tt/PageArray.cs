@@ -233,10 +233,10 @@ public sealed unsafe class PageArray : IDisposable
             foreach (var blocks in taken) if (blocks is not null) pool.Release(blocks, Caching);
             throw;
         }
+        _accounting.Store.Free(_segments[first].SwapOffset, bytes); // the batch is one extent: one call, one punch at most
         for (int s = first; s < end; s++)
         {
             var seg = _segments[s];
-            _accounting.Store.Free(seg.SwapOffset, seg.Bytes);
             seg.Blocks = taken[s - first];
             seg.SwapOffset = -1;
             _cpu?.MapResident(_memory, seg);
