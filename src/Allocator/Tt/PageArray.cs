@@ -1,4 +1,5 @@
 using PagePool.Diagnostics;
+using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Native;
 using PagePool.Pool;
@@ -27,6 +28,9 @@ public sealed unsafe class PageArray : IDisposable
     private readonly PhysicalMemory _memory;
     private TtSegment[] _segments = [];
     private ITtBindTarget? _target;
+    private DmaDevice? _device;
+    private DmaScatterlist? _mapped; // the device binding's streaming mapping
+    private DmaDirection _mappedDirection;
     private ulong[]? _dma;
     private long _swappedPages;
     private bool _disposed;
@@ -115,6 +119,19 @@ public sealed unsafe class PageArray : IDisposable
 
     /// <summary>The device it is bound to, or null.</summary>
     public ITtBindTarget? BoundTo => _target;
+
+    /// <summary>The DMA layer device it is bound to, or null.</summary>
+    public DmaDevice? BoundDevice => _device;
+
+    /// <summary>
+    /// True in the "anonymous" state: the pages belong to no device (resident in system memory, or in the swap
+    /// store), so any device may take them and they may go to the swap store. False in the device state (bound: a
+    /// device holds DMA addresses of the pages, which may have been copied to pages that device can address), in
+    /// device-local memory, and with no pages at all.
+    /// </summary>
+    public bool IsAnonymous => State is TtState.Populated or TtState.SwappedOut;
+
+    private string BoundName => _device?.Name ?? _target?.Name ?? "its device";
 
     private bool IsExternal => (Flags & TtFlags.External) != 0;
 
@@ -384,7 +401,7 @@ public sealed unsafe class PageArray : IDisposable
         {
             Live();
             if (State != TtState.Populated)
-                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {_target!.Name} first."
+                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
                     : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
             bool copied = false;
             if (!Reaches(target.AddressLimit))
@@ -421,12 +438,118 @@ public sealed unsafe class PageArray : IDisposable
         {
             Live();
             if (State != TtState.Bound) throw new TtStateException("unbind", State, "it is not bound to a device.");
-            _target!.Unbind(_dma);
-            _target = null;
-            _dma = null;
-            State = TtState.Populated;
+            ReleaseBinding();
             if (!IsExternal) _accounting.Touch(this);
         }
+    }
+
+    /// <summary>
+    /// Bind to a device of the DMA layer: every page is mapped through the device's ops (dma-direct, IOMMU, swiotlb or
+    /// Xen) as one streaming mapping, and the DMA address of each page is recorded. A dma-direct device that cannot
+    /// address the pages (a 64-bit page for a 32-bit device) gets copies in DMA32 pages first, as TTM copies a buffer
+    /// into pages the new device can reach; an IOMMU reaches any page through its IOVA space; swiotlb and Xen ops
+    /// bounce what the device cannot reach (sync with <see cref="SyncForDevice"/> and <see cref="SyncForCpu"/>).
+    /// Returns true when the pages were copied. On failure nothing is mapped and the buffer stays populated (in DMA32
+    /// pages if the copy was made).
+    /// </summary>
+    /// <exception cref="ArgumentException">The device belongs to another memory space than the buffer.</exception>
+    /// <exception cref="DmaMappingException">The device cannot map the pages (a dma-direct device below even DMA32).</exception>
+    /// <exception cref="SwiotlbFullException">Bouncing ops found no room in the bounce pool.</exception>
+    public bool Bind(DmaDevice device, DmaDirection direction = DmaDirection.Bidirectional)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (!Enum.IsDefined(direction)) throw new ArgumentOutOfRangeException(nameof(direction), direction, "Unknown DMA direction.");
+        if (device.Platform.Memory != _memory)
+            throw new ArgumentException($"Device '{device.Name}' belongs to another memory space than this buffer's pages.", nameof(device));
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Populated)
+                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
+                    : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+            bool copied = false;
+            if (device.OpsKind == DmaOpsKind.Direct && !DirectlyReachable(device.Mask))
+            {
+                if (Zone == Zone.Dma32 || IsExternal)
+                    throw new DmaMappingException(device.Name, 0, $"Cannot bind a buffer of {PageCount} pages to '{device.Name}': its pages lie above the device's mask 0x{device.Mask:x} and cannot be moved lower.");
+                MoveToDma32();
+                copied = true;
+            }
+            // Bouncing ops take at most a swiotlb segment per mapping: map those page by page. The others map whole blocks.
+            bool pageByPage = device.OpsKind is DmaOpsKind.Swiotlb or DmaOpsKind.Xen;
+            var list = new DmaScatterlist();
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    if (!pageByPage) list.Add(h, 0, h.PageCount << PhysicalMemory.PageShift);
+                    else for (int k = 0; k < h.PageCount; k++) list.Add(h, k << PhysicalMemory.PageShift, PhysicalMemory.PageSize);
+                }
+            device.MapScatterlist(list, direction); // all or nothing
+            var dma = new ulong[PageCount];
+            int p = 0;
+            foreach (ulong address in list.DmaPages()) dma[p++] = address;
+            System.Diagnostics.Debug.Assert(p == PageCount, "a mapped scatterlist covers every page once");
+            _dma = dma;
+            _device = device;
+            _mapped = list;
+            _mappedDirection = direction;
+            State = TtState.Bound;
+            _accounting.Remove(this); // in use by a device: not a swap victim
+            return copied;
+        }
+    }
+
+    /// <summary>Hand the pages to the bound device after the CPU wrote them (dma_sync_sg_for_device): bouncing ops copy them to the bounce slots.</summary>
+    public void SyncForDevice() => SyncMapped(forCpu: false);
+
+    /// <summary>Take the pages back for the CPU after the device wrote them (dma_sync_sg_for_cpu): bouncing ops copy them back.</summary>
+    public void SyncForCpu() => SyncMapped(forCpu: true);
+
+    private void SyncMapped(bool forCpu)
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Bound || _mapped is null)
+                throw new TtStateException(forCpu ? "sync for the CPU" : "sync for the device", State, "bind it to a DMA device first.");
+            if (forCpu) _device!.SyncScatterlistForCpu(_mapped, _mappedDirection);
+            else _device!.SyncScatterlistForDevice(_mapped, _mappedDirection);
+        }
+    }
+
+    // Undo the binding, whichever kind it is: the buffer is idle and anonymous again.
+    private void ReleaseBinding()
+    {
+        if (_device is not null)
+        {
+            try
+            {
+                _device.UnmapScatterlist(_mapped!, _mapped!.Count, _mappedDirection);
+            }
+            catch (ObjectDisposedException)
+            {
+                // The device was released first; its mappings went with it (its checker reported them pending).
+            }
+        }
+        else _target!.Unbind(_dma);
+        _device = null;
+        _mapped = null;
+        _target = null;
+        _dma = null;
+        State = TtState.Populated;
+    }
+
+    // dma-direct reaches a page when its machine address (its physical address without Xen) is under the mask.
+    private bool DirectlyReachable(ulong mask)
+    {
+        foreach (var seg in _segments)
+            foreach (var h in seg.Blocks!)
+            {
+                ulong frame = _memory.FrameOf(h);
+                for (int k = 0; k < h.PageCount; k++)
+                    if ((_memory.MachineFrameOf(frame + (ulong)k) << PhysicalMemory.PageShift) + PhysicalMemory.PageSize - 1 > mask) return false;
+            }
+        return true;
     }
 
     /// <summary>The DMA address the bound device uses for page <paramref name="page"/>.</summary>
@@ -729,10 +852,7 @@ public sealed unsafe class PageArray : IDisposable
             if (_disposed) return;
             if (State == TtState.Bound)
             {
-                _target!.Unbind(_dma);
-                _target = null;
-                _dma = null;
-                State = TtState.Populated;
+                ReleaseBinding();
             }
             if (State == TtState.DeviceLocal)
             {
