@@ -38,7 +38,9 @@ public sealed unsafe class PageArray : IDisposable
     private VramRegion? _vram;
     private long _vramPage = -1;
 
-    internal readonly Lock Gate = new();
+    internal readonly Lock Gate = new(); // held for the duration of one call, never past it
+    private readonly SemaphoreSlim _reservation = new(1, 1); // not thread-affine: a reservation is a token
+    private object? _reservedBy; // the ticket of the reservation held now
     internal LinkedListNode<PageArray>? LruNode;
 
     /// <summary>An unpopulated array of <paramref name="pageCount"/> pages charged to <paramref name="accounting"/>.</summary>
@@ -612,8 +614,7 @@ public sealed unsafe class PageArray : IDisposable
     /// The buffer's CPU address, the same for its whole life: it maps the pages while they are in system memory,
     /// maps the VRAM range while the buffer is device-local, and while pages are absent (swapped out, unpopulated)
     /// either faults them back in when touched (<see cref="AccountingOptions.FaultInOnAccess"/>, where
-    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use. Do not
-    /// touch the pointer of a swapped-out buffer while holding its <see cref="Reserve"/>: the handler needs its lock.
+    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use.
     /// </summary>
     public nint CpuAddress
     {
@@ -822,14 +823,46 @@ public sealed unsafe class PageArray : IDisposable
     }
 
     /// <summary>
-    /// Hold the array against other threads and reclaim until the reservation is disposed. The reservation belongs to
-    /// the thread that took it (a monitor, re-entrant for that thread's own calls on the array): dispose it on that
-    /// thread, before the thread ends; a reservation left behind by an ended thread holds the array for good.
+    /// Reserve the array (TTM's ttm_bo_reserve): until the reservation is disposed, other reservations of the array wait
+    /// and reclaim skips it, so a populate followed by reads and writes sees the pages stay. Code that shares an array
+    /// between threads reserves it before using it, as TTM code reserves a buffer object; each call on the array also
+    /// takes the array's internal lock for its own duration. The reservation is a token, not a thread's lock: any
+    /// thread may use it and dispose it (a task that moves between threads, a worker that hands the buffer on), and one
+    /// left behind by a thread that ended is released by whoever holds the token. Not re-entrant: reserving an array
+    /// the caller already reserved waits for itself.
     /// </summary>
-    public PageArrayReservation Reserve()
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> fired while another reservation held the array.</exception>
+    public PageArrayReservation Reserve(CancellationToken cancel = default)
     {
-        Gate.Enter();
-        return new PageArrayReservation(this);
+        _reservation.Wait(cancel);
+        return Reserved();
+    }
+
+    /// <summary>Reserve the array if no one else holds it within <paramref name="timeout"/>; see <see cref="Reserve"/>.</summary>
+    public bool TryReserve(TimeSpan timeout, out PageArrayReservation reservation)
+    {
+        reservation = default;
+        if (!_reservation.Wait(timeout)) return false;
+        reservation = Reserved();
+        return true;
+    }
+
+    private PageArrayReservation Reserved()
+    {
+        var ticket = new object();
+        Volatile.Write(ref _reservedBy, ticket);
+        // Reclaim that chose this array before the reservation was visible finishes before the holder's first call.
+        lock (Gate) { }
+        return new PageArrayReservation(this, ticket);
+    }
+
+    /// <summary>True while a reservation holds the array.</summary>
+    public bool IsReserved => Volatile.Read(ref _reservedBy) is not null;
+
+    /// <summary>Release the reservation <paramref name="ticket"/> stands for; a second release of the same ticket does nothing.</summary>
+    internal void Unreserve(object ticket)
+    {
+        if (Interlocked.CompareExchange(ref _reservedBy, null, ticket) == ticket) _reservation.Release();
     }
 
     /// <summary>Mark the buffer as just used: the last the accounting will swap out.</summary>
