@@ -839,9 +839,12 @@ public sealed unsafe class PageArray : IDisposable
     }
 
     /// <summary>Reserve the array if no one else holds it within <paramref name="timeout"/>; see <see cref="Reserve"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative (other than infinite) or longer than int.MaxValue milliseconds.</exception>
     public bool TryReserve(TimeSpan timeout, out PageArrayReservation reservation)
     {
         reservation = default;
+        if (timeout < TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan || timeout.TotalMilliseconds > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "Wait zero or more milliseconds up to int.MaxValue, or Timeout.InfiniteTimeSpan.");
         if (!_reservation.Wait(timeout)) return false;
         reservation = Reserved();
         return true;

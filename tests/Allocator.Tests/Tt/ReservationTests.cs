@@ -70,6 +70,18 @@ public sealed class ReservationTests
     }
 
     [Fact]
+    public void A_timeout_out_of_range_is_refused_and_reserves_nothing()
+    {
+        using var f = new TtFixture();
+        using var t = f.New(4);
+        Assert.Throws<ArgumentOutOfRangeException>(() => t.TryReserve(TimeSpan.FromMilliseconds(-2), out _));
+        Assert.Throws<ArgumentOutOfRangeException>(() => t.TryReserve(TimeSpan.MaxValue, out _));
+        Assert.False(t.IsReserved);
+        Assert.True(t.TryReserve(Timeout.InfiniteTimeSpan, out var r));
+        r.Dispose();
+    }
+
+    [Fact]
     public void Disposing_a_reservation_twice_releases_once()
     {
         using var f = new TtFixture();
