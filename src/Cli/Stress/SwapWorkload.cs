@@ -1,5 +1,6 @@
 using PagePool.Shrinker;
 using System.Diagnostics;
+using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Pool;
 using PagePool.Tt;
@@ -15,7 +16,10 @@ internal sealed class SwapWorkload
     private readonly StressSettings _settings;
     private readonly SwapStore _store;
     private readonly BufferAccounting _accounting;
-    private readonly SwapDevice _device64 = new("device64", ulong.MaxValue), _device32 = new("device32", 0xFFFF_FFFF);
+    // Devices of the DMA layer (dma-direct): a 64-bit one takes the pages where they are, a 32-bit one gets copies
+    // of pages above 4 GiB. The checker counts their mappings, so a binding left behind shows at the end.
+    private readonly DmaPlatform _platform;
+    private readonly DmaDevice _device64, _device32;
     private readonly List<SwapBuffer>[] _buffers;
     private readonly long _shareBytes;
     private long _verifyFailures, _interruptedRestores, _failedWrites, _outOfMemory, _copiedBinds, _binds;
@@ -60,6 +64,9 @@ internal sealed class SwapWorkload
         _buffers = new List<SwapBuffer>[s.Threads];
         for (int i = 0; i < _buffers.Length; i++) _buffers[i] = new List<SwapBuffer>();
         _shareBytes = bytes / s.Threads;
+        _platform = new DmaPlatform(pool.Memory, new DmaPlatformOptions { Checker = true });
+        _device64 = _platform.CreateDevice(new DmaDeviceOptions { Name = "device64", OpsKind = DmaOpsKind.Direct, MaskBits = 64 });
+        _device32 = _platform.CreateDevice(new DmaDeviceOptions { Name = "device32", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
         // Under --reclaim the buffers' LRU is a shrinker too: pressure swaps out idle buffers, as TTM's swapout does.
         _shrinkers = shrinkers;
         _shrinkers?.Register(_accounting);
@@ -183,6 +190,7 @@ internal sealed class SwapWorkload
             Interlocked.Increment(ref _binds);
             if (b.Array.Bind(device)) Interlocked.Increment(ref _copiedBinds);
             Check(b, 1, $"bound to {device.Name}");
+            CheckDeviceView(b, device);
             b.Array.Unbind();
         }
     }
@@ -228,6 +236,20 @@ internal sealed class SwapWorkload
         }
     }
 
+    // What the bound device reads at the first page's DMA address must be the buffer's first page.
+    private void CheckDeviceView(SwapBuffer b, DmaDevice device)
+    {
+        var page = new ulong[PhysicalMemory.PageSize / 8];
+        device.Engine.Read(b.Array.DmaAddress(0), System.Runtime.InteropServices.MemoryMarshal.AsBytes(page.AsSpan()));
+        for (int i = 0; i < page.Length; i++)
+            if (page[i] != Word(b.Id, i))
+            {
+                Interlocked.Increment(ref _verifyFailures);
+                lock (_failures) if (_failures.Count < 8) _failures.Add($"buffer {b.Id} reads wrong through {device.Name}'s DMA address: word {i}");
+                return;
+            }
+    }
+
     // Check the first `pages` pages (all with --verify, else the first) word by word.
     private void Check(SwapBuffer b, int pages, string when)
     {
@@ -267,9 +289,10 @@ internal sealed class SwapWorkload
         }
         if (_accounting.Pages != 0) broken.Add($"buffer accounting still charges {_accounting.Pages} pages after every buffer was destroyed");
         if (_store.BytesInUse != 0) broken.Add($"the swap store still holds {_store.BytesInUse} bytes after every buffer was destroyed");
-        if (_device32.BoundPages + _device64.BoundPages != 0) broken.Add("a device still has pages bound");
+        if (_platform.Checker!.ActiveMappings(_device32) + _platform.Checker.ActiveMappings(_device64) != 0) broken.Add("a device still has pages mapped");
         if (Volatile.Read(ref _verifyFailures) != 0) broken.Add($"{_verifyFailures} buffers read back wrong: {string.Join("; ", _failures)}");
         _store.Dispose();
+        _platform.Dispose();
         return broken;
     }
 
