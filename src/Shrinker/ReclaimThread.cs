@@ -111,9 +111,11 @@ public sealed class ReclaimThread : IDisposable
     /// <summary>Stop, then close the sources and the thread's eventfd.</summary>
     public void Dispose()
     {
-        Stop();
+        // Stop and mark disposed under one hold of the lock: a Start between the two would run a thread on a
+        // closed eventfd that nothing stops.
         lock (_lifecycle)
         {
+            Stop();
             if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
             Libc.Close(_wakeFd);
         }

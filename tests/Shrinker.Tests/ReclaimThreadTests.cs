@@ -120,6 +120,34 @@ public sealed class ReclaimThreadTests
         Assert.True(thread.IsRunning);
     }
 
+    [Fact]
+    public void A_Start_racing_Dispose_never_leaves_a_thread_running_after_Dispose_returned()
+    {
+        // Dispose stopped the thread, then marked itself disposed: a Start in between started a thread that polled a
+        // closed eventfd (POLLNVAL: a busy loop) and that nothing could stop any more.
+        for (int round = 0; round < 3000; round++)
+        {
+            var thread = new ReclaimThread(new ShrinkerRegistry(), [], TimeSpan.FromMilliseconds(1));
+            using var start = new Barrier(2);
+            var starter = new Thread(() =>
+            {
+                start.SignalAndWait();
+                // Start again and again: whenever Dispose's stop lets go of the thread, start it once more.
+                while (true)
+                {
+                    try { thread.Start(); }
+                    catch (ObjectDisposedException) { return; }
+                    catch (InvalidOperationException) { } // running already
+                }
+            });
+            starter.Start();
+            start.SignalAndWait(TestContext.Current.CancellationToken);
+            thread.Dispose();
+            starter.Join();
+            Assert.False(thread.IsRunning, $"round {round}: the reclaim thread runs after Dispose returned");
+        }
+    }
+
     private sealed class ConstantSource(MemoryPressure level) : PressureSource
     {
         public volatile MemoryPressure Level = level;
