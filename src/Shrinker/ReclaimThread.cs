@@ -82,13 +82,19 @@ public sealed class ReclaimThread : IDisposable
         }
     }
 
-    /// <summary>Stop the thread and wait for it (a pass in progress completes first). Does nothing when not running.</summary>
+    /// <summary>
+    /// Stop the thread and wait for it (a pass in progress completes first). Does nothing when not running.
+    /// Throws <see cref="InvalidOperationException"/> when called on the reclaim thread itself (from a shrinker or an
+    /// observer), which cannot wait for its own end.
+    /// </summary>
     public void Stop()
     {
         lock (_lifecycle)
         {
             var thread = _thread;
             if (thread is null) return;
+            if (thread == Thread.CurrentThread)
+                throw new InvalidOperationException("Stop or Dispose was called on the reclaim thread itself (from a shrinker or an observer during a pass), which cannot wait for itself to end; stop it from another thread.");
             Volatile.Write(ref _stopping, 1);
             Libc.Signal(_wakeFd);
             thread.Join();

@@ -148,6 +148,30 @@ public sealed class ReclaimThreadTests
         }
     }
 
+    [Fact]
+    public void Stop_from_inside_a_pass_is_refused_instead_of_waiting_for_itself_forever()
+    {
+        var observer = new RecordingObserver();
+        var registry = new ShrinkerRegistry { Observer = observer };
+        var s = new FakeShrinker("s", 1000);
+        registry.Register(s);
+        using var thread = new ReclaimThread(registry, [], TimeSpan.FromSeconds(10));
+        var returned = new ManualResetEventSlim();
+        s.OnScan = () =>
+        {
+            try { thread.Stop(); }
+            finally { returned.Set(); }
+        };
+        thread.Start();
+        thread.Signal(MemoryPressure.Critical);
+        Assert.True(returned.Wait(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken), "Stop called by a shrinker on the reclaim thread never returned (it joined its own thread)");
+        WaitFor(() => observer.Lines.Any(l => l.StartsWith("failed s ", StringComparison.Ordinal)), "the refused Stop is reported as the shrinker's failure");
+        Assert.True(thread.IsRunning);
+        s.OnScan = null;
+        thread.Stop();
+        Assert.False(thread.IsRunning);
+    }
+
     private sealed class ConstantSource(MemoryPressure level) : PressureSource
     {
         public volatile MemoryPressure Level = level;
