@@ -90,7 +90,15 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
 
         Id = TakeId();
         _shrinker = new PoolShrinker(memory, _types, _gauge, Id);
-        _memory.AddCachingListener(Id, this);
+        try
+        {
+            _memory.AddCachingListener(Id, this); // throws when the memory space was disposed
+        }
+        catch
+        {
+            lock (s_idLock) s_liveIds[Id] = false; // a pool that was never made holds no id
+            throw;
+        }
         PoolMeterSource.Register(this);
         _registry = shrinkers;
         _registry?.Register(_shrinker, ShrinkerRegistry.DefaultSeeks, ShrinkBatch);
