@@ -173,13 +173,14 @@ public sealed class ReclaimThread : IDisposable
             try { l = _sources[i].Sample(); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
             {
-                _registry.Observer?.ShrinkerFailed("source:" + _sources[i].Name, e);
+                _registry.Tell(o => o.ShrinkerFailed("source:" + _sources[i].Name, e));
                 continue;
             }
             if (l != _lastLevel[i])
             {
                 _lastLevel[i] = l;
-                _registry.Observer?.PressureChanged(_sources[i].Name, l);
+                var name = _sources[i].Name;
+                _registry.Tell(o => o.PressureChanged(name, l));
             }
             if (l > level) level = l;
         }

@@ -172,6 +172,31 @@ public sealed class ReclaimThreadTests
         Assert.False(thread.IsRunning);
     }
 
+    [Fact]
+    public void An_observer_that_throws_does_not_stop_reclaim_or_kill_the_process()
+    {
+        // Its exception escaped the pass on the reclaim thread: an unhandled exception, the process ended.
+        var registry = new ShrinkerRegistry { Observer = new ThrowingObserver() };
+        var s = new FakeShrinker("s", 50_000);
+        var failing = new FakeShrinker("failing", 10) { OnScan = () => throw new InvalidOperationException("scan failed") };
+        registry.Register(failing);
+        registry.Register(s);
+        using var thread = new ReclaimThread(registry, [new ConstantSource(MemoryPressure.Low)], TimeSpan.FromMilliseconds(5));
+        thread.Start();
+        thread.Signal(MemoryPressure.Critical);
+        WaitFor(() => s.Held == 0, "the shrinker after the failing one is emptied");
+        WaitFor(() => thread.Passes >= 2, "the thread runs further passes");
+        Assert.True(thread.IsRunning);
+    }
+
+    private sealed class ThrowingObserver : IReclaimObserver
+    {
+        public void PressureChanged(string source, MemoryPressure level) => throw new InvalidOperationException("observer: pressure");
+        public void ReclaimPass(MemoryPressure level, int priority, long freed, long nanoseconds) => throw new InvalidOperationException("observer: pass");
+        public void ShrinkerScanned(string shrinker, long asked, long freed) => throw new InvalidOperationException("observer: scanned");
+        public void ShrinkerFailed(string shrinker, Exception error) => throw new InvalidOperationException("observer: failed");
+    }
+
     private sealed class ConstantSource(MemoryPressure level) : PressureSource
     {
         public volatile MemoryPressure Level = level;
