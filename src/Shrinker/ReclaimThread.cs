@@ -45,6 +45,8 @@ public sealed class ReclaimThread : IDisposable
         ArgumentNullException.ThrowIfNull(sources);
         _registry = registry;
         _sources = sources.ToArray();
+        if (Array.IndexOf(_sources, null) is var at && at >= 0) // the thread would fail on it, and end the process
+            throw new ArgumentNullException(nameof(sources), $"Pressure source {at} is null.");
         _lastLevel = new MemoryPressure[_sources.Length];
         var t = tick ?? DefaultTick;
         if (t < TimeSpan.FromMilliseconds(1) || t > TimeSpan.FromMinutes(1))

@@ -197,6 +197,15 @@ public sealed class ReclaimThreadTests
         public void ShrinkerFailed(string shrinker, Exception error) => throw new InvalidOperationException("observer: failed");
     }
 
+    [Fact]
+    public void A_null_pressure_source_is_refused_at_construction()
+    {
+        // It was accepted; the started thread then threw NullReferenceException and ended the process.
+        var e = Assert.Throws<ArgumentNullException>(() => new ReclaimThread(new ShrinkerRegistry(), [new ConstantSource(MemoryPressure.None), null!]));
+        Assert.Equal("sources", e.ParamName);
+        Assert.Contains("source 1", e.Message);
+    }
+
     private sealed class ConstantSource(MemoryPressure level) : PressureSource
     {
         public volatile MemoryPressure Level = level;
