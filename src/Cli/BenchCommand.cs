@@ -44,6 +44,8 @@ internal static class BenchCommand
         {
             var v = r.GetValueOrDefault<string?>();
             if (v is null) return;
+            if (SplitGroups(v).Length == 0)
+                r.AddError($"--only: names no group; give one or more of {string.Join(", ", Groups.Select(g => g.Name))}.");
             foreach (var name in SplitGroups(v))
                 if (!Groups.Any(g => g.Name == name))
                     r.AddError($"--only: unknown group '{name}'; accepted: {string.Join(", ", Groups.Select(g => g.Name))}.");
@@ -53,18 +55,20 @@ internal static class BenchCommand
         {
             Description = "Repetitions per metric (default 5 with --quick, 11 otherwise); the JSON keeps every one.",
             HelpName = "N",
+            CustomParser = r => Arguments.Whole("--repeat", 1, MaxRepeat)(r),
         };
-        repeat.Validators.Add(r =>
-        {
-            var v = r.GetValueOrDefault<int?>();
-            if (v is < 1 or > MaxRepeat) r.AddError($"--repeat: a whole number from 1 to {MaxRepeat}, not {v}.");
-        });
         var json = new Option<string?>("--json")
         {
             Description = "Also write the results as JSON to FILE ('-' for standard output; the table then goes to standard error).",
             HelpName = "FILE",
+            CustomParser = r => Arguments.OutputPath(r, "--json", allowStdout: true),
         };
-        var svg = new Option<string?>("--svg") { Description = "Also draw the results as an SVG chart to FILE.", HelpName = "FILE" };
+        var svg = new Option<string?>("--svg")
+        {
+            Description = "Also draw the results as an SVG chart to FILE.",
+            HelpName = "FILE",
+            CustomParser = r => Arguments.OutputPath(r, "--svg", allowStdout: false),
+        };
         var cmd = new Command("bench", "Measure caching changes, the pool and their baselines; print a table.") { quick, only, repeat, json, svg };
         cmd.SetAction(r => Run(r.GetValue(quick), r.GetValue(only), r.GetValue(repeat), r.GetValue(json), r.GetValue(svg)));
         return cmd;
@@ -91,11 +95,17 @@ internal static class BenchCommand
         Print(ctx, jsonToStdout ? Console.Error : Console.Out);
         if (jsonPath is not null)
         {
-            using var stream = jsonToStdout ? Console.OpenStandardOutput() : File.Create(jsonPath);
-            BenchResults.Write(ctx.Metrics, stream);
-            if (jsonToStdout) stream.Write("\n"u8);
+            using var json = OutputFile.Create(jsonPath, Console.Out);
+            BenchResults.Write(ctx.Metrics, BenchMachine.Current, json.Stream);
+            if (jsonToStdout) json.Stream.Write("\n"u8);
+            json.Commit();
         }
-        if (svgPath is not null) File.WriteAllText(svgPath, BenchChart.Draw(ctx.Metrics, ctx.Reps));
+        if (svgPath is not null)
+        {
+            using var svg = OutputFile.Create(svgPath, Console.Out);
+            svg.Stream.Write(System.Text.Encoding.UTF8.GetBytes(BenchChart.Draw(ctx.Metrics, ctx.Reps)));
+            svg.Commit();
+        }
         return ExitCodes.Ok;
     }
 

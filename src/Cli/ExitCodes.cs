@@ -12,6 +12,8 @@ internal static class ExitCodes
     internal const int BadArguments = 2;
     /// <summary>The machine ran out of a resource: memory, address space, threads (ENOMEM, EAGAIN, OutOfMemoryException).</summary>
     internal const int ResourceExhausted = 3;
+    /// <summary>gate: the two bench results were measured on different kinds of machine, so their ratios do not compare.</summary>
+    internal const int OtherMachine = 4;
 
     /// <summary>Whether an exception means the machine or the process limits ran out, not that the code is wrong.</summary>
     internal static bool IsResourceExhaustion(Exception e) => e switch

@@ -10,7 +10,9 @@ namespace PagePool.Cli;
 /// beside it in the same run (<see cref="Pairs"/>), so a slower or busier machine moves both and the ratio
 /// stays. A change is a regression only when the repetitions say so (a one-sided Mann-Whitney U test against
 /// the baseline shifted by the threshold, as BenchmarkDotNet's threshold tests do) and not merely one number.
-/// Exit codes: 0 no regression, 1 a regression, 2 bad input (a file missing or not a bench result).
+/// Exit codes: 0 no regression, 1 a regression, 2 bad input (a file missing or not a bench result), 4 the two
+/// results come from different CPUs (<see cref="BenchMachine"/>: the ratios themselves differ between CPUs), unless
+/// --any-machine.
 /// </summary>
 internal static class GateCommand
 {
@@ -69,12 +71,16 @@ internal static class GateCommand
             double v = r.GetValueOrDefault<double>();
             if (!(v > 0 && v <= 1000)) r.AddError($"--threshold: a percentage above 0 and at most 1000, not {v.ToString(CultureInfo.InvariantCulture)}.");
         });
-        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold };
-        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold)));
+        var anyMachine = new Option<bool>("--any-machine")
+        {
+            Description = "Compare results measured on different CPUs anyway (exit 4 otherwise: a metric over its floor is not the same ratio on another CPU).",
+        };
+        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine };
+        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold), r.GetValue(anyMachine)));
         return cmd;
     }
 
-    private static int Run(string baselinePath, string currentPath, double thresholdPercent)
+    private static int Run(string baselinePath, string currentPath, double thresholdPercent, bool anyMachine)
     {
         BenchResults before, after;
         try
@@ -86,6 +92,13 @@ internal static class GateCommand
         {
             Console.Error.WriteLine($"pagepool gate: {e.Message}");
             return ExitCodes.BadArguments;
+        }
+        if (after.Machine is { } now && !now.ComparableWith(before.Machine))
+        {
+            Console.Error.WriteLine($"pagepool gate: the baseline was measured on {before.Machine} (commit {before.Machine!.Commit ?? "unknown"}), "
+                + $"the current result on {now}: a metric over its floor is not the same ratio on another CPU. Measure the baseline's "
+                + "commit on this machine and gate against that (.ci/run does), or pass --any-machine to compare anyway.");
+            if (!anyMachine) return ExitCodes.OtherMachine;
         }
         var rows = Compare(before, after, thresholdPercent / 100);
         Print(rows, before, after, thresholdPercent);

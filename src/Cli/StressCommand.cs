@@ -59,7 +59,7 @@ internal static class StressCommand
         };
         internal readonly Option<long?> PoolLimit = new("--pool-limit")
         {
-            Description = "Most the pool keeps: 32M, 1G (default half of RAM; churn a quarter and mixed half of the working set).",
+            Description = "Most the pool keeps: 32M, 1G (default half of RAM; churn a quarter of the working set, mixed a thirty-second).",
             HelpName = "SIZE",
             CustomParser = Arguments.Bytes("--pool-limit", 0, Ram, "at most this machine's memory"),
         };
@@ -134,7 +134,7 @@ internal static class StressCommand
         internal readonly Option<string?> SwapDir = new("--swap-dir") { Description = "swap: folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
         internal readonly Option<long?> BufferLimit = new("--buffer-limit")
         {
-            Description = "swap, mixed: resident buffer pages allowed: 16M, 1G (default: half the working set).",
+            Description = "swap, mixed: resident buffer pages allowed: 16M, 1G (default: half of what the buffers hold, mixed 15/16 of the working set; at most half a memory cgroup's limit).",
             HelpName = "SIZE",
             CustomParser = Arguments.Bytes("--buffer-limit", 1L << 20, Ram, "at most this machine's memory"),
         };

@@ -45,6 +45,8 @@ public sealed class ReclaimThread : IDisposable
         ArgumentNullException.ThrowIfNull(sources);
         _registry = registry;
         _sources = sources.ToArray();
+        if (Array.IndexOf(_sources, null) is var at && at >= 0) // the thread would fail on it, and end the process
+            throw new ArgumentNullException(nameof(sources), $"Pressure source {at} is null.");
         _lastLevel = new MemoryPressure[_sources.Length];
         var t = tick ?? DefaultTick;
         if (t < TimeSpan.FromMilliseconds(1) || t > TimeSpan.FromMinutes(1))
@@ -82,13 +84,19 @@ public sealed class ReclaimThread : IDisposable
         }
     }
 
-    /// <summary>Stop the thread and wait for it (a pass in progress completes first). Does nothing when not running.</summary>
+    /// <summary>
+    /// Stop the thread and wait for it (a pass in progress completes first). Does nothing when not running.
+    /// Throws <see cref="InvalidOperationException"/> when called on the reclaim thread itself (from a shrinker or an
+    /// observer), which cannot wait for its own end.
+    /// </summary>
     public void Stop()
     {
         lock (_lifecycle)
         {
             var thread = _thread;
             if (thread is null) return;
+            if (thread == Thread.CurrentThread)
+                throw new InvalidOperationException("Stop or Dispose was called on the reclaim thread itself (from a shrinker or an observer during a pass), which cannot wait for itself to end; stop it from another thread.");
             Volatile.Write(ref _stopping, 1);
             Libc.Signal(_wakeFd);
             thread.Join();
@@ -111,9 +119,11 @@ public sealed class ReclaimThread : IDisposable
     /// <summary>Stop, then close the sources and the thread's eventfd.</summary>
     public void Dispose()
     {
-        Stop();
+        // Stop and mark disposed under one hold of the lock: a Start between the two would run a thread on a
+        // closed eventfd that nothing stops.
         lock (_lifecycle)
         {
+            Stop();
             if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
             Libc.Close(_wakeFd);
         }
@@ -165,13 +175,14 @@ public sealed class ReclaimThread : IDisposable
             try { l = _sources[i].Sample(); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
             {
-                _registry.Observer?.ShrinkerFailed("source:" + _sources[i].Name, e);
+                _registry.Tell(o => o.ShrinkerFailed("source:" + _sources[i].Name, e));
                 continue;
             }
             if (l != _lastLevel[i])
             {
                 _lastLevel[i] = l;
-                _registry.Observer?.PressureChanged(_sources[i].Name, l);
+                var name = _sources[i].Name;
+                _registry.Tell(o => o.PressureChanged(name, l));
             }
             if (l > level) level = l;
         }

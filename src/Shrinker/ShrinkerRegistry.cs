@@ -12,7 +12,8 @@ namespace PagePool.Shrinker;
 /// A pass runs under one lock, so passes never overlap and <see cref="Unregister"/> waits for a pass in progress
 /// to finish before it returns: after it, the shrinker is never called again (what the kernel's shrinker_free
 /// guarantees, and what a pool's Dispose needs before it frees what the shrinker walks). A shrinker that throws
-/// is reported to the <see cref="Observer"/> and skipped for the rest of the pass; the others still run.
+/// is reported to the <see cref="Observer"/> and skipped for the rest of the pass; the others still run. An
+/// observer that throws is ignored for that report.
 /// </remarks>
 public sealed class ShrinkerRegistry
 {
@@ -79,7 +80,8 @@ public sealed class ShrinkerRegistry
         {
             foreach (var e in _entries) freed += ShrinkOne(e, priority);
         }
-        Observer?.ReclaimPass(level, priority, freed, (long)Stopwatch.GetElapsedTime(t0).TotalNanoseconds);
+        long ns = (long)Stopwatch.GetElapsedTime(t0).TotalNanoseconds;
+        Tell(o => o.ReclaimPass(level, priority, freed, ns));
         return freed;
     }
 
@@ -91,8 +93,10 @@ public sealed class ShrinkerRegistry
         {
             long freeable = e.Shrinker.Count();
             if (freeable <= 0) return 0; // 0: nothing now; IShrinker.Empty: nothing at all
-            long delta = e.Seeks == 0 ? freeable / 2 : (freeable >> priority) * 4 / e.Seeks;
-            long total = Math.Min(delta, 2 * freeable);
+            // Saturating: a count is an estimate, and one past 2^61 must not wrap the share into nothing.
+            long share = freeable >> priority;
+            long delta = e.Seeks == 0 ? freeable / 2 : (share > long.MaxValue / 4 ? long.MaxValue : share * 4) / e.Seeks;
+            long total = Math.Min(delta, freeable > long.MaxValue / 2 ? long.MaxValue : 2 * freeable);
             // Like the kernel, scan even a share below one batch when it covers all there is.
             while (total >= e.Batch || (total > 0 && total >= freeable))
             {
@@ -106,9 +110,20 @@ public sealed class ShrinkerRegistry
         }
         catch (Exception error)
         {
-            Observer?.ShrinkerFailed(e.Shrinker.Name, error);
+            Tell(o => o.ShrinkerFailed(e.Shrinker.Name, error));
         }
-        if (asked > 0) Observer?.ShrinkerScanned(e.Shrinker.Name, asked, freed);
+        if (asked > 0) Tell(o => o.ShrinkerScanned(e.Shrinker.Name, asked, freed));
         return freed;
+    }
+
+    /// <summary>
+    /// Tell the observer, if any. An observer that throws is ignored for that call: reporting must never stop
+    /// reclaim, and on the reclaim thread its exception would end the process.
+    /// </summary>
+    internal void Tell(Action<IReclaimObserver> report)
+    {
+        if (Observer is not { } observer) return;
+        try { report(observer); }
+        catch (Exception) { /* the observer's own failure is its to report */ }
     }
 }

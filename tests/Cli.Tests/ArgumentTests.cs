@@ -29,6 +29,7 @@ public sealed class ArgumentTests
     [InlineData("stress -d 1s -n 10", "--ops")]
     [InlineData("trace", "trace")]
     [InlineData("trace --pid 1 --read x.nettrace", "--read")]
+    [InlineData("bench --only ,", "--only: names no group")]
     public void A_bad_argument_is_one_line_naming_it_and_exit_code_2(string args, string named)
         => AssertBadArgument(PagepoolProcess.Run(args.Split(' ')), named);
 
@@ -44,6 +45,9 @@ public sealed class ArgumentTests
     [InlineData("stress --seed abc", "--seed: 'abc' is not a whole number from 0 to 18446744073709551615")]
     [InlineData("stress --seed 18446744073709551616", "--seed")]
     [InlineData("trace --pid abc", "--pid: 'abc' is not a whole number")]
+    [InlineData("bench --repeat abc", "--repeat: 'abc' is not a whole number from 1 to 101")]
+    [InlineData("bench --repeat 100000000000", "--repeat: '100000000000' is not a whole number from 1 to 101")]
+    [InlineData("bench --repeat 1e3", "--repeat")]
     public void A_number_that_does_not_parse_is_reported_not_a_crash(string args, string named)
         => AssertBadArgument(PagepoolProcess.Run(args.Split(' ')), named);
 

@@ -29,6 +29,22 @@ public sealed class OutputPathTests
 
     [Theory]
     [MemberData(nameof(BadPaths))]
+    public void Bench_json_and_svg_to_a_path_that_cannot_be_written_fail_before_the_run(string path, string reason)
+    {
+        // Without the check, the pool group ran for 20 s and then lost its results, or crashed on an empty name.
+        foreach (var option in new[] { "--json", "--svg" })
+        {
+            var r = PagepoolProcess.Run(["bench", "--only", "pool", option, path], TimeSpan.FromSeconds(20));
+            Assert.Equal(2, r.ExitCode);
+            Assert.Single(r.ErrorLines);
+            Assert.Contains(option, r.Stderr);
+            Assert.Contains(reason, r.Stderr);
+            Assert.DoesNotContain("bench: pool", r.Stderr);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(BadPaths))]
     public void Trace_output_to_a_path_that_cannot_be_written_fails_before_starting_the_child(string path, string reason)
     {
         // The harness fails the test if any process of this run (a suspended child) is left behind.

@@ -120,6 +120,92 @@ public sealed class ReclaimThreadTests
         Assert.True(thread.IsRunning);
     }
 
+    [Fact]
+    public void A_Start_racing_Dispose_never_leaves_a_thread_running_after_Dispose_returned()
+    {
+        // Dispose stopped the thread, then marked itself disposed: a Start in between started a thread that polled a
+        // closed eventfd (POLLNVAL: a busy loop) and that nothing could stop any more.
+        for (int round = 0; round < 3000; round++)
+        {
+            var thread = new ReclaimThread(new ShrinkerRegistry(), [], TimeSpan.FromMilliseconds(1));
+            using var start = new Barrier(2);
+            var starter = new Thread(() =>
+            {
+                start.SignalAndWait();
+                // Start again and again: whenever Dispose's stop lets go of the thread, start it once more.
+                while (true)
+                {
+                    try { thread.Start(); }
+                    catch (ObjectDisposedException) { return; }
+                    catch (InvalidOperationException) { } // running already
+                }
+            });
+            starter.Start();
+            start.SignalAndWait(TestContext.Current.CancellationToken);
+            thread.Dispose();
+            starter.Join();
+            Assert.False(thread.IsRunning, $"round {round}: the reclaim thread runs after Dispose returned");
+        }
+    }
+
+    [Fact]
+    public void Stop_from_inside_a_pass_is_refused_instead_of_waiting_for_itself_forever()
+    {
+        var observer = new RecordingObserver();
+        var registry = new ShrinkerRegistry { Observer = observer };
+        var s = new FakeShrinker("s", 1000);
+        registry.Register(s);
+        using var thread = new ReclaimThread(registry, [], TimeSpan.FromSeconds(10));
+        var returned = new ManualResetEventSlim();
+        s.OnScan = () =>
+        {
+            try { thread.Stop(); }
+            finally { returned.Set(); }
+        };
+        thread.Start();
+        thread.Signal(MemoryPressure.Critical);
+        Assert.True(returned.Wait(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken), "Stop called by a shrinker on the reclaim thread never returned (it joined its own thread)");
+        WaitFor(() => observer.Lines.Any(l => l.StartsWith("failed s ", StringComparison.Ordinal)), "the refused Stop is reported as the shrinker's failure");
+        Assert.True(thread.IsRunning);
+        s.OnScan = null;
+        thread.Stop();
+        Assert.False(thread.IsRunning);
+    }
+
+    [Fact]
+    public void An_observer_that_throws_does_not_stop_reclaim_or_kill_the_process()
+    {
+        // Its exception escaped the pass on the reclaim thread: an unhandled exception, the process ended.
+        var registry = new ShrinkerRegistry { Observer = new ThrowingObserver() };
+        var s = new FakeShrinker("s", 50_000);
+        var failing = new FakeShrinker("failing", 10) { OnScan = () => throw new InvalidOperationException("scan failed") };
+        registry.Register(failing);
+        registry.Register(s);
+        using var thread = new ReclaimThread(registry, [new ConstantSource(MemoryPressure.Low)], TimeSpan.FromMilliseconds(5));
+        thread.Start();
+        thread.Signal(MemoryPressure.Critical);
+        WaitFor(() => s.Held == 0, "the shrinker after the failing one is emptied");
+        WaitFor(() => thread.Passes >= 2, "the thread runs further passes");
+        Assert.True(thread.IsRunning);
+    }
+
+    private sealed class ThrowingObserver : IReclaimObserver
+    {
+        public void PressureChanged(string source, MemoryPressure level) => throw new InvalidOperationException("observer: pressure");
+        public void ReclaimPass(MemoryPressure level, int priority, long freed, long nanoseconds) => throw new InvalidOperationException("observer: pass");
+        public void ShrinkerScanned(string shrinker, long asked, long freed) => throw new InvalidOperationException("observer: scanned");
+        public void ShrinkerFailed(string shrinker, Exception error) => throw new InvalidOperationException("observer: failed");
+    }
+
+    [Fact]
+    public void A_null_pressure_source_is_refused_at_construction()
+    {
+        // It was accepted; the started thread then threw NullReferenceException and ended the process.
+        var e = Assert.Throws<ArgumentNullException>(() => new ReclaimThread(new ShrinkerRegistry(), [new ConstantSource(MemoryPressure.None), null!]));
+        Assert.Equal("sources", e.ParamName);
+        Assert.Contains("source 1", e.Message);
+    }
+
     private sealed class ConstantSource(MemoryPressure level) : PressureSource
     {
         public volatile MemoryPressure Level = level;

@@ -101,4 +101,33 @@ public sealed class ShrinkerRegistryTests
         Assert.Throws<InvalidOperationException>(() => registry.Register(s));
         Assert.Throws<ArgumentOutOfRangeException>(() => registry.Shrink(priority: 13));
     }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void A_count_near_the_top_of_long_does_not_overflow_the_share_into_nothing(int priority)
+    {
+        // (count >> priority) * 4 wrapped negative for counts past 2^61, so under the hardest pressure a shrinker
+        // that over-reports was asked for nothing at all.
+        var registry = new ShrinkerRegistry();
+        var huge = new OverReporting(actual: 1000);
+        registry.Register(huge);
+        Assert.Equal(1000, registry.Shrink(priority));
+        Assert.Equal(0, huge.Held);
+    }
+
+    // Reports far more than it holds (a count is an estimate); frees what it has.
+    private sealed class OverReporting(long actual) : IShrinker
+    {
+        public long Held = actual;
+        public string Name => "over";
+        public long Count() => long.MaxValue;
+        public long Scan(long toScan)
+        {
+            long n = Math.Min(toScan, Held);
+            Held -= n;
+            return n;
+        }
+    }
 }

@@ -31,8 +31,7 @@ internal sealed unsafe class DirectOps : DmaOps
     {
         internal PageHandle Block;
         internal byte* Cpu;
-        internal int Size, Slot;
-        internal CachingMode Caching;
+        internal int Size;
         internal bool Coherent;
     }
 
@@ -50,11 +49,14 @@ internal sealed unsafe class DirectOps : DmaOps
     {
         _rule = rule;
         _memory = device.Platform.Memory;
+        if (rule != BounceRule.Never) _tlb = device.Platform.Swiotlb;
     }
 
     internal override bool NeverBounces => _rule == BounceRule.Never;
 
-    private Swiotlb Tlb => Device.Platform.Swiotlb;
+    private readonly Swiotlb? _tlb; // the platform takes its pool before creating a bouncing device
+
+    private Swiotlb Tlb => _tlb!;
 
     // The bus address of the first byte when the device can reach the range directly, else ulong.MaxValue.
     private ulong DirectBus(ulong frame, int offset, int size)
@@ -79,7 +81,7 @@ internal sealed unsafe class DirectOps : DmaOps
             {
                 if (_maps.ContainsKey(bus))
                     throw new DmaMappingException(Device.Name, bus, $"Device '{Device.Name}': DMA address 0x{bus:x} is already mapped by this device; unmap it before mapping it again.");
-                _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Slot = -1, Caching = caching });
+                _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size });
                 Hold(bus, size, cpu, block);
             }
             return bus;
@@ -107,9 +109,8 @@ internal sealed unsafe class DirectOps : DmaOps
         byte* bounce = tlb.HostOf(slot);
         Buffer.MemoryCopy(cpu, bounce, size, size); // always, whatever the direction: the slot must not leak old data
         SyncForDeviceCaches(bounce, size, dir);
-        ulong bus = tlb.BusOf(slot);
-        lock (_lock) _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Slot = slot, Caching = caching });
-        return bus; // the slots' owner is the device's hold: no window needed
+        tlb.Record(slot, cpu, size, caching); // the slots' owner is the device's hold: no window, no table entry
+        return tlb.BusOf(slot);
     }
 
     // Take (or give back) the device's hold on the lines of [bus, bus+size): the engine may touch held lines only.
@@ -161,28 +162,51 @@ internal sealed unsafe class DirectOps : DmaOps
             if (s.Size != size)
                 throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {s.Size} bytes were mapped there. Unmap with the size you mapped.");
             _maps.Remove(dma);
-            if (s.Slot < 0) Release(dma, size);
+            Release(dma, size);
             return s;
         }
     }
 
+    // The first slot of this device's bounce mapping at `dma`, when `dma` is swiotlb memory; -1 otherwise.
+    private int BouncedSlot(ulong dma) => _rule == BounceRule.Never ? -1 : Tlb.SlotOf(dma);
+
     internal override void Unmap(ulong dma, int size, DmaDirection dir)
     {
-        var s = Take(dma, size, false);
-        if (s.Slot < 0)
+        int slot = BouncedSlot(dma);
+        if (slot >= 0)
         {
-            SyncForCpuCaches(s.Cpu, size, dir);
+            UnmapBounced(dma, slot, size, dir);
             return;
         }
+        var s = Take(dma, size, false);
+        SyncForCpuCaches(s.Cpu, size, dir);
+    }
+
+    // swiotlb_tbl_unmap_single: bounce back for FromDevice and Bidirectional, then give the slots back.
+    private void UnmapBounced(ulong dma, int slot, int size, DmaDirection dir)
+    {
         var tlb = Tlb;
-        byte* bounce = tlb.HostOf(s.Slot);
+        int head = tlb.MappingOf(slot, Device.Id, out int mapped);
+        if (head != slot)
+            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
+        if (mapped != size)
+            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {mapped} bytes were mapped there. Unmap with the size you mapped.");
+        if (!tlb.TryClaim(slot, size)) // another thread unmapped it first
+            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
+        byte* bounce = tlb.HostOf(slot);
         SyncForCpuCaches(bounce, size, dir);
-        if (dir != DmaDirection.ToDevice) PhysicalMemory.StoreAs(s.Caching, s.Cpu, bounce, (nuint)size);
-        tlb.Release(s.Slot, size);
+        if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(slot), tlb.OrigOf(slot), bounce, size);
+        tlb.Release(slot, size);
     }
 
     internal override void Sync(ulong dma, int size, DmaDirection dir, bool forCpu)
     {
+        int slot = BouncedSlot(dma);
+        if (slot >= 0)
+        {
+            SyncBounced(dma, slot, size, dir, forCpu);
+            return;
+        }
         Stream s = default;
         ulong start = 0;
         bool found = false;
@@ -195,27 +219,43 @@ internal sealed unsafe class DirectOps : DmaOps
                 foreach (var (a, x) in _maps)
                     if (dma >= a && dma + (ulong)size <= a + (ulong)x.Size) { s = x; start = a; found = true; break; }
         }
-        if (!found)
-            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': sync of DMA address 0x{dma:x}+{size}, which no mapping of this device covers.");
+        if (!found) throw NoMappingCovers(dma, size);
+        byte* cpu = s.Cpu + (dma - start);
+        if (forCpu) SyncForCpuCaches(cpu, size, dir);
+        else SyncForDeviceCaches(cpu, size, dir);
+    }
+
+    // swiotlb_sync_single_for_cpu / _for_device: the mapping is found from the slot the address falls in.
+    private void SyncBounced(ulong dma, int slot, int size, DmaDirection dir, bool forCpu)
+    {
+        var tlb = Tlb;
+        int head = tlb.MappingOf(slot, Device.Id, out int mapped);
+        ulong start = head < 0 ? 0 : tlb.BusOf(head);
+        if (head < 0 || dma + (ulong)size > start + (ulong)mapped) throw NoMappingCovers(dma, size);
         int at = (int)(dma - start);
-        if (s.Slot < 0)
-        {
-            if (forCpu) SyncForCpuCaches(s.Cpu + at, size, dir);
-            else SyncForDeviceCaches(s.Cpu + at, size, dir);
-            return;
-        }
-        byte* bounce = Tlb.HostOf(s.Slot) + at;
+        byte* bounce = tlb.HostOf(head) + at, cpu = tlb.OrigOf(head) + at; // one mapping never leaves its 2 MiB block
         if (forCpu)
         {
             SyncForCpuCaches(bounce, size, dir);
-            if (dir != DmaDirection.ToDevice) PhysicalMemory.StoreAs(s.Caching, s.Cpu + at, bounce, (nuint)size);
+            if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(head), cpu, bounce, size);
         }
         else
         {
-            if (dir != DmaDirection.FromDevice) Buffer.MemoryCopy(s.Cpu + at, bounce, size, size);
+            if (dir != DmaDirection.FromDevice) Buffer.MemoryCopy(cpu, bounce, size, size);
             SyncForDeviceCaches(bounce, size, dir);
         }
     }
+
+    // swiotlb_bounce DMA_FROM_DEVICE: the copy into the driver's buffer, stored as its CPU mapping stores.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static void BounceBack(CachingMode caching, byte* cpu, byte* bounce, int size)
+    {
+        if (caching == CachingMode.WriteBack) Buffer.MemoryCopy(bounce, cpu, size, size); // the usual case, inline
+        else PhysicalMemory.StoreAs(caching, cpu, bounce, (nuint)size);
+    }
+
+    private DmaMappingException NoMappingCovers(ulong dma, int size)
+        => new(Device.Name, dma, $"Device '{Device.Name}': sync of DMA address 0x{dma:x}+{size}, which no mapping of this device covers.");
 
     internal override ulong MapCoherent(PageHandle block, byte* cpu, ulong frame)
     {
@@ -227,7 +267,7 @@ internal sealed unsafe class DirectOps : DmaOps
         {
             if (_maps.ContainsKey(bus))
                 throw new DmaMappingException(Device.Name, bus, $"Device '{Device.Name}': DMA address 0x{bus:x} is already mapped by this device.");
-            _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Slot = -1, Coherent = true });
+            _maps.Add(bus, new Stream { Block = block, Cpu = cpu, Size = size, Coherent = true });
             Hold(bus, size, cpu, block);
         }
         return bus;
@@ -250,9 +290,8 @@ internal sealed unsafe class DirectOps : DmaOps
                     fault = "the swiotlb slot is not mapped for this device";
                     return false;
                 }
-                int inSlot = (int)(dma & (Swiotlb.SlotSize - 1));
-                host = tlb.HostOf(slot) + inSlot;
-                room = Swiotlb.SlotSize - inSlot;
+                host = tlb.HostOf(slot) + (dma & (Swiotlb.SlotSize - 1));
+                room = tlb.RoomAt(slot, dma); // a mapping never leaves its 2 MiB block: its host bytes are contiguous
                 fault = null;
                 return true;
             }
@@ -290,10 +329,9 @@ internal sealed unsafe class DirectOps : DmaOps
     /// <summary>Release the swiotlb slots of mappings left behind when the device goes (the checker reports them).</summary>
     public override void Dispose()
     {
+        if (_rule != BounceRule.Never) Tlb.ReleaseAllOf(Device.Id);
         lock (_lock)
         {
-            foreach (var (_, s) in _maps)
-                if (s.Slot >= 0) Tlb.Release(s.Slot, s.Size);
             _maps.Clear();
             _windows.Clear();
         }

@@ -111,7 +111,8 @@ public sealed unsafe class DmaDevice : IDisposable
         var span = _memory.GetSpan(block);
         if (size <= 0 || offset < 0 || offset > span.Length - size)
             throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': the range [{offset}, {offset}+{size}) is not a non-empty part of the block of {span.Length} bytes.");
-        ulong frame = _memory.FrameOf(block) + (ulong)(offset >> PhysicalMemory.PageShift);
+        // swiotlb=force bounces every mapping by its CPU address and never reads the frame: skip the lookup.
+        ulong frame = OpsKind == DmaOpsKind.Swiotlb ? 0 : _memory.FrameOf(block) + (ulong)(offset >> PhysicalMemory.PageShift);
         byte* cpu = (byte*)Unsafe.AsPointer(ref span[offset]);
         var caching = OpsKind == DmaOpsKind.Iommu ? CachingMode.WriteBack : _memory.CachingOf(block);
         ulong dma = _ops.Map(block, cpu, frame, offset, size, direction, caching, out bool bounced);
@@ -308,16 +309,25 @@ public sealed unsafe class DmaDevice : IDisposable
 
     // ---- helpers ---------------------------------------------------------------------------------------
 
+    // Both checks run on every call of the hot paths: the throws live out of line so the checks inline.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void CheckDirection(DmaDirection d)
     {
-        if ((uint)d > (uint)DmaDirection.FromDevice)
-            throw new ArgumentOutOfRangeException(nameof(d), d, $"Device '{Name}': direction must be Bidirectional, ToDevice or FromDevice.");
+        if ((uint)d > (uint)DmaDirection.FromDevice) ThrowBadDirection(d);
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowBadDirection(DmaDirection d)
+        => throw new ArgumentOutOfRangeException(nameof(d), d, $"Device '{Name}': direction must be Bidirectional, ToDevice or FromDevice.");
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void ThrowIfDisposed()
     {
-        if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException($"DmaDevice '{Name}'");
+        if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowDisposed() => throw new ObjectDisposedException($"DmaDevice '{Name}'");
 
     /// <summary>Release the device: the checker reports mappings still in place; its IOMMU domain and bounce slots go.</summary>
     public void Dispose()

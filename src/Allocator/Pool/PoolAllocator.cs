@@ -90,7 +90,15 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
 
         Id = TakeId();
         _shrinker = new PoolShrinker(memory, _types, _gauge, Id);
-        _memory.AddCachingListener(Id, this);
+        try
+        {
+            _memory.AddCachingListener(Id, this); // throws when the memory space was disposed
+        }
+        catch
+        {
+            lock (s_idLock) s_liveIds[Id] = false; // a pool that was never made holds no id
+            throw;
+        }
         PoolMeterSource.Register(this);
         _registry = shrinkers;
         _registry?.Register(_shrinker, ShrinkerRegistry.DefaultSeeks, ShrinkBatch);
@@ -364,6 +372,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         {
             _types[TypeIndex(caching, block.Order, arena.Zone)].Give(released.Value);
             if (_gauge.Tight) _shrinker.TrimToLimit();
+            if (Volatile.Read(ref _disposed) != 0) FreePooledAfterDispose();
         }
         else ReturnToSystem([released], caching);
     }
@@ -388,7 +397,10 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         {
             ulong w = Volatile.Read(ref *_memory.Resolve(h, out _));
             if ((w & ReleaseMask) != PageMeta.Make(PageState.Allocated, caching, h.Order, Id, h.Generation))
+            {
+                if (Volatile.Read(ref _disposed) != 0) { ReleaseAfterDispose(blocks, caching); return; }
                 ThrowReleaseError(h, caching);
+            }
         }
 
         // Commit all or nothing: a handle repeated in the span, or raced by another thread, undoes the rest with
@@ -401,6 +413,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
             if (!TryMarkReleased(m, blocks[i], caching))
             {
                 for (int k = 0; k < i; k++) Volatile.Write(ref *_memory.MetaOf(blocks[k]), old[k]);
+                if (Volatile.Read(ref _disposed) != 0 && !blocks[..i].Contains(blocks[i])) { ReleaseAfterDispose(blocks, caching); return; }
                 if (blocks[..i].Contains(blocks[i]))
                     throw new PageHandleException(blocks[i], HandleError.DoubleFree, "The handle appears twice in one release; nothing was released.");
                 ThrowReleaseError(blocks[i], caching);
@@ -418,6 +431,7 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         if (pooled)
         {
             if (_gauge.Tight) _shrinker.TrimToLimit();
+            if (Volatile.Read(ref _disposed) != 0) FreePooledAfterDispose();
             return;
         }
         var toSystem = new PageHandle[blocks.Length];
@@ -452,12 +466,26 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         throw new PageHandleException(h, HandleError.Stale, "Another thread released this block at the same time.");
     }
 
+    // A release gave blocks to the pool while it was being disposed, possibly after Dispose had emptied it: free
+    // what is pooled now. Dispose empties the pool after every release that missed the flag has given its blocks.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FreePooledAfterDispose()
+    {
+        while (_shrinker.Scan(long.MaxValue) > 0) { }
+    }
+
     // Dispose re-owned held blocks to the memory space (owner 0): check each as the space would, then free them.
+    // A block still of this pool raced Dispose (not re-owned yet, or restored by a release's undo after it was).
     private void ReleaseAfterDispose(ReadOnlySpan<PageHandle> blocks, CachingMode caching)
     {
         foreach (var h in blocks)
         {
             ulong w = _memory.ResolveLive(h, out _);
+            if (PageMeta.Owner(w) == Id && PageMeta.State(w) == PageState.Allocated)
+            {
+                _memory.Disown(Id); // Dispose has set the flag but not yet re-owned this block: do it now
+                w = _memory.ResolveLive(h, out _);
+            }
             if (PageMeta.Owner(w) != 0 || PageMeta.State(w) != PageState.Allocated)
                 throw new PageHandleException(h, HandleError.Foreign, $"The pool ({Id}) was disposed and this block was not one it handed out.");
             if (PageMeta.Caching(w) != caching)
@@ -542,8 +570,8 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
     /// Give every pooled page back to the system and retire the pool's id. Pages callers still hold stay valid:
     /// they are re-owned to the memory space (each is reported in the event stream, as TTM warns of pages still in
     /// use at pool teardown), and releasing them afterwards, through this pool or the space, returns them to the
-    /// system. A registered shrinker is unregistered first (waiting for a scan in progress). Dispose must not race
-    /// with calls that allocate from this pool.
+    /// system, also when they race with Dispose. A registered shrinker is unregistered first (waiting for a scan in
+    /// progress). Dispose must not race with calls that allocate from this pool.
     /// </summary>
     public void Dispose()
     {
@@ -551,8 +579,13 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         _registry?.Unregister(_shrinker);
         PoolMeterSource.Unregister(this);
         _memory.RemoveCachingListener(Id);
-        while (_shrinker.Scan(long.MaxValue) > 0) { }
+        // Re-own held blocks first: from then on no release can commit a block to this pool (its check fails and it
+        // frees the block to the system). A release that committed before gives its block to the pool and then reads
+        // the flag: if it read it clear, it gave its block before the flag was set, into a core cache it still
+        // holds or has put back, so wait until no core cache is held; one that read it set empties the pool itself.
         var (blocks, pages) = _memory.Disown(Id);
+        foreach (var t in _types) t.AwaitIdleSlots();
+        FreePooledAfterDispose();
         if (blocks > 0 && PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolDisposedWithPagesHeld(Id, blocks, pages);
         lock (s_idLock) s_liveIds[Id] = false;
     }

@@ -333,6 +333,21 @@ internal sealed class PoolType
         return n;
     }
 
+    /// <summary>
+    /// Wait until no thread holds a core cache of this type (each holder is inside a take or a give, a few
+    /// instructions long), so that a drain that follows sees every block given before now. For the pool's Dispose.
+    /// Bounded (a second in all): a cache whose holder failed mid-operation (out of memory) never comes back.
+    /// </summary>
+    internal void AwaitIdleSlots()
+    {
+        long until = Environment.TickCount64 + 1000;
+        for (int s = 0; s < _caches.Length; s++)
+        {
+            var spin = new SpinWait();
+            while (Volatile.Read(ref Slot(s)) is null && Environment.TickCount64 < until) spin.SpinOnce();
+        }
+    }
+
     /// <summary>Blocks pooled now (racy: a snapshot while others work).</summary>
     internal long PooledBlocks()
     {

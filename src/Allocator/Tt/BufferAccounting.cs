@@ -136,8 +136,10 @@ public sealed class BufferAccounting : IShrinker
         {
             var t = node.Value;
             if (t == except || (skip is not null && skip.Contains(t)) || (needDma32 && t.Zone != Zone.Dma32)) continue;
-            if (t.Gate.IsHeldByCurrentThread) continue; // reserved by this very thread: in use, not idle
-            if (t.Gate.TryEnter()) return t;
+            if (t.IsReserved || t.Gate.IsHeldByCurrentThread) continue; // in use, not idle
+            if (!t.Gate.TryEnter()) continue;
+            if (!t.IsReserved) return t; // checked again under the lock: a reservation taken meanwhile waits for this eviction
+            t.Gate.Exit();
         }
         return null;
     }

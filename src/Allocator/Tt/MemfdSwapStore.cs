@@ -16,6 +16,11 @@ internal sealed class MemfdSwapStore : SwapStore
     /// <inheritdoc/>
     public override bool ReleasesMemory => false;
 
+    // Freed shmem is memory: it is punched out at once.
+    private protected override long KeptFreeBytes => 0;
+
+    internal override long AllocatedBytes => AllocatedBytesOf(_fd);
+
     private protected override void WriteAt(long offset, Span<IoVec> vectors, long bytes) => FileIo.PwritevExact(_fd, vectors, offset);
 
     private protected override void ReadAt(long offset, Span<IoVec> vectors, long bytes) => FileIo.PreadvExact(_fd, vectors, offset);

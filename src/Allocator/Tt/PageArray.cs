@@ -1,4 +1,5 @@
 using PagePool.Diagnostics;
+using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Native;
 using PagePool.Pool;
@@ -27,6 +28,9 @@ public sealed unsafe class PageArray : IDisposable
     private readonly PhysicalMemory _memory;
     private TtSegment[] _segments = [];
     private ITtBindTarget? _target;
+    private DmaDevice? _device;
+    private DmaScatterlist? _mapped; // the device binding's streaming mapping
+    private DmaDirection _mappedDirection;
     private ulong[]? _dma;
     private long _swappedPages;
     private bool _disposed;
@@ -34,7 +38,9 @@ public sealed unsafe class PageArray : IDisposable
     private VramRegion? _vram;
     private long _vramPage = -1;
 
-    internal readonly Lock Gate = new();
+    internal readonly Lock Gate = new(); // held for the duration of one call, never past it
+    private readonly SemaphoreSlim _reservation = new(1, 1); // not thread-affine: a reservation is a token
+    private object? _reservedBy; // the ticket of the reservation held now
     internal LinkedListNode<PageArray>? LruNode;
 
     /// <summary>An unpopulated array of <paramref name="pageCount"/> pages charged to <paramref name="accounting"/>.</summary>
@@ -115,6 +121,19 @@ public sealed unsafe class PageArray : IDisposable
 
     /// <summary>The device it is bound to, or null.</summary>
     public ITtBindTarget? BoundTo => _target;
+
+    /// <summary>The DMA layer device it is bound to, or null.</summary>
+    public DmaDevice? BoundDevice => _device;
+
+    /// <summary>
+    /// True in the "anonymous" state: the pages belong to no device (resident in system memory, or in the swap
+    /// store), so any device may take them and they may go to the swap store. False in the device state (bound: a
+    /// device holds DMA addresses of the pages, which may have been copied to pages that device can address), in
+    /// device-local memory, and with no pages at all.
+    /// </summary>
+    public bool IsAnonymous => State is TtState.Populated or TtState.SwappedOut;
+
+    private string BoundName => _device?.Name ?? _target?.Name ?? "its device";
 
     private bool IsExternal => (Flags & TtFlags.External) != 0;
 
@@ -233,10 +252,10 @@ public sealed unsafe class PageArray : IDisposable
             foreach (var blocks in taken) if (blocks is not null) pool.Release(blocks, Caching);
             throw;
         }
+        _accounting.Store.Free(_segments[first].SwapOffset, bytes); // the batch is one extent: one call, one punch at most
         for (int s = first; s < end; s++)
         {
             var seg = _segments[s];
-            _accounting.Store.Free(seg.SwapOffset, seg.Bytes);
             seg.Blocks = taken[s - first];
             seg.SwapOffset = -1;
             _cpu?.MapResident(_memory, seg);
@@ -384,7 +403,7 @@ public sealed unsafe class PageArray : IDisposable
         {
             Live();
             if (State != TtState.Populated)
-                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {_target!.Name} first."
+                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
                     : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
             bool copied = false;
             if (!Reaches(target.AddressLimit))
@@ -421,12 +440,118 @@ public sealed unsafe class PageArray : IDisposable
         {
             Live();
             if (State != TtState.Bound) throw new TtStateException("unbind", State, "it is not bound to a device.");
-            _target!.Unbind(_dma);
-            _target = null;
-            _dma = null;
-            State = TtState.Populated;
+            ReleaseBinding();
             if (!IsExternal) _accounting.Touch(this);
         }
+    }
+
+    /// <summary>
+    /// Bind to a device of the DMA layer: every page is mapped through the device's ops (dma-direct, IOMMU, swiotlb or
+    /// Xen) as one streaming mapping, and the DMA address of each page is recorded. A dma-direct device that cannot
+    /// address the pages (a 64-bit page for a 32-bit device) gets copies in DMA32 pages first, as TTM copies a buffer
+    /// into pages the new device can reach; an IOMMU reaches any page through its IOVA space; swiotlb and Xen ops
+    /// bounce what the device cannot reach (sync with <see cref="SyncForDevice"/> and <see cref="SyncForCpu"/>).
+    /// Returns true when the pages were copied. On failure nothing is mapped and the buffer stays populated (in DMA32
+    /// pages if the copy was made).
+    /// </summary>
+    /// <exception cref="ArgumentException">The device belongs to another memory space than the buffer.</exception>
+    /// <exception cref="DmaMappingException">The device cannot map the pages (a dma-direct device below even DMA32).</exception>
+    /// <exception cref="SwiotlbFullException">Bouncing ops found no room in the bounce pool.</exception>
+    public bool Bind(DmaDevice device, DmaDirection direction = DmaDirection.Bidirectional)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (!Enum.IsDefined(direction)) throw new ArgumentOutOfRangeException(nameof(direction), direction, "Unknown DMA direction.");
+        if (device.Platform.Memory != _memory)
+            throw new ArgumentException($"Device '{device.Name}' belongs to another memory space than this buffer's pages.", nameof(device));
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Populated)
+                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
+                    : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+            bool copied = false;
+            if (device.OpsKind == DmaOpsKind.Direct && !DirectlyReachable(device.Mask))
+            {
+                if (Zone == Zone.Dma32 || IsExternal)
+                    throw new DmaMappingException(device.Name, 0, $"Cannot bind a buffer of {PageCount} pages to '{device.Name}': its pages lie above the device's mask 0x{device.Mask:x} and cannot be moved lower.");
+                MoveToDma32();
+                copied = true;
+            }
+            // Bouncing ops take at most a swiotlb segment per mapping: map those page by page. The others map whole blocks.
+            bool pageByPage = device.OpsKind is DmaOpsKind.Swiotlb or DmaOpsKind.Xen;
+            var list = new DmaScatterlist();
+            foreach (var seg in _segments)
+                foreach (var h in seg.Blocks!)
+                {
+                    if (!pageByPage) list.Add(h, 0, h.PageCount << PhysicalMemory.PageShift);
+                    else for (int k = 0; k < h.PageCount; k++) list.Add(h, k << PhysicalMemory.PageShift, PhysicalMemory.PageSize);
+                }
+            device.MapScatterlist(list, direction); // all or nothing
+            var dma = new ulong[PageCount];
+            int p = 0;
+            foreach (ulong address in list.DmaPages()) dma[p++] = address;
+            System.Diagnostics.Debug.Assert(p == PageCount, "a mapped scatterlist covers every page once");
+            _dma = dma;
+            _device = device;
+            _mapped = list;
+            _mappedDirection = direction;
+            State = TtState.Bound;
+            _accounting.Remove(this); // in use by a device: not a swap victim
+            return copied;
+        }
+    }
+
+    /// <summary>Hand the pages to the bound device after the CPU wrote them (dma_sync_sg_for_device): bouncing ops copy them to the bounce slots.</summary>
+    public void SyncForDevice() => SyncMapped(forCpu: false);
+
+    /// <summary>Take the pages back for the CPU after the device wrote them (dma_sync_sg_for_cpu): bouncing ops copy them back.</summary>
+    public void SyncForCpu() => SyncMapped(forCpu: true);
+
+    private void SyncMapped(bool forCpu)
+    {
+        lock (Gate)
+        {
+            Live();
+            if (State != TtState.Bound || _mapped is null)
+                throw new TtStateException(forCpu ? "sync for the CPU" : "sync for the device", State, "bind it to a DMA device first.");
+            if (forCpu) _device!.SyncScatterlistForCpu(_mapped, _mappedDirection);
+            else _device!.SyncScatterlistForDevice(_mapped, _mappedDirection);
+        }
+    }
+
+    // Undo the binding, whichever kind it is: the buffer is idle and anonymous again.
+    private void ReleaseBinding()
+    {
+        if (_device is not null)
+        {
+            try
+            {
+                _device.UnmapScatterlist(_mapped!, _mapped!.Count, _mappedDirection);
+            }
+            catch (ObjectDisposedException)
+            {
+                // The device was released first; its mappings went with it (its checker reported them pending).
+            }
+        }
+        else _target!.Unbind(_dma);
+        _device = null;
+        _mapped = null;
+        _target = null;
+        _dma = null;
+        State = TtState.Populated;
+    }
+
+    // dma-direct reaches a page when its machine address (its physical address without Xen) is under the mask.
+    private bool DirectlyReachable(ulong mask)
+    {
+        foreach (var seg in _segments)
+            foreach (var h in seg.Blocks!)
+            {
+                ulong frame = _memory.FrameOf(h);
+                for (int k = 0; k < h.PageCount; k++)
+                    if ((_memory.MachineFrameOf(frame + (ulong)k) << PhysicalMemory.PageShift) + PhysicalMemory.PageSize - 1 > mask) return false;
+            }
+        return true;
     }
 
     /// <summary>The DMA address the bound device uses for page <paramref name="page"/>.</summary>
@@ -489,8 +614,7 @@ public sealed unsafe class PageArray : IDisposable
     /// The buffer's CPU address, the same for its whole life: it maps the pages while they are in system memory,
     /// maps the VRAM range while the buffer is device-local, and while pages are absent (swapped out, unpopulated)
     /// either faults them back in when touched (<see cref="AccountingOptions.FaultInOnAccess"/>, where
-    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use. Do not
-    /// touch the pointer of a swapped-out buffer while holding its <see cref="Reserve"/>: the handler needs its lock.
+    /// <see cref="FaultHandlingAvailable"/>; read its caveat) or leaves them inaccessible: populate before use.
     /// </summary>
     public nint CpuAddress
     {
@@ -699,14 +823,49 @@ public sealed unsafe class PageArray : IDisposable
     }
 
     /// <summary>
-    /// Hold the array against other threads and reclaim until the reservation is disposed. The reservation belongs to
-    /// the thread that took it (a monitor, re-entrant for that thread's own calls on the array): dispose it on that
-    /// thread, before the thread ends; a reservation left behind by an ended thread holds the array for good.
+    /// Reserve the array (TTM's ttm_bo_reserve): until the reservation is disposed, other reservations of the array wait
+    /// and reclaim skips it, so a populate followed by reads and writes sees the pages stay. Code that shares an array
+    /// between threads reserves it before using it, as TTM code reserves a buffer object; each call on the array also
+    /// takes the array's internal lock for its own duration. The reservation is a token, not a thread's lock: any
+    /// thread may use it and dispose it (a task that moves between threads, a worker that hands the buffer on), and one
+    /// left behind by a thread that ended is released by whoever holds the token. Not re-entrant: reserving an array
+    /// the caller already reserved waits for itself.
     /// </summary>
-    public PageArrayReservation Reserve()
+    /// <exception cref="OperationCanceledException"><paramref name="cancel"/> fired while another reservation held the array.</exception>
+    public PageArrayReservation Reserve(CancellationToken cancel = default)
     {
-        Gate.Enter();
-        return new PageArrayReservation(this);
+        _reservation.Wait(cancel);
+        return Reserved();
+    }
+
+    /// <summary>Reserve the array if no one else holds it within <paramref name="timeout"/>; see <see cref="Reserve"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="timeout"/> is negative (other than infinite) or longer than int.MaxValue milliseconds.</exception>
+    public bool TryReserve(TimeSpan timeout, out PageArrayReservation reservation)
+    {
+        reservation = default;
+        if (timeout < TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan || timeout.TotalMilliseconds > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "Wait zero or more milliseconds up to int.MaxValue, or Timeout.InfiniteTimeSpan.");
+        if (!_reservation.Wait(timeout)) return false;
+        reservation = Reserved();
+        return true;
+    }
+
+    private PageArrayReservation Reserved()
+    {
+        var ticket = new object();
+        Volatile.Write(ref _reservedBy, ticket);
+        // Reclaim that chose this array before the reservation was visible finishes before the holder's first call.
+        lock (Gate) { }
+        return new PageArrayReservation(this, ticket);
+    }
+
+    /// <summary>True while a reservation holds the array.</summary>
+    public bool IsReserved => Volatile.Read(ref _reservedBy) is not null;
+
+    /// <summary>Release the reservation <paramref name="ticket"/> stands for; a second release of the same ticket does nothing.</summary>
+    internal void Unreserve(object ticket)
+    {
+        if (Interlocked.CompareExchange(ref _reservedBy, null, ticket) == ticket) _reservation.Release();
     }
 
     /// <summary>Mark the buffer as just used: the last the accounting will swap out.</summary>
@@ -729,10 +888,7 @@ public sealed unsafe class PageArray : IDisposable
             if (_disposed) return;
             if (State == TtState.Bound)
             {
-                _target!.Unbind(_dma);
-                _target = null;
-                _dma = null;
-                State = TtState.Populated;
+                ReleaseBinding();
             }
             if (State == TtState.DeviceLocal)
             {

@@ -11,7 +11,7 @@ namespace PagePool.Tt;
 /// <remarks>
 /// Where the kernel refuses userfaultfd, <see cref="Available"/> is false and <see cref="RefusedReason"/> says why:
 /// absent pages are then inaccessible, and the owner calls <see cref="PageArray.Populate"/> before using the pointer.
-/// A thread must not touch the mapping of a swapped-out buffer it holds reserved: the handler needs the buffer's lock.
+/// A reservation does not hold the buffer's internal lock, so a thread may touch the mapping of a buffer it reserved.
 /// </remarks>
 internal static unsafe class SwapFaultHandler
 {

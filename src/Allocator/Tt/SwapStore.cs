@@ -5,7 +5,9 @@ namespace PagePool.Tt;
 
 /// <summary>
 /// Where swapped-out buffer pages go (TTM's shmem backup). Space is handed out in extents of whole pages; an extent
-/// given back is punched out of the file so its disk or memory returns at once, and the next swap-out reuses it.
+/// given back is reused by the next swap-out. The memfd store punches it out at once (it is memory); the file store
+/// keeps a bounded amount of freed disk space allocated, as Linux keeps freed swap slots, so the next swap-out
+/// overwrites blocks in place.
 /// </summary>
 /// <remarks>
 /// Two stores exist. <see cref="CreateFile"/>, the default, writes to an unlinked file on disk with large vectored
@@ -13,11 +15,11 @@ namespace PagePool.Tt;
 /// swapped bytes really leave memory: without system swap a shmem file would stay in RAM and stay charged to the
 /// memory cgroup. <see cref="CreateMemfd"/> is that shmem file: faster, but it frees nothing.
 /// </remarks>
-public abstract unsafe class SwapStore : IDisposable
+public abstract unsafe partial class SwapStore : IDisposable
 {
     private readonly Lock _lock = new();
     private readonly List<(long Offset, long Length)> _free = new(); // sorted by offset, coalesced
-    private long _end, _inUse, _written, _read, _writeTicks, _readTicks;
+    private long _end, _highWater, _inUse, _written, _read, _writeTicks, _readTicks;
     private int _disposed;
 
     private protected SwapStore() { }
@@ -97,11 +99,16 @@ public abstract unsafe class SwapStore : IDisposable
         Interlocked.Add(ref _read, bytes);
     }
 
-    /// <summary>Give back part or all of an extent: its bytes are punched out and the space reused.</summary>
+    /// <summary>
+    /// Give back part or all of an extent for reuse. Its bytes are punched out of the file unless the store keeps
+    /// freed space (see <see cref="KeptFreeBytes"/>).
+    /// </summary>
     internal void Free(long offset, long bytes)
     {
         if (_disposed != 0) return; // the file is gone and took every extent with it
-        Discard(offset, bytes);
+        bool punch;
+        lock (_lock) punch = _highWater - (_inUse - bytes) > KeptFreeBytes;
+        if (punch) Discard(offset, bytes);
         lock (_lock)
         {
             int i = 0;
@@ -143,9 +150,31 @@ public abstract unsafe class SwapStore : IDisposable
             }
             long at = _end;
             _end += bytes;
+            _highWater = Math.Max(_highWater, _end);
             return at;
         }
     }
+
+    /// <summary>
+    /// Freed bytes the store may keep allocated for the next swap-out instead of punching them out at once. Every
+    /// free that would leave more free space than this (counting space already punched) punches, so the unpunched
+    /// free space stays within it.
+    /// </summary>
+    private protected abstract long KeptFreeBytes { get; }
+
+    /// <summary>Bytes the store's file holds allocated now (its st_blocks): what it costs the disk or the memory.</summary>
+    internal abstract long AllocatedBytes { get; }
+
+    private protected static long AllocatedBytesOf(int fd)
+    {
+        // struct stat: st_blocks (512-byte units) is at offset 64 on x86-64 and on the generic layout of arm64.
+        long* stat = stackalloc long[32];
+        if (fstat(fd, stat) != 0) throw NativeCallException.FromErrno("fstat", $"fd {fd}");
+        return stat[8] * 512;
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int fstat(int fd, long* stat);
 
     private protected abstract void WriteAt(long offset, Span<IoVec> vectors, long bytes);
     private protected abstract void ReadAt(long offset, Span<IoVec> vectors, long bytes);

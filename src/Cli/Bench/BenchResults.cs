@@ -7,11 +7,14 @@ namespace PagePool.Cli.Bench;
 /// member is a metric's median. Two object members ride along: <c>"samples"</c> (metric to every repetition,
 /// what the gate tests) and <c>"units"</c> (metric to its unit). A reader of the flat form takes the number
 /// members and skips the rest; a file without <c>"samples"</c> (an older bench) reads as one sample per metric.
+/// A third, <c>"machine"</c>, says where it was measured (<see cref="BenchMachine"/>); an older file without it
+/// reads as measured on an unknown machine.
 /// </summary>
 internal sealed class BenchResults
 {
     internal const string SamplesMember = "samples";
     internal const string UnitsMember = "units";
+    internal const string MachineMember = "machine";
 
     /// <summary>Metric to median, in file order.</summary>
     internal IReadOnlyDictionary<string, double> Medians { get; }
@@ -19,18 +22,29 @@ internal sealed class BenchResults
     /// <summary>Metric to every repetition (at least one).</summary>
     internal IReadOnlyDictionary<string, double[]> Samples { get; }
 
-    private BenchResults(Dictionary<string, double> medians, Dictionary<string, double[]> samples)
+    /// <summary>Where the run was measured, or null for a file that does not say.</summary>
+    internal BenchMachine? Machine { get; }
+
+    private BenchResults(Dictionary<string, double> medians, Dictionary<string, double[]> samples, BenchMachine? machine)
     {
         Medians = medians;
         Samples = samples;
+        Machine = machine;
     }
 
-    /// <summary>Write the metrics of a run to <paramref name="stream"/>.</summary>
-    internal static void Write(IReadOnlyList<Metric> metrics, Stream stream)
+    /// <summary>Write the metrics of a run measured on <paramref name="machine"/> to <paramref name="stream"/>.</summary>
+    internal static void Write(IReadOnlyList<Metric> metrics, BenchMachine machine, Stream stream)
     {
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         w.WriteStartObject();
         foreach (var m in metrics) w.WriteNumber(m.Name, Math.Round(m.Value, 3));
+        w.WriteStartObject(MachineMember);
+        if (machine.Cpu is null) w.WriteNull("cpu");
+        else w.WriteString("cpu", machine.Cpu);
+        w.WriteNumber("cpus", machine.Cpus);
+        if (machine.Commit is null) w.WriteNull("commit");
+        else w.WriteString("commit", machine.Commit);
+        w.WriteEndObject();
         w.WriteStartObject(SamplesMember);
         foreach (var m in metrics)
         {
@@ -81,6 +95,7 @@ internal sealed class BenchResults
             if (p.Value.ValueKind == JsonValueKind.Number) medians[p.Name] = p.Value.GetDouble();
             else if (p.Name == SamplesMember && p.Value.ValueKind == JsonValueKind.Object) continue;
             else if (p.Name == UnitsMember && p.Value.ValueKind == JsonValueKind.Object) continue;
+            else if (p.Name == MachineMember && p.Value.ValueKind == JsonValueKind.Object) continue;
             else throw new BenchResultsException($"'{path}': member '{p.Name}' is a {p.Value.ValueKind.ToString().ToLowerInvariant()}; a metric must be a number.");
         }
         if (root.TryGetProperty(SamplesMember, out var all) && all.ValueKind == JsonValueKind.Object)
@@ -99,6 +114,21 @@ internal sealed class BenchResults
             samples.TryAdd(name, [median]);
         if (medians.Count == 0)
             throw new BenchResultsException($"'{path}' holds no metric; expected the output of 'pagepool bench --json'.");
-        return new BenchResults(medians, samples);
+        return new BenchResults(medians, samples, ParseMachine(root, path));
+    }
+
+    private static BenchMachine? ParseMachine(JsonElement root, string path)
+    {
+        if (!root.TryGetProperty(MachineMember, out var m)) return null;
+        string? Text(string name) => m.TryGetProperty(name, out var v) ? v.ValueKind switch
+        {
+            JsonValueKind.String => v.GetString(),
+            JsonValueKind.Null => null,
+            _ => throw new BenchResultsException($"'{path}': machine.{name} must be a string or null."),
+        } : null;
+        int cpus = 0;
+        if (m.TryGetProperty("cpus", out var c) && (c.ValueKind != JsonValueKind.Number || !c.TryGetInt32(out cpus) || cpus < 1))
+            throw new BenchResultsException($"'{path}': machine.cpus must be a whole number of at least 1.");
+        return new BenchMachine(Text("cpu"), cpus, Text("commit"));
     }
 }

@@ -29,7 +29,8 @@ internal static class StressRunner
             Dma32Bytes = Math.Min(2L << 30, Math.Max(64L << 20, s.WorkingSetBytes)),
             NormalBytes = SystemInfo.PhysicalMemoryBytes,
         });
-        var shrinkers = s.Reclaim ? new ShrinkerRegistry { Observer = ReclaimEventForwarder.Instance } : null;
+        var reclaimTotals = s.Reclaim ? new ReclaimTotals() : null;
+        var shrinkers = s.Reclaim ? new ShrinkerRegistry { Observer = reclaimTotals } : null;
         using var pool = new PoolAllocator(memory, new PoolOptions { LimitBytes = s.PoolLimitBytes }, shrinkers);
         using var reclaim = shrinkers is null ? null : new ReclaimThread(shrinkers, PressureSources.Detect());
         if (reclaim is not null)
@@ -46,6 +47,11 @@ internal static class StressRunner
         using var samples = s.SamplesPath is null ? null : OutputFile.Create(s.SamplesPath, stdout);
         var clock = Stopwatch.StartNew();
         int stop = 0;
+        // Under --reclaim in a memory cgroup: a run that cannot fit ends with exit 3 before the OOM killer acts.
+        using var guard = reclaim is null ? null : MemoryLimitGuard.Start(reclaim.Sources, () => Volatile.Write(ref stop, 1),
+            $"up to {Size.Format(s.Scenario.PoolShareBytes(s.WorkingSetBytes))} in pool buffers");
+        if (guard is not null)
+            stderr.WriteLine($"reclaim: guard: the run ends (exit {ExitCodes.ResourceExhausted}) if memory nothing can reclaim reaches {MemoryLimitGuard.GiveUpAt:P0} of the cgroup's {Size.Format(guard.LimitBytes)} limit");
         var errors = new ConcurrentQueue<Exception>();
         var threads = new List<Thread>();
         try
@@ -104,9 +110,13 @@ internal static class StressRunner
         var invariants = CheckInvariants(pool, memory);
         invariants.AddRange(scenarioBroken);
         var exhausted = errors.Where(ExitCodes.IsResourceExhaustion).Select(e => $"{e.GetType().Name}: {e.Message}").ToList();
+        if (guard?.Verdict is { } verdict) exhausted.Insert(0, verdict);
         foreach (var e in errors.Where(e => !ExitCodes.IsResourceExhaustion(e))) invariants.Add($"{e.GetType().Name}: {e.Message}");
 
-        var summary = new StressSummary(s, workers, pool.Statistics(), elapsed, ops, invariants, exhausted);
+        var summary = new StressSummary(s, workers, pool.Statistics(), elapsed, ops, invariants, exhausted)
+        {
+            Reclaim = reclaim is null ? null : (reclaim.Passes, reclaim.Freed, reclaimTotals!),
+        };
         summary.Print(human);
         samples?.Commit();
         if (s.JsonPath is not null)

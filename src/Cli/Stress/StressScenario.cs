@@ -18,6 +18,12 @@ internal abstract class StressScenario
     /// </summary>
     internal virtual long DefaultPoolLimit(long workingSetBytes, long physicalMemoryBytes) => physicalMemoryBytes / 2;
 
+    /// <summary>
+    /// The part of the working set held in pool buffers (the workers' own, which nothing can swap): all of it,
+    /// unless the scenario holds part of it elsewhere (mixed keeps most in swappable buffers).
+    /// </summary>
+    internal virtual long PoolShareBytes(long workingSetBytes) => workingSetBytes;
+
     /// <summary>One step on one worker.</summary>
     internal abstract void Step(StressWorker w);
 
@@ -85,21 +91,4 @@ internal sealed class ChurnScenario : StressScenario
         if (w.LiveBytes < w.ShareBytes) w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
         else w.TrimToShare(w.ShareBytes / 2); // give half the share back at once: far more than the pool keeps
     }
-}
-
-/// <summary>All of the above at once, each step chosen at random.</summary>
-internal sealed class MixedScenario : StressScenario
-{
-    private readonly StressScenario[] _parts = [new AllocScenario(), new CachingScenario(), new ChurnScenario(), new DmaScenario(), new SwapScenario()];
-
-    internal override string Name => "mixed";
-    internal override string Description => "alloc, caching, churn, DMA and swap steps interleaved on every thread";
-
-    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) { foreach (var p in _parts) p.Start(pool, settings, shrinkers); }
-    internal override IEnumerable<string> Finish() => _parts.SelectMany(p => p.Finish()).ToList();
-    internal override IEnumerable<(string Name, string Text, double Value)> Report() => _parts.SelectMany(p => p.Report());
-
-    internal override long DefaultPoolLimit(long workingSetBytes, long physicalMemoryBytes) => workingSetBytes / 2;
-
-    internal override void Step(StressWorker w) => _parts[w.Next(_parts.Length)].Step(w);
 }

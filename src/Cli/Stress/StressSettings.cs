@@ -33,7 +33,7 @@ internal sealed class StressSettings
     internal string SwapStore { get; init; } = "file";
     /// <summary>swap: the file store's folder, or null for the temp folder.</summary>
     internal string? SwapDir { get; init; }
-    /// <summary>swap, mixed: resident buffer pages allowed; null for half the working set.</summary>
+    /// <summary>swap, mixed: resident buffer pages allowed; null for half of what the buffers hold (at most half a memory cgroup's limit).</summary>
     internal long? BufferLimitBytes { get; init; }
     /// <summary>swap: interrupted-restore or failing-write (dma faults are in <see cref="Dma"/>).</summary>
     internal string? Inject { get; init; }

@@ -25,6 +25,9 @@ internal sealed class StressSummary
 
     internal long VerifyFailures { get; }
 
+    /// <summary>Under --reclaim: the reclaim thread's passes, the pages they freed, and what each shrinker freed.</summary>
+    internal (long Passes, long Freed, ReclaimTotals Totals)? Reclaim { get; init; }
+
     internal StressSummary(StressSettings s, StressWorker[] workers, IReadOnlyList<PoolTypeStatistics> stats,
         TimeSpan elapsed, long ops, List<string> invariants, List<string> exhausted)
     {
@@ -79,6 +82,8 @@ internal sealed class StressSummary
         o.WriteLine($"zone exhausted        {Plural(_workers.Sum(w => w.ZoneExhausted), "allocation", "allocations")}");
         o.WriteLine($"peak rss              {Size.Format(_peakRss)}");
         foreach (var (_, text, _) in _s.Scenario.Report()) if (text.Length > 0) o.WriteLine(text);
+        if (Reclaim is var (passes, freed, totals))
+            o.WriteLine($"reclaim passes        {passes:N0} freed {Plural(freed, "page", "pages")}{string.Concat(totals.Freed.Select(x => $", {x.Shrinker} {x.Freed:N0}"))}; highest pressure {totals.Highest}");
         o.WriteLine($"verification          {(_s.Verify ? "every byte" : "first word of every block")}: {Plural(VerifyFailures, "failure", "failures")}");
         foreach (var f in _workers.SelectMany(w => w.Failures).Take(8)) o.WriteLine($"  {f}");
         o.WriteLine($"invariants            {(_invariants.Count == 0 ? "ok: every page accounted for exactly once" : "BROKEN")}");
@@ -146,6 +151,20 @@ internal sealed class StressSummary
         w.WriteStartObject("scenario");
         foreach (var (name, _, value) in _s.Scenario.Report()) w.WriteNumber(name, value);
         w.WriteEndObject();
+
+        // Under --reclaim: what the reclaim thread did (null without it); freed_pages per shrinker by name.
+        if (Reclaim is var (p, f, t))
+        {
+            w.WriteStartObject("reclaim");
+            w.WriteNumber("passes", p);
+            w.WriteNumber("freed_pages", f);
+            w.WriteString("highest_pressure", t.Highest.ToString().ToLowerInvariant());
+            w.WriteStartObject("shrinkers");
+            foreach (var (name, freed) in t.Freed) w.WriteNumber(name, freed);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        else w.WriteNull("reclaim");
 
         w.WriteNumber("zone_exhausted", _workers.Sum(x => x.ZoneExhausted));
         w.WriteNumber("peak_rss_bytes", _peakRss);

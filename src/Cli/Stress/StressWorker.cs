@@ -38,7 +38,7 @@ internal sealed class StressWorker
         _settings = settings;
         _rng = new SplitMix(settings.Seed * 0x9E3779B97F4A7C15UL + (ulong)index + 1);
         _nextId = ((ulong)index << 48) + 1;
-        ShareBytes = settings.WorkingSetBytes / settings.Threads;
+        ShareBytes = settings.Scenario.PoolShareBytes(settings.WorkingSetBytes) / settings.Threads;
         for (int i = 0; i < Latency.Length; i++) Latency[i] = new LatencyHistogram();
     }
 

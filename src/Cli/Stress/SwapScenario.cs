@@ -9,12 +9,16 @@ namespace PagePool.Cli.Stress;
 /// </summary>
 internal sealed class SwapScenario : StressScenario
 {
+    private readonly Func<StressSettings, long> _bytes;
     private SwapWorkload? _workload;
+
+    /// <param name="bytes">What the buffers hold, all threads together: the whole working set unless given.</param>
+    internal SwapScenario(Func<StressSettings, long>? bytes = null) => _bytes = bytes ?? (s => s.WorkingSetBytes);
 
     internal override string Name => "swap";
     internal override string Description => "buffers swapped out by the page limit and reclaim, moved between devices, restored and verified";
 
-    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) => _workload = new SwapWorkload(pool, settings, shrinkers);
+    internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) => _workload = new SwapWorkload(pool, settings, shrinkers, _bytes(settings));
 
     internal override void Step(StressWorker w) => _workload!.Step(w);
 

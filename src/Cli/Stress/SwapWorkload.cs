@@ -1,5 +1,6 @@
 using PagePool.Shrinker;
 using System.Diagnostics;
+using PagePool.Dma;
 using PagePool.Memory;
 using PagePool.Pool;
 using PagePool.Tt;
@@ -15,7 +16,10 @@ internal sealed class SwapWorkload
     private readonly StressSettings _settings;
     private readonly SwapStore _store;
     private readonly BufferAccounting _accounting;
-    private readonly SwapDevice _device64 = new("device64", ulong.MaxValue), _device32 = new("device32", 0xFFFF_FFFF);
+    // Devices of the DMA layer (dma-direct): a 64-bit one takes the pages where they are, a 32-bit one gets copies
+    // of pages above 4 GiB. The checker counts their mappings, so a binding left behind shows at the end.
+    private readonly DmaPlatform _platform;
+    private readonly DmaDevice _device64, _device32;
     private readonly List<SwapBuffer>[] _buffers;
     private readonly long _shareBytes;
     private long _verifyFailures, _interruptedRestores, _failedWrites, _outOfMemory, _copiedBinds, _binds;
@@ -39,12 +43,18 @@ internal sealed class SwapWorkload
 
     private readonly ShrinkerRegistry? _shrinkers;
 
-    internal SwapWorkload(PoolAllocator pool, StressSettings s, ShrinkerRegistry? shrinkers)
+    /// <summary>A workload whose buffers hold <paramref name="bytes"/> live, all threads together.</summary>
+    internal SwapWorkload(PoolAllocator pool, StressSettings s, ShrinkerRegistry? shrinkers, long bytes)
     {
         _settings = s;
         _store = s.SwapStore == "memfd" ? SwapStore.CreateMemfd() : SwapStore.CreateFile(s.SwapDir);
-        // Default limit: half the working set, so buffers must swap for the workers to reach their share.
-        long limit = s.BufferLimitBytes ?? s.WorkingSetBytes / 2;
+        // Default limit: half of what the buffers hold, so they must swap for the workers to reach their share; in a
+        // memory cgroup at most half its limit, as TTM takes half of RAM: the cgroup is this process's RAM. What the
+        // rest of the process needs on top (pool buffers, pooled pages) is the reclaim thread's to find under --reclaim.
+        long? cgroup = MemoryStatus.CgroupLimitBytes;
+        bool cgroupBound = s.BufferLimitBytes is null && cgroup / 2 < bytes / 2;
+        long limit = s.BufferLimitBytes ?? (cgroupBound ? Math.Max(1L << 20, cgroup!.Value / 2) : bytes / 2);
+        string why = cgroupBound ? $" (half the memory cgroup's {Size.Format(cgroup!.Value)} limit)" : "";
         _accounting = new BufferAccounting(pool, _store, new AccountingOptions
         {
             PageLimitBytes = limit,
@@ -53,11 +63,14 @@ internal sealed class SwapWorkload
         });
         _buffers = new List<SwapBuffer>[s.Threads];
         for (int i = 0; i < _buffers.Length; i++) _buffers[i] = new List<SwapBuffer>();
-        _shareBytes = s.WorkingSetBytes / s.Threads;
+        _shareBytes = bytes / s.Threads;
+        _platform = new DmaPlatform(pool.Memory, new DmaPlatformOptions { Checker = true });
+        _device64 = _platform.CreateDevice(new DmaDeviceOptions { Name = "device64", OpsKind = DmaOpsKind.Direct, MaskBits = 64 });
+        _device32 = _platform.CreateDevice(new DmaDeviceOptions { Name = "device32", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
         // Under --reclaim the buffers' LRU is a shrinker too: pressure swaps out idle buffers, as TTM's swapout does.
         _shrinkers = shrinkers;
         _shrinkers?.Register(_accounting);
-        Console.Error.WriteLine($"swap: store {_store.Description}, buffer limit {Size.Format(limit)}");
+        Console.Error.WriteLine($"swap: store {_store.Description}, buffer limit {Size.Format(limit)}{why}");
     }
 
     internal void Step(StressWorker w)
@@ -177,6 +190,7 @@ internal sealed class SwapWorkload
             Interlocked.Increment(ref _binds);
             if (b.Array.Bind(device)) Interlocked.Increment(ref _copiedBinds);
             Check(b, 1, $"bound to {device.Name}");
+            CheckDeviceView(b, device);
             b.Array.Unbind();
         }
     }
@@ -222,6 +236,20 @@ internal sealed class SwapWorkload
         }
     }
 
+    // What the bound device reads at the first page's DMA address must be the buffer's first page.
+    private void CheckDeviceView(SwapBuffer b, DmaDevice device)
+    {
+        var page = new ulong[PhysicalMemory.PageSize / 8];
+        device.Engine.Read(b.Array.DmaAddress(0), System.Runtime.InteropServices.MemoryMarshal.AsBytes(page.AsSpan()));
+        for (int i = 0; i < page.Length; i++)
+            if (page[i] != Word(b.Id, i))
+            {
+                Interlocked.Increment(ref _verifyFailures);
+                lock (_failures) if (_failures.Count < 8) _failures.Add($"buffer {b.Id} reads wrong through {device.Name}'s DMA address: word {i}");
+                return;
+            }
+    }
+
     // Check the first `pages` pages (all with --verify, else the first) word by word.
     private void Check(SwapBuffer b, int pages, string when)
     {
@@ -261,9 +289,10 @@ internal sealed class SwapWorkload
         }
         if (_accounting.Pages != 0) broken.Add($"buffer accounting still charges {_accounting.Pages} pages after every buffer was destroyed");
         if (_store.BytesInUse != 0) broken.Add($"the swap store still holds {_store.BytesInUse} bytes after every buffer was destroyed");
-        if (_device32.BoundPages + _device64.BoundPages != 0) broken.Add("a device still has pages bound");
+        if (_platform.Checker!.ActiveMappings(_device32) + _platform.Checker.ActiveMappings(_device64) != 0) broken.Add("a device still has pages mapped");
         if (Volatile.Read(ref _verifyFailures) != 0) broken.Add($"{_verifyFailures} buffers read back wrong: {string.Join("; ", _failures)}");
         _store.Dispose();
+        _platform.Dispose();
         return broken;
     }
 

@@ -227,6 +227,121 @@ public sealed class DmaOpsTests : IDisposable
     }
 
     [Fact]
+    public void Swiotlb_list_counts_the_free_slots_to_the_end_of_each_run_after_every_allocation_and_release()
+    {
+        using var m = new DmaTestMachine(swiotlb: 2L << 20);
+        var tlb = m.Platform.Swiotlb;
+        var rng = new Random(11);
+        var live = new List<(int Slot, int Size)>();
+        for (int i = 0; i < 600; i++)
+        {
+            if (live.Count > 0 && rng.Next(2) == 0)
+            {
+                int k = rng.Next(live.Count);
+                tlb.Release(live[k].Slot, live[k].Size);
+                live.RemoveAt(k);
+            }
+            else
+            {
+                int size = rng.Next(3) == 0 ? rng.Next(1, 2048) : rng.Next(1, 20 * 2048); // single slots and runs of up to 20
+                int slot = tlb.Allocate(size, ulong.MaxValue, owner: 1);
+                if (slot >= 0) live.Add((slot, size));
+            }
+            // Linux's invariant, checked slot by slot: a used slot reads 0, a free one the length of the free run from
+            // it to the next used slot or its segment's end.
+            int run = 0;
+            for (int s = tlb.Slots - 1; s >= 0; s--)
+            {
+                if (s % Swiotlb.SegmentSlots == Swiotlb.SegmentSlots - 1) run = 0;
+                run = tlb.OwnerOf(s) != 0 ? 0 : run + 1;
+                if (tlb.ListOf(s) != run) Assert.Fail($"after step {i}: slot {s} reads {tlb.ListOf(s)}, its free run is {run}");
+            }
+        }
+    }
+
+    [Fact]
+    public void A_device_write_spanning_several_bounce_slots_lands_whole_and_stops_at_the_mapping()
+    {
+        var dev = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var other = _m.Device("other", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
+        ulong dma = dev.MapPage(block, 0, 5000, DmaDirection.FromDevice); // 3 slots
+        ulong next = other.MapPage(block, 0, 100, DmaDirection.FromDevice); // the slots after it, another device's
+        dev.MappingError(dma);
+        other.MappingError(next);
+        Assert.Equal(dma + 3 * 2048, next);
+        var data = DmaTestMachine.Pattern(3 * 2048, 3);
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma + 2048, new byte[2 * 2048 + 1])); // one byte into the other device's slot
+        dev.Engine.Write(dma, data); // the whole of its 3 slots
+        dev.UnmapPage(dma, 5000, DmaDirection.FromDevice);
+        var got = new byte[5000];
+        _m.Memory.Read(block, 0, got);
+        Assert.Equal(data.AsSpan(0, 5000).ToArray(), got);
+        other.UnmapPage(next, 100, DmaDirection.FromDevice);
+    }
+
+    [Fact]
+    public void Threads_racing_to_unmap_one_bounced_mapping_release_it_exactly_once()
+    {
+        using var m = new DmaTestMachine(checker: false); // the ops' own claim is under test, not dma-debug's table
+        var dev = m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 0);
+        int threads = Environment.ProcessorCount * 3;
+        for (int round = 0; round < 100; round++)
+        {
+            ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+            int unmapped = 0, refused = 0;
+            using var start = new Barrier(threads);
+            var ts = Enumerable.Range(0, threads).Select(_ => new Thread(() =>
+            {
+                start.SignalAndWait();
+                try
+                {
+                    dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+                    Interlocked.Increment(ref unmapped);
+                }
+                catch (DmaMappingException)
+                {
+                    Interlocked.Increment(ref refused);
+                }
+            })).ToList();
+            ts.ForEach(t => t.Start());
+            ts.ForEach(t => t.Join());
+            Assert.Equal(1, unmapped);
+            Assert.Equal(threads - 1, refused);
+            Assert.Equal(0, m.Platform.SwiotlbUsedBytes);
+        }
+        var tlb = m.Platform.Swiotlb;
+        for (int i = 0; i < tlb.Slots; i++) Assert.Equal(Swiotlb.SegmentSlots - (i % Swiotlb.SegmentSlots), tlb.ListOf(i));
+    }
+
+    [Fact]
+    public void Bounced_unmap_and_sync_refuse_an_address_inside_or_outside_the_mapping_and_a_wrong_size_and_change_nothing()
+    {
+        using var m = new DmaTestMachine(checker: false); // the ops' own refusals, not dma-debug's reports
+        var dev = m.Device("sw", DmaOpsKind.Swiotlb);
+        var other = m.Device("other", DmaOpsKind.Swiotlb);
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 1);
+        ulong dma = dev.MapPage(block, 0, 6000, DmaDirection.Bidirectional);
+        dev.MappingError(dma);
+        long used = m.Platform.SwiotlbUsedBytes;
+        Assert.Throws<DmaMappingException>(() => dev.UnmapPage(dma + 2048, 6000 - 2048, DmaDirection.Bidirectional)); // starts no mapping
+        Assert.Throws<DmaMappingException>(() => dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional)); // wrong size
+        Assert.Throws<DmaMappingException>(() => other.UnmapPage(dma, 6000, DmaDirection.Bidirectional)); // another device's
+        Assert.Throws<DmaMappingException>(() => dev.SyncForCpu(dma + 5000, 1001, DmaDirection.Bidirectional)); // runs past the end
+        Assert.Throws<DmaMappingException>(() => other.SyncForCpu(dma, 1, DmaDirection.Bidirectional));
+        Assert.Equal(used, m.Platform.SwiotlbUsedBytes);
+        var data = DmaTestMachine.Pattern(1000, 9);
+        dev.Engine.Write(dma + 5000, data);
+        dev.SyncForCpu(dma + 5000, 1000, DmaDirection.Bidirectional); // a sync inside the mapping, off its start
+        var got = new byte[1000];
+        m.Memory.Read(block, 5000, got);
+        Assert.Equal(data, got);
+        dev.UnmapPage(dma, 6000, DmaDirection.Bidirectional);
+        Assert.Equal(0, m.Platform.SwiotlbUsedBytes);
+    }
+
+    [Fact]
     public void A_device_cannot_reach_a_bounce_slot_given_to_another_device()
     {
         var a = _m.Device("a", DmaOpsKind.Swiotlb);

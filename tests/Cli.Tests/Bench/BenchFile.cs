@@ -7,7 +7,8 @@ internal sealed class BenchFile : IDisposable
 {
     internal string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"pagepool-gate-{Guid.NewGuid():N}.json");
 
-    internal BenchFile(IReadOnlyDictionary<string, double[]> samples)
+    /// <param name="cpu">The machine.cpu the file names (none when null: an older bench file).</param>
+    internal BenchFile(IReadOnlyDictionary<string, double[]> samples, string? cpu = null, int cpus = 2)
     {
         using var stream = File.Create(Path);
         using var w = new Utf8JsonWriter(stream);
@@ -21,6 +22,14 @@ internal sealed class BenchFile : IDisposable
             w.WriteEndArray();
         }
         w.WriteEndObject();
+        if (cpu is not null)
+        {
+            w.WriteStartObject("machine");
+            w.WriteString("cpu", cpu);
+            w.WriteNumber("cpus", cpus);
+            w.WriteString("commit", "0123456789abcdef0123456789abcdef01234567");
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
     }
 

@@ -127,6 +127,67 @@ public sealed class GateTests
         Assert.Contains(bad.Path, r.Stderr);
     }
 
+    private const string Amd = "AuthenticAMD family 25 model 17 (AMD EPYC)";
+    private const string Intel = "GenuineIntel family 6 model 106 (Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz)";
+
+    [Fact]
+    public void Results_from_another_cpu_are_not_compared_exit_4_naming_both()
+    {
+        using var before = new BenchFile(Run(1), Amd);
+        using var after = new BenchFile(Run(1), Intel);
+        var r = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path);
+        Assert.Equal(4, r.ExitCode);
+        Assert.Contains("AMD EPYC", r.Stderr);
+        Assert.Contains("Xeon", r.Stderr);
+        Assert.Contains("0123456789abcdef0123456789abcdef01234567", r.Stderr);
+        Assert.DoesNotContain("gate: no regression.", r.Stdout);
+    }
+
+    [Fact]
+    public void Results_from_the_same_cpu_with_another_cpu_count_are_not_compared()
+    {
+        using var before = new BenchFile(Run(1), Amd, cpus: 2);
+        using var after = new BenchFile(Run(1), Amd, cpus: 8);
+        Assert.Equal(4, PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path).ExitCode);
+    }
+
+    [Fact]
+    public void Any_machine_compares_results_from_another_cpu_and_still_finds_a_regression()
+    {
+        using var before = new BenchFile(Run(1), Amd);
+        using var after = new BenchFile(Run(11, hitWb: 70 * 1.6), Intel);
+        var r = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path, "--threshold", "25", "--any-machine");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"pool\.hit\.wb\.ns .* REGRESSION", r.Stdout);
+    }
+
+    [Fact]
+    public void A_result_that_does_not_name_its_machine_is_compared_with_any()
+    {
+        using var before = new BenchFile(Run(1));
+        using var after = new BenchFile(Run(1), Intel);
+        Assert.Equal(0, PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path).ExitCode);
+    }
+
+    [Fact]
+    public void A_result_from_the_same_cpu_is_compared()
+    {
+        using var before = new BenchFile(Run(1), Amd);
+        using var after = new BenchFile(Run(11), Amd);
+        Assert.Equal(0, PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path).ExitCode);
+    }
+
+    [Fact]
+    public void The_machine_read_here_names_this_cpu_and_the_commit_of_a_git_build()
+    {
+        var here = BenchMachine.Current;
+        Assert.Equal(Environment.ProcessorCount, here.Cpus);
+        string cpuinfo = File.ReadAllText("/proc/cpuinfo");
+        Assert.NotNull(here.Cpu);
+        Assert.Contains(cpuinfo.Split('\n').First(l => l.StartsWith("vendor_id")).Split(':')[1].Trim(), here.Cpu);
+        Assert.True(here.ComparableWith(here));
+    }
+
     [Fact]
     public void A_threshold_that_is_not_a_positive_percentage_is_a_usage_error()
     {

@@ -36,6 +36,9 @@ public sealed class InfoAndBenchTests
                 Assert.Equal(s[1], p.Value.GetDouble(), 3); // the flat number is the median of the samples
             }
             Assert.Equal("ns/page", doc.RootElement.GetProperty("units").GetProperty("caching.batched.ns_per_page").GetString());
+            var machine = doc.RootElement.GetProperty("machine");
+            Assert.Contains(File.ReadAllLines("/proc/cpuinfo").First(l => l.StartsWith("vendor_id")).Split(':')[1].Trim(), machine.GetProperty("cpu").GetString());
+            Assert.Equal(Environment.ProcessorCount, machine.GetProperty("cpus").GetInt32());
             Assert.Contains("caching.batched.ns_per_page", r.Stdout); // and the table
         }
         finally
