@@ -10,7 +10,7 @@ namespace PagePool.Allocator.Tests.Model;
 /// </summary>
 public sealed class DmaModel
 {
-    /// <summary>A DMA range a device holds, and what holds it (a <see cref="Mapping"/> or a page array).</summary>
+    /// <summary>A DMA range a device holds, and what holds it (a <see cref="Mapping"/>, a coherent block or a page array).</summary>
     public readonly record struct Range(ulong Dma, long Size, object Owner);
 
     public sealed class Device(int index, DmaDeviceOptions options)
@@ -23,6 +23,9 @@ public sealed class DmaModel
         public long Faults;
 
         public bool Bounces => Kind == DmaOpsKind.Swiotlb;
+
+        /// <summary>The mappings the checker tracks: one per streaming mapping, coherent block or bound array (one scatterlist, one range per page).</summary>
+        public int Entries => Live.Select(r => r.Owner).Distinct().Count();
 
         /// <summary>Only an IOMMU enforces direction: a ToDevice page is read-only to the device, a FromDevice one write-only.</summary>
         public bool EnforcesDirection => Kind == DmaOpsKind.Iommu;

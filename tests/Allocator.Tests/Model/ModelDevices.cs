@@ -5,8 +5,9 @@ namespace PagePool.Allocator.Tests.Model;
 /// <summary>
 /// The devices every model run has, one per way a DMA address is made: a 64-bit device that snoops the caches, a
 /// 32-bit non-coherent one (cache maintenance; 64-bit pages are out of its reach), one behind an IOMMU (page
-/// permissions by direction), and one that bounces every mapping through swiotlb. The first <see cref="Bindable"/>
-/// take page arrays; page arrays have no sync calls, so a bouncing device cannot hold one.
+/// permissions by direction), and one that bounces every mapping through swiotlb. Page arrays bind to the first
+/// <see cref="Bindable"/>: the model keeps one copy of an array's bytes, so a bouncing device (whose copy of a bound
+/// array moves only at the array's syncs) is left to the DMA steps on pool buffers.
 /// </summary>
 public static class ModelDevices
 {

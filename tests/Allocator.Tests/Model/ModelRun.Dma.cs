@@ -322,8 +322,8 @@ public sealed partial class ModelRun
         foreach (var dev in _dma.Devices)
         {
             var d = _devices[dev.Index];
-            if (Checker.ActiveMappings(d) != dev.Live.Count)
-                return $"the checker tracks {Checker.ActiveMappings(d)} mappings of {d.Name}, the model {dev.Live.Count}";
+            if (Checker.ActiveMappings(d) != dev.Entries)
+                return $"the checker tracks {Checker.ActiveMappings(d)} mappings of {d.Name}, the model {dev.Entries}";
             if (d.Faults != dev.Faults) return $"{d.Name} counts {d.Faults} faults, the model {dev.Faults}";
         }
         long slots = _dma.Live.Where(m => m.Bounce is not null).Sum(m => (long)(m.Size + 2047) / 2048);

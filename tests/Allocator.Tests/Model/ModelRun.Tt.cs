@@ -4,8 +4,8 @@ using PagePool.Tt;
 
 namespace PagePool.Allocator.Tests.Model;
 
-// The page-array side of a run: lifecycle, CPU and device contents, binding to real devices (and moving between
-// them), swap, VRAM and the buffers' shrinker, each checked against TtModel.
+// The page-array side of a run: lifecycle, CPU and device contents, binding to the run's DMA devices (and moving
+// between them), swap, VRAM and the buffers' shrinker, each checked against TtModel.
 public sealed partial class ModelRun
 {
     private const int MaxTts = 24, VramPages = 96;
@@ -15,7 +15,6 @@ public sealed partial class ModelRun
     private readonly SwapStore _store;
     private readonly BufferAccounting _accounting;
     private readonly VramRegion _vram;
-    private readonly ModelBindTarget[] _targets;
     private readonly TtModel _tts = new(TtPageLimit, TtDma32PageLimit, VramPages);
     private readonly Dictionary<int, PageArray> _arrays = new();
 
@@ -135,24 +134,18 @@ public sealed partial class ModelRun
         return (offset, length);
     }
 
+    // Bind through the DMA layer: the array maps its pages as one scatterlist on the device (a 64-bit array bound to a
+    // 32-bit dma-direct device is copied to DMA32 first); the device then holds each page's DMA address.
     private string? Bind(TtModel.Tt t, PageArray a, int device)
     {
-        var target = _targets[device];
-        var expected = _tts.Bind(t, device, reachesNormal: target.AddressLimit == ulong.MaxValue, out bool copied);
+        var d = _devices[device];
+        var expected = _tts.Bind(t, device, reachesNormal: d.OpsKind == DmaOpsKind.Iommu || d.MaskBits == 64, out bool copied);
         bool realCopied = false;
-        target.Binding = a;
-        try
-        {
-            if (Expect(expected, () => realCopied = a.Bind(target), $"bind of {t} to {target.Name}") is { } f) return f;
-        }
-        finally
-        {
-            target.Binding = null;
-        }
+        if (Expect(expected, () => realCopied = a.Bind(d), $"bind of {t} to {d.Name}") is { } f) return f;
         if (expected is not null) return null;
-        if (realCopied != copied) return $"bind of {t} to {target.Name} {(realCopied ? "copied" : "did not copy")} the pages; the model {(copied ? "did" : "did not")}";
+        if (realCopied != copied) return $"bind of {t} to {d.Name} {(realCopied ? "copied" : "did not copy")} the pages; the model {(copied ? "did" : "did not")}";
         if (copied) _tally.CopiesToDma32++;
-        foreach (var (dma, size) in target.RangesOf(a.DmaAddress(0))) _dma.Devices[device].Add(dma, size, t);
+        for (int p = 0; p < t.Pages; p++) _dma.Devices[device].Add(a.DmaAddress(p), PhysicalMemory.PageSize, t);
         return null;
     }
 
@@ -247,8 +240,8 @@ public sealed partial class ModelRun
             var a = _arrays[t.Id];
             if (a.State != t.State || a.SwappedPages != t.Swapped || a.Zone != t.Zone)
                 return $"the array is {a.State} with {a.SwappedPages} pages swapped in {a.Zone}; the model has {t}";
-            if (a.BoundTo != (t.Device < 0 ? null : _targets[t.Device]))
-                return $"{t} is bound to {a.BoundTo?.Name ?? "nothing"}, the model says {(t.Device < 0 ? "nothing" : _targets[t.Device].Name)}";
+            if (a.BoundDevice != (t.Device < 0 ? null : _devices[t.Device]))
+                return $"{t} is bound to {a.BoundDevice?.Name ?? "nothing"}, the model says {(t.Device < 0 ? "nothing" : _devices[t.Device].Name)}";
         }
         if (_accounting.Pages != _tts.Charged || _accounting.Dma32Pages != _tts.Dma32Charged)
             return $"the accounting charges {_accounting.Pages} pages ({_accounting.Dma32Pages} DMA32), the model {_tts.Charged} ({_tts.Dma32Charged})";

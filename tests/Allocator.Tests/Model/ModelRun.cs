@@ -41,7 +41,6 @@ public sealed partial class ModelRun : IDisposable
         _limitPages = limitBytes / PhysicalMemory.PageSize;
         _platform = new DmaPlatform(_memory, new DmaPlatformOptions { SwiotlbBytes = SwiotlbBytes, Checker = true });
         _devices = ModelDevices.Options.Select(_platform.CreateDevice).ToArray();
-        _targets = _devices.Take(ModelDevices.Bindable).Select(d => new ModelBindTarget(d)).ToArray();
         _store = fileStore ? SwapStore.CreateFile() : SwapStore.CreateMemfd();
         _accounting = new BufferAccounting(_pool, _store, new AccountingOptions
         {
