@@ -82,7 +82,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
         Options.Validate();
         _arenaPages = (int)(Options.ArenaBytes >> PageShift);
         int dmaSlots = (int)(Options.Dma32Bytes / Options.ArenaBytes);
-        int normalSlots = (int)Math.Min(Options.NormalBytes / Options.ArenaBytes, MaxArenas - dmaSlots);
+        int normalSlots = (int)(Options.NormalBytes / Options.ArenaBytes); // Validate checked it fits beside DMA32
         _zones =
         [
             new ZoneState(Zone.Dma32, 0, dmaSlots, Dma32BaseFrame, (long)dmaSlots * Options.ArenaBytes),
