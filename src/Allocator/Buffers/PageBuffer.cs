@@ -13,7 +13,8 @@ namespace PagePool.Buffers;
 /// <remarks>
 /// The block's handle is the owner's state: non-zero while rented, swapped to zero by the one dispose that gives
 /// it back. Every accessor checks it, so any use after dispose is an <see cref="ObjectDisposedException"/> and never
-/// reaches the page, which by then may belong to another renter.
+/// reaches the page, which by then may belong to another renter. So is a use after the memory space under the pool
+/// was disposed: its views are retired then, and a span over them would silently read zeros.
 /// </remarks>
 internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte>
 {
@@ -40,7 +41,7 @@ internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte
     {
         get
         {
-            if (Volatile.Read(ref _block) == 0) ThrowDisposed();
+            if (Volatile.Read(ref _block) == 0 || _allocator.Memory.IsDisposed) ThrowDisposed();
             return CreateMemory(_length);
         }
     }
@@ -48,14 +49,14 @@ internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte
     /// <inheritdoc/>
     public override Span<byte> GetSpan()
     {
-        if (Volatile.Read(ref _block) == 0) ThrowDisposed();
+        if (Volatile.Read(ref _block) == 0 || _allocator.Memory.IsDisposed) ThrowDisposed();
         return new Span<byte>(_pointer, _length);
     }
 
     /// <summary>The address of byte <paramref name="elementIndex"/>: the block is native memory and never moves.</summary>
     public override MemoryHandle Pin(int elementIndex = 0)
     {
-        if (Volatile.Read(ref _block) == 0) ThrowDisposed();
+        if (Volatile.Read(ref _block) == 0 || _allocator.Memory.IsDisposed) ThrowDisposed();
         if ((uint)elementIndex > (uint)_length)
             throw new ArgumentOutOfRangeException(nameof(elementIndex), elementIndex, $"Pin takes an index within the buffer's {_length} bytes.");
         return new MemoryHandle(_pointer + elementIndex);
@@ -68,13 +69,19 @@ internal sealed unsafe class PageBuffer : MemoryManager<byte>, IMemoryOwner<byte
     // (this type has no finalizer).
     void IDisposable.Dispose() => Dispose(true);
 
-    /// <summary>Give the block back to its pool, exactly once even when threads race; later calls do nothing.</summary>
+    /// <summary>
+    /// Give the block back to its pool, exactly once even when threads race; later calls do nothing, and so does a
+    /// dispose after the memory space was disposed.
+    /// </summary>
     protected override void Dispose(bool disposing)
     {
         ulong raw = Interlocked.Exchange(ref _block, 0);
-        if (raw != 0) _allocator.ReleasePage(_allocator.Memory.HandleOf(raw), _caching);
+        // After the memory space was disposed its pages are already the system's: nothing to give back.
+        if (raw != 0 && !_allocator.Memory.IsDisposed) _allocator.ReleasePage(_allocator.Memory.HandleOf(raw), _caching);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void ThrowDisposed() => throw new ObjectDisposedException(nameof(PageBuffer), "The buffer was disposed and its pages given back to the pool; rent a new one.");
+    private void ThrowDisposed() => throw new ObjectDisposedException(nameof(PageBuffer), Volatile.Read(ref _block) == 0
+        ? "The buffer was disposed and its pages given back to the pool; rent a new one."
+        : "The memory space under the buffer's pool was disposed; its pages are gone.");
 }

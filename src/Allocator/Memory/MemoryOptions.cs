@@ -8,12 +8,26 @@ public sealed class MemoryOptions
 
     /// <summary>
     /// Capacity of the DMA32 zone (frames below 4 GiB). Default 2 GiB, the min(low memory, 2 GiB) Linux TTM uses
-    /// for its DMA32 page limit; set it small to make exhaustion testable.
+    /// for its DMA32 page limit; set it small to make exhaustion testable. Rounded down to whole arenas.
     /// </summary>
     public long Dma32Bytes { get; init; } = 2L << 30;
 
-    /// <summary>Capacity of the normal zone (frames at or above 4 GiB). Default: the machine's RAM.</summary>
-    public long NormalBytes { get; init; } = SystemInfo.PhysicalMemoryBytes;
+    /// <summary>
+    /// Capacity of the normal zone (frames at or above 4 GiB). Default: the machine's RAM, or as much of it as the
+    /// space can lay out. A space holds at most <see cref="MaxArenas"/> arenas in both zones, so a value set here must
+    /// fit in what the DMA32 zone leaves (an error otherwise, never a silent cap). Like <see cref="Dma32Bytes"/> it
+    /// is rounded down to whole arenas; <see cref="PhysicalMemory.Capacity"/> says what a zone got.
+    /// </summary>
+    public long NormalBytes
+    {
+        get => _normalBytes ?? Math.Min(SystemInfo.PhysicalMemoryBytes, (MaxArenas - Dma32Bytes / ArenaBytes) * ArenaBytes);
+        init => _normalBytes = value;
+    }
+
+    private readonly long? _normalBytes;
+
+    /// <summary>The most arenas one memory space lays out (the arena field of a handle).</summary>
+    public const int MaxArenas = 1 << PageHandle.ArenaBits;
 
     /// <summary>
     /// Emulate a Xen guest: pseudo-physical frames backed by scattered machine frames, so a DMA32 page is below
@@ -33,5 +47,9 @@ public sealed class MemoryOptions
             throw new ArgumentOutOfRangeException(nameof(Dma32Bytes), Dma32Bytes, "Dma32Bytes must be between 0 and 4 GiB less the 16 MiB of ZONE_DMA.");
         if (NormalBytes < 0)
             throw new ArgumentOutOfRangeException(nameof(NormalBytes), NormalBytes, "NormalBytes cannot be negative.");
+        long room = (MaxArenas - Dma32Bytes / ArenaBytes) * ArenaBytes;
+        if (NormalBytes / ArenaBytes * ArenaBytes > room)
+            throw new ArgumentOutOfRangeException(nameof(NormalBytes), NormalBytes,
+                $"NormalBytes can be at most {room} bytes with {ArenaBytes}-byte arenas: a space holds {MaxArenas} arenas, and the DMA32 zone takes {Dma32Bytes / ArenaBytes} of them. Use larger arenas for more.");
     }
 }

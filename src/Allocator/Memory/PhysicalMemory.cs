@@ -52,6 +52,9 @@ public sealed unsafe class PhysicalMemory : IDisposable
     private readonly XenP2M? _p2m;
     private readonly int _arenaPages;
     private int _disposed;
+
+    /// <summary>Whether <see cref="Dispose"/> has begun: every view of the space is retired (reads zero) from then on.</summary>
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
     private int _callsInside; // calls that touch memfds or page tables, running now; Dispose waits for them
 
     /// <summary>This space's identity, unique for the life of the process (never 0); every handle carries it.</summary>
@@ -79,7 +82,7 @@ public sealed unsafe class PhysicalMemory : IDisposable
         Options.Validate();
         _arenaPages = (int)(Options.ArenaBytes >> PageShift);
         int dmaSlots = (int)(Options.Dma32Bytes / Options.ArenaBytes);
-        int normalSlots = (int)Math.Min(Options.NormalBytes / Options.ArenaBytes, MaxArenas - dmaSlots);
+        int normalSlots = (int)(Options.NormalBytes / Options.ArenaBytes); // Validate checked it fits beside DMA32
         _zones =
         [
             new ZoneState(Zone.Dma32, 0, dmaSlots, Dma32BaseFrame, (long)dmaSlots * Options.ArenaBytes),

@@ -90,22 +90,30 @@ internal sealed unsafe class PoolShrinker : IShrinker
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal void TrimToLimit()
     {
-        if (Interlocked.CompareExchange(ref _trimming, 1, 0) != 0) return;
-        try
+        // A release that finds another thread trimming leaves the trim to it; but if that trimmer had already taken
+        // its last look, the release's page would keep the pool over its limit until the next release. So after
+        // letting go, the trimmer looks once more and trims again if the pool is over, unless its own pass ended
+        // because nothing more could be freed (then another pass would find nothing either).
+        while (Interlocked.CompareExchange(ref _trimming, 1, 0) == 0)
         {
-            long over = Pooled(), excess = over - _gauge.LimitPages, freed = 0;
-            while (excess > 0)
+            bool stuck = false;
+            try
             {
-                long n = Scan(excess);
-                if (n == 0) break;
-                freed += n;
-                excess = Pooled() - _gauge.LimitPages;
+                long over = Pooled(), excess = over - _gauge.LimitPages, freed = 0;
+                while (excess > 0)
+                {
+                    long n = Scan(excess);
+                    if (n == 0) { stuck = true; break; }
+                    freed += n;
+                    excess = Pooled() - _gauge.LimitPages;
+                }
+                if (freed > 0 && PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolLimitHit(over, _gauge.LimitPages, freed);
             }
-            if (freed > 0 && PagePoolEventSource.PoolOn) PagePoolEventSource.Log.PoolLimitHit(over, _gauge.LimitPages, freed);
-        }
-        finally
-        {
-            Volatile.Write(ref _trimming, 0);
+            finally
+            {
+                Volatile.Write(ref _trimming, 0);
+            }
+            if (stuck || Pooled() <= _gauge.LimitPages) return;
         }
     }
 

@@ -27,7 +27,6 @@ internal static class StressRunner
         using var memory = new PhysicalMemory(new MemoryOptions
         {
             Dma32Bytes = Math.Min(2L << 30, Math.Max(64L << 20, s.WorkingSetBytes)),
-            NormalBytes = SystemInfo.PhysicalMemoryBytes,
         });
         var reclaimTotals = s.Reclaim ? new ReclaimTotals() : null;
         var shrinkers = s.Reclaim ? new ShrinkerRegistry { Observer = reclaimTotals } : null;

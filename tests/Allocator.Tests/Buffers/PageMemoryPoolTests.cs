@@ -251,6 +251,25 @@ public sealed unsafe class PageMemoryPoolTests : IDisposable
     }
 
     [Fact]
+    public void A_buffer_used_after_its_memory_space_was_disposed_is_ObjectDisposedException_not_a_span_of_zeros()
+    {
+        var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 4L << 20, Dma32Bytes = 0, NormalBytes = 16L << 20 });
+        var allocator = new PoolAllocator(memory);
+        var pool = new PageMemoryPool(allocator);
+        var held = pool.Rent(4096);
+        var memoryBefore = held.Memory; // taken while the space was live
+        held.Memory.Span.Fill(7);
+        pool.Dispose();
+        allocator.Dispose();
+        memory.Dispose();
+        Assert.Contains("memory space", Assert.Throws<ObjectDisposedException>(() => held.Memory).Message);
+        Assert.Throws<ObjectDisposedException>(() => memoryBefore.Span.Length);
+        Assert.Throws<ObjectDisposedException>(() => memoryBefore.Pin());
+        held.Dispose(); // still harmless
+        held.Dispose();
+    }
+
+    [Fact]
     public void A_large_rent_with_no_contiguous_block_free_throws_and_gives_back_what_it_took()
     {
         // Two 2 MiB arenas with one page held in each: 1022 pages free, but no free 2 MiB block.

@@ -9,6 +9,30 @@ public sealed class MemoryMisuseTests
 {
     private static MemoryOptions Small => new() { ArenaBytes = 2L << 20, Dma32Bytes = 2L << 20, NormalBytes = 4L << 20 };
 
+    [Theory]
+    [InlineData(long.MaxValue)]
+    [InlineData((4096L - 1 + 1) * (2L << 20))] // one arena more than the DMA32 zone leaves
+    public void A_normal_zone_larger_than_a_space_can_lay_out_is_refused_not_capped(long normalBytes)
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new PhysicalMemory(new MemoryOptions
+        {
+            ArenaBytes = 2L << 20, Dma32Bytes = 2L << 20, NormalBytes = normalBytes,
+        }));
+        Assert.Equal("NormalBytes", e.ParamName);
+        Assert.Contains((4095L * (2L << 20)).ToString(), e.Message); // the most it can be
+    }
+
+    [Fact]
+    public void The_largest_normal_zone_that_fits_is_laid_out_whole_and_the_default_fits_any_machine()
+    {
+        using var most = new PhysicalMemory(new MemoryOptions { ArenaBytes = 2L << 20, Dma32Bytes = 2L << 20, NormalBytes = 4095L * (2L << 20) });
+        Assert.Equal(4095L * (2L << 20), most.Capacity(Zone.Normal));
+        var byDefault = new MemoryOptions { ArenaBytes = 2L << 20, Dma32Bytes = 2L << 20 };
+        Assert.Equal(Math.Min(SystemInfo.PhysicalMemoryBytes, 4095L * (2L << 20)), byDefault.NormalBytes);
+        using var space = new PhysicalMemory(byDefault);
+        Assert.Equal(byDefault.NormalBytes / (2L << 20) * (2L << 20), space.Capacity(Zone.Normal));
+    }
+
     public static TheoryData<string> EntryPoints() => new(DisposedCalls.Keys);
 
     // Every public member that takes the space's state, called on a disposed space with a handle it made when live.
