@@ -4,7 +4,8 @@ using PagePool.Shrinker;
 namespace PagePool.Cli.Stress;
 
 /// <summary>
-/// Ends a stress run that cannot fit in its memory cgroup before the kernel's OOM killer does. Under --reclaim the
+/// Ends a stress run that cannot fit in its memory cgroup before the kernel's OOM killer does (with or without
+/// --reclaim; without it, nothing frees the pool's pages, so they count as memory nothing can reclaim). Under --reclaim the
 /// reclaim thread swaps buffers out and empties the pool from 75 % of the limit on (everything from 85 %); what it
 /// cannot free is the memory nothing can reclaim: the pool buffers the workers hold, the process itself, shmem (a
 /// memfd without system swap). When that reaches <see cref="GiveUpAt"/> of the limit, the run does not fit: the
@@ -33,6 +34,8 @@ internal sealed class MemoryLimitGuard : IDisposable
     private readonly string _statPath;
     private readonly Action _stop;
     private readonly string _holding;
+    private readonly bool _reclaiming;
+    private readonly bool _ownsCgroup; // the source was opened for the guard alone (no reclaim thread)
     private readonly Thread _thread;
     private volatile bool _disposed;
 
@@ -40,19 +43,34 @@ internal sealed class MemoryLimitGuard : IDisposable
     /// Watch <paramref name="cgroup"/> (which has a limit); call <paramref name="stop"/> once when the run does not
     /// fit. <paramref name="holding"/> says what the run holds that nothing can swap, for the message.
     /// </summary>
-    private MemoryLimitGuard(CgroupPressureSource cgroup, long limit, Action stop, string holding)
+    private MemoryLimitGuard(CgroupPressureSource cgroup, long limit, Action stop, string holding, bool reclaiming, bool ownsCgroup)
     {
-        (_cgroup, _limit, _stop, _holding) = (cgroup, limit, stop, holding);
+        (_cgroup, _limit, _stop, _holding, _reclaiming, _ownsCgroup) = (cgroup, limit, stop, holding, reclaiming, ownsCgroup);
         _statPath = Path.Combine(cgroup.Directory, "memory.stat");
         _thread = new Thread(Watch) { Name = "pagepool-memory-guard", IsBackground = true };
         _thread.Start();
     }
 
-    /// <summary>A guard on the cgroup source among <paramref name="sources"/>, or null when none has a limit.</summary>
+    /// <summary>A guard on the cgroup source among <paramref name="sources"/> (the reclaim thread's), or null when none has a limit.</summary>
     internal static MemoryLimitGuard? Start(IEnumerable<PressureSource> sources, Action stop, string holding)
     {
         var cgroup = sources.OfType<CgroupPressureSource>().FirstOrDefault();
-        return cgroup?.LimitBytes is { } limit ? new MemoryLimitGuard(cgroup, limit, stop, holding) : null;
+        return cgroup?.LimitBytes is { } limit ? new MemoryLimitGuard(cgroup, limit, stop, holding, reclaiming: true, ownsCgroup: false) : null;
+    }
+
+    /// <summary>
+    /// A guard for a run without the reclaim thread, on a cgroup source of its own, or null outside a memory cgroup
+    /// with a limit. Nothing frees the pool's pages then, so everything the run holds counts as unreclaimable.
+    /// </summary>
+    internal static MemoryLimitGuard? StartWithoutReclaim(Action stop, string holding)
+    {
+        CgroupPressureSource? cgroup = null;
+        foreach (var source in PressureSources.Detect())
+        {
+            if (cgroup is null && source is CgroupPressureSource c && c.LimitBytes is not null) cgroup = c;
+            else source.Dispose();
+        }
+        return cgroup is null ? null : new MemoryLimitGuard(cgroup, cgroup.LimitBytes!.Value, stop, holding, reclaiming: false, ownsCgroup: true);
     }
 
     /// <summary>The limit watched.</summary>
@@ -70,9 +88,13 @@ internal sealed class MemoryLimitGuard : IDisposable
             if (_cgroup.UsageBytes is { } usage && usage >= giveUp && usage - FileCacheBytes() is var hard && hard >= giveUp)
             {
                 string percent = (100.0 * hard / _limit).ToString("0", CultureInfo.InvariantCulture);
-                Verdict = $"the memory cgroup's limit is {Size.Format(_limit)} and {Size.Format(hard)} ({percent} %) of it is memory " +
-                    $"the kernel cannot reclaim (no swap), with the reclaim thread asked for everything since {CgroupPressureSource.CriticalAt:P0}: this run holds {_holding}, which " +
-                    "cannot be swapped; stopped before the kernel's OOM killer would act. Lower --working-set or raise the limit.";
+                Verdict = _reclaiming
+                    ? $"the memory cgroup's limit is {Size.Format(_limit)} and {Size.Format(hard)} ({percent} %) of it is memory " +
+                      $"the kernel cannot reclaim (no swap), with the reclaim thread asked for everything since {CgroupPressureSource.CriticalAt:P0}: this run holds {_holding}, which " +
+                      "cannot be swapped; stopped before the kernel's OOM killer would act. Lower --working-set or raise the limit."
+                    : $"the memory cgroup's limit is {Size.Format(_limit)} and {Size.Format(hard)} ({percent} %) of it is memory " +
+                      $"the kernel cannot reclaim (no swap); without --reclaim nothing gives the pool's pages back under pressure (this run holds {_holding}); " +
+                      "stopped before the kernel's OOM killer would act. Pass --reclaim, lower --working-set or --pool-limit, or raise the limit.";
                 _stop();
                 return;
             }
@@ -105,5 +127,6 @@ internal sealed class MemoryLimitGuard : IDisposable
     {
         _disposed = true;
         _thread.Join();
+        if (_ownsCgroup) _cgroup.Dispose();
     }
 }

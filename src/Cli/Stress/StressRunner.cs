@@ -46,11 +46,13 @@ internal static class StressRunner
         using var samples = s.SamplesPath is null ? null : OutputFile.Create(s.SamplesPath, stdout);
         var clock = Stopwatch.StartNew();
         int stop = 0;
-        // Under --reclaim in a memory cgroup: a run that cannot fit ends with exit 3 before the OOM killer acts.
-        using var guard = reclaim is null ? null : MemoryLimitGuard.Start(reclaim.Sources, () => Volatile.Write(ref stop, 1),
-            $"up to {Size.Format(s.Scenario.PoolShareBytes(s.WorkingSetBytes))} in pool buffers");
+        // In a memory cgroup with a limit: a run that cannot fit ends with exit 3 before the OOM killer acts.
+        string holding = $"up to {Size.Format(s.Scenario.PoolShareBytes(s.WorkingSetBytes))} in pool buffers";
+        using var guard = reclaim is not null
+            ? MemoryLimitGuard.Start(reclaim.Sources, () => Volatile.Write(ref stop, 1), holding)
+            : MemoryLimitGuard.StartWithoutReclaim(() => Volatile.Write(ref stop, 1), holding + $" and whatever the pool keeps, up to its {Size.Format(s.PoolLimitBytes)} limit");
         if (guard is not null)
-            stderr.WriteLine($"reclaim: guard: the run ends (exit {ExitCodes.ResourceExhausted}) if memory nothing can reclaim reaches {MemoryLimitGuard.GiveUpAt:P0} of the cgroup's {Size.Format(guard.LimitBytes)} limit");
+            stderr.WriteLine($"{(reclaim is null ? "stress" : "reclaim")}: guard: the run ends (exit {ExitCodes.ResourceExhausted}) if memory nothing can reclaim reaches {MemoryLimitGuard.GiveUpAt:P0} of the cgroup's {Size.Format(guard.LimitBytes)} limit");
         var errors = new ConcurrentQueue<Exception>();
         var threads = new List<Thread>();
         try

@@ -4,8 +4,8 @@ namespace PagePool.Cli.Tests;
 
 // A real memory limit: a child memory cgroup holding only the pagepool process this test starts. The limit sits
 // above what `stress churn` holds live but below that plus what the pool keeps when nothing reclaims (the pool
-// limit is set far higher, so only the pressure sources can save the run). Without the reclaim thread the kernel's
-// OOM killer ends it; with it, it survives and verification finds every byte.
+// limit is set far higher, so only the pressure sources can save the run). Without the reclaim thread it cannot fit
+// and ends with exit 3 before the kernel's OOM killer acts; with it, it survives and verification finds every byte.
 [Collection(nameof(ReclaimCgroupTests))]
 public sealed class ReclaimCgroupTests
 {
@@ -22,8 +22,13 @@ public sealed class ReclaimCgroupTests
         if (cgroup is null) Assert.Skip(refused!);
 
         // The JIT build always: the limit is measured against its footprint (the AOT binary's is 20-25 MiB smaller).
+        // Without it the pool keeps what churn lets go until the run cannot fit: the tool's own guard ends it with
+        // exit 3 and the reason, before the kernel's OOM killer would (exit 137: what happened before the guard).
         var without = cgroup.Run(Churn, jitOnly: true);
-        Assert.True(without.ExitCode == 137, $"without reclaim the run should be OOM-killed at {LimitBytes >> 20} MiB, it exited {without.ExitCode}:\n{without.Stdout}{without.Stderr}");
+        Assert.True(without.ExitCode == 3, $"without reclaim the run cannot fit in {LimitBytes >> 20} MiB and should end with exit 3, it exited {without.ExitCode}:\n{without.Stdout}{without.Stderr}");
+        Assert.Equal(0, cgroup.OomKills);
+        Assert.Contains("without --reclaim nothing gives the pool's pages back under pressure", without.Stderr);
+        Assert.Contains("every page accounted for exactly once", without.Stdout + without.Stderr);
 
         var with = cgroup.Run([.. Churn, "--reclaim"], jitOnly: true);
         string output = with.Stdout + with.Stderr;
