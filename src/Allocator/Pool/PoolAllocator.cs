@@ -439,6 +439,56 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         ReturnToSystem(toSystem, caching);
     }
 
+    /// <summary>
+    /// Give blocks straight back to the system, bypassing the pool: what a swap-out or an eviction does, where pooling
+    /// the pages would free nothing. One batch: the caching change back to write-back for all of them, one fallocate
+    /// punch per run of adjacent pages (the blocks are taken in address order, so a buffer's pages go as a few long
+    /// runs), no clear (punched pages read zero). Counted as given to the system per pool type, as a release with
+    /// write-back pooling off is. Same checks as <see cref="Release"/>; on any error the caller still holds every block
+    /// (its handles valid, nothing counted). <paramref name="blocks"/> is reordered.
+    /// </summary>
+    internal void ReleaseToSystem(Span<PageHandle> blocks, CachingMode caching)
+    {
+        CheckCaching(caching);
+        if (blocks.IsEmpty) return;
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            ReleaseAfterDispose(blocks, caching);
+            return;
+        }
+        blocks.Sort(static (a, b) => a.Arena != b.Arena ? a.Arena.CompareTo(b.Arena) : a.Page.CompareTo(b.Page));
+        var held = blocks.ToArray(); // the caller's handles, to give back untouched on failure
+        foreach (var h in held) _memory.Resolve(h, out _); // a malformed or foreign handle throws before any change
+        Span<ulong> old = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
+        // Commit all or nothing, as Release does: a repeated or raced handle undoes the rest with plain stores.
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            ulong* m = _memory.MetaOf(held[i]);
+            old[i] = Volatile.Read(ref *m);
+            if (!TryMarkReleased(m, held[i], caching))
+            {
+                for (int k = 0; k < i; k++) Volatile.Write(ref *_memory.MetaOf(held[k]), old[k]);
+                held.CopyTo(blocks);
+                if (i > 0 && held[i - 1] == held[i])
+                    throw new PageHandleException(held[i], HandleError.DoubleFree, "The handle appears twice in one release; nothing was released.");
+                ThrowReleaseError(held[i], caching);
+            }
+            blocks[i] = held[i].WithGeneration(held[i].Generation + 1UL);
+        }
+        try
+        {
+            _memory.FreeBlocks(blocks, Id);
+        }
+        catch
+        {
+            // FreeBlocks changed nothing (the kernel refused a page-table change): the caller keeps its blocks.
+            for (int k = 0; k < blocks.Length; k++) Volatile.Write(ref *_memory.MetaOf(held[k]), old[k]);
+            held.CopyTo(blocks);
+            throw;
+        }
+        foreach (var h in blocks) _types[TypeIndex(caching, h.Order, _memory.ArenaOf(h).Zone)].CountGivenToSystem();
+    }
+
     // Out of line: the release check failed. After Dispose the block is the memory space's and goes there;
     // otherwise say exactly what was wrong with the handle.
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -264,13 +264,17 @@ public sealed unsafe class PageArray : IDisposable
     }
 
     /// <summary>Give the pages back to the pool (Populated), or drop the backup (SwappedOut). The contents are gone.</summary>
-    public void Unpopulate() => Drop("unpopulate", "its pages are external; dispose the array and give them back yourself.");
+    public void Unpopulate() => Drop("unpopulate", "its pages are external; dispose the array and give them back yourself.", toSystem: false);
 
-    /// <summary>Free the pages without a backup (their contents are disposable): TTM's purge. Legal where <see cref="Unpopulate"/> is.</summary>
-    public void Purge() => Drop("purge", "its pages are external.");
+    /// <summary>
+    /// Free the pages without a backup (their contents are disposable): TTM's purge. Legal where <see cref="Unpopulate"/>
+    /// is. The pages go straight back to the system in one batch, not into the pool: a purge is for freeing memory.
+    /// </summary>
+    public void Purge() => Drop("purge", "its pages are external.", toSystem: true);
 
-    // Unpopulate and purge are one transition under two names (TTM keeps both): checked, then everything dropped.
-    private void Drop(string operation, string externalAdvice)
+    // Unpopulate and purge are one transition (TTM keeps both names): checked, then everything dropped; they differ
+    // only in where the pages go, the pool (to be reused) or the system (to free memory).
+    private void Drop(string operation, string externalAdvice, bool toSystem)
     {
         lock (Gate)
         {
@@ -278,21 +282,36 @@ public sealed unsafe class PageArray : IDisposable
             if (State is not (TtState.Populated or TtState.SwappedOut))
                 throw new TtStateException(operation, State, State == TtState.Bound ? "unbind it from its device first." : "it has no pages.");
             if (IsExternal) throw new TtStateException(operation, State, externalAdvice);
-            DropEverything();
+            DropEverything(toSystem);
         }
     }
 
     // Resident blocks to the pool, backed-up extents to the store: Unpopulated, nothing charged, off the list.
-    private void DropEverything()
+    private void DropEverything(bool toSystem)
     {
-        _accounting.Remove(this);
         _cpu?.MapAbsent(0, PageCount); // the CPU mapping lets go before the pages can be handed to anyone else
+        if (toSystem && !IsExternal)
+        {
+            // One batch to the system first: should it fail, nothing has changed yet and the buffer keeps its pages.
+            var blocks = new List<PageHandle>();
+            foreach (var seg in _segments) if (seg.Resident) blocks.AddRange(seg.Blocks!);
+            try
+            {
+                _accounting.Pool.ReleaseToSystem(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(blocks), Caching);
+            }
+            catch
+            {
+                MapAllResident();
+                throw;
+            }
+        }
+        _accounting.Remove(this);
         long resident = 0;
         foreach (var seg in _segments)
         {
             if (seg.Resident)
             {
-                if (!IsExternal) _accounting.Pool.Release(seg.Blocks, Caching);
+                if (!IsExternal && !toSystem) _accounting.Pool.Release(seg.Blocks, Caching);
                 resident += seg.Pages;
                 seg.Blocks = null;
             }
@@ -347,19 +366,32 @@ public sealed unsafe class PageArray : IDisposable
         long bytes = pages << PhysicalMemory.PageShift, t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         long offset = _accounting.Store.Write(vectors.ToArray(), bytes); // throws before anything is freed
 
-        // Written: now the pages can go. Freed pages leave the pool too, or swapping would free nothing.
+        // Written: now the pages go straight back to the system, not into the pool, or swapping would free nothing.
+        // One batch (see PoolAllocator.ReleaseToSystem): one punch per run of adjacent pages, no pool round trip.
         var released = new List<PageHandle>();
-        long at = offset;
         foreach (var seg in chosen)
         {
             released.AddRange(seg.Blocks!);
+            _cpu?.MapAbsent(seg.FirstPage, seg.Pages); // unmap before the pages go back to the system
+        }
+        try
+        {
+            _accounting.Pool.ReleaseToSystem(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(released), Caching);
+        }
+        catch
+        {
+            // Nothing was freed (the kernel refused a caching change back to write-back): the buffer keeps its pages.
+            foreach (var seg in chosen) _cpu?.MapResident(_memory, seg);
+            _accounting.Store.Free(offset, bytes);
+            throw;
+        }
+        long at = offset;
+        foreach (var seg in chosen)
+        {
             seg.Blocks = null;
             seg.SwapOffset = at;
             at += seg.Bytes;
-            _cpu?.MapAbsent(seg.FirstPage, seg.Pages); // unmap before the pages go back to the pool
         }
-        _accounting.Pool.Release(released.ToArray(), Caching);
-        _accounting.Pool.Scan(pages);
         _accounting.Uncharge(pages, Zone);
         _accounting.CountSwapOut(bytes);
         Volatile.Write(ref _swappedPages, _swappedPages + pages);
@@ -384,7 +416,7 @@ public sealed unsafe class PageArray : IDisposable
         long resident = ResidentPagesOf();
         bool purge = (Flags & TtFlags.Purgeable) != 0;
         long freed = purge ? resident : Backup(long.MaxValue);
-        if (purge) DropEverything();
+        if (purge) DropEverything(toSystem: true);
         if (PagePoolEventSource.Log.SwapOn) PagePoolEventSource.Log.BufferEvicted(resident, purge ? 1 : 0, _accounting.Pages);
         return freed;
     }
@@ -900,7 +932,7 @@ public sealed unsafe class PageArray : IDisposable
             if (State != TtState.Unpopulated)
             {
                 if (IsExternal) { _segments = []; State = TtState.Unpopulated; }
-                else DropEverything();
+                else DropEverything(toSystem: false);
             }
             _accounting.Remove(this);
             _disposed = true;

@@ -75,6 +75,7 @@ internal sealed unsafe class PrefaultedRead : IThreadPoolWorkItem
                 }
             }
             Volatile.Write(ref _prefaulted, k + 1);
+            lock (_gate) Monitor.PulseAll(_gate); // readers waiting for this chunk
         }
     }
 
@@ -89,8 +90,9 @@ internal sealed unsafe class PrefaultedRead : IThreadPoolWorkItem
                 if (_failed is not null || _next >= _chunks.Length) return;
                 k = _next++;
             }
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _prefaulted) <= k) spin.SpinOnce();
+            // Block, not spin: on a machine with few cores a spinning reader takes the CPU from the thread prefaulting.
+            if (Volatile.Read(ref _prefaulted) <= k)
+                lock (_gate) while (Volatile.Read(ref _prefaulted) <= k) Monitor.Wait(_gate);
             var (first, count, offset) = _chunks[k];
             try
             {

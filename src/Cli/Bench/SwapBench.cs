@@ -78,7 +78,41 @@ internal static unsafe partial class SwapBench
             NativeMemory.AlignedFree(a);
             NativeMemory.AlignedFree(b);
         }
-        if (roundtrip > 0) ctx.Note($"swap.roundtrip / baseline.file_write_read = {roundtrip / ctx.Metrics.Last().Value:0.00} (target >= 0.8)");
+        double fileGbps = ctx.Metrics.Last().Value;
+        if (roundtrip > 0) ctx.Note($"swap.roundtrip / baseline.file_write_read = {roundtrip / fileGbps:0.00} (target >= 0.8)");
+        Samples refaults = RefaultAndPunch(ctx, bytes);
+        double refault = refaults;
+        ctx.Add($"baseline.refault_punch_{size}.ms", refaults,
+            $"the kernel alone: fault in {size[..^1]} MiB of fresh memfd pages (MADV_POPULATE_WRITE) and punch them out again");
+        // A swap that really frees memory pays the disk plus the kernel's refault and punch of the same bytes.
+        double floorSeconds = 2.0 * bytes / (fileGbps * 1e9) + refault / 1e3;
+        if (roundtrip > 0)
+            ctx.Note($"swap floor (file write+read plus refault and punch) = {2.0 * bytes / floorSeconds / 1e9:0.000} GB/s; swap.roundtrip / floor = {roundtrip * floorSeconds / (2.0 * bytes / 1e9):0.00}");
+    }
+
+    // Time to fault in and punch out a fresh memfd region of the buffer's size: what a swap-in must fault and a
+    // swap-out must punch, with no pool, no disk and no copy.
+    private static Samples RefaultAndPunch(BenchContext ctx, long bytes)
+    {
+        int fd = memfd_create("pagepool-bench", 0);
+        if (fd < 0 || ftruncate(fd, bytes) != 0) throw new InvalidOperationException($"swap bench: a {bytes >> 20} MiB memfd could not be made (errno {Marshal.GetLastPInvokeError()}).");
+        nint p = mmap(0, (nuint)bytes, 3 /* PROT_READ | PROT_WRITE */, 1 /* MAP_SHARED */, fd, 0);
+        try
+        {
+            if (p == -1) throw new InvalidOperationException($"swap bench: mapping a {bytes >> 20} MiB memfd failed (errno {Marshal.GetLastPInvokeError()}).");
+            return ctx.Median(() =>
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                if (madvise(p, (nuint)bytes, 23 /* MADV_POPULATE_WRITE */) != 0) new Span<byte>((void*)p, checked((int)Math.Min(bytes, int.MaxValue))).Clear();
+                fallocate(fd, 3 /* FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE */, 0, bytes);
+                return Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            });
+        }
+        finally
+        {
+            if (p != -1) munmap(p, (nuint)bytes);
+            close(fd);
+        }
     }
 
     private static double FileWriteRead(BenchContext ctx, string dir, byte* data, long bytes)
@@ -116,4 +150,11 @@ internal static unsafe partial class SwapBench
     }
 
     [LibraryImport("libc")] private static partial int posix_fadvise(int fd, long offset, long length, int advice);
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)] private static partial int memfd_create(string name, uint flags);
+    [LibraryImport("libc", SetLastError = true)] private static partial int ftruncate(int fd, long length);
+    [LibraryImport("libc", SetLastError = true)] private static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
+    [LibraryImport("libc")] private static partial int munmap(nint addr, nuint length);
+    [LibraryImport("libc")] private static partial int madvise(nint addr, nuint length, int advice);
+    [LibraryImport("libc")] private static partial int fallocate(int fd, int mode, long offset, long length);
+    [LibraryImport("libc")] private static partial int close(int fd);
 }
