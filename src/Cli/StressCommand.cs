@@ -120,7 +120,7 @@ internal static class StressCommand
         };
         internal readonly Option<int?> Mask = new("--mask")
         {
-            Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).",
+            Description = "dma: the devices' DMA mask in bits, 12..64 (default 32); a mask that cannot reach the run's memory (direct, swiotlb), IOVA space (iommu) or machine addresses below 4 GiB (xen) is refused.",
             HelpName = "BITS",
             CustomParser = r => Arguments.Whole("--mask", 12, 64)(r),
         };
@@ -206,21 +206,25 @@ internal static class StressCommand
             SwapDir = r.GetValue(o.SwapDir),
             BufferLimitBytes = r.GetValue(o.BufferLimit),
             Inject = r.GetValue(o.InjectFault) is { Length: > 0 } fault && Options.SwapFaults.Contains(fault) ? fault : null,
-            Dma = scenario is DmaScenario ? ResolveDma(o, r) : new DmaStressSettings(),
+            Dma = scenario is DmaScenario ? ResolveDma(o, r, workingSet, threads) : new DmaStressSettings(),
         };
     }
 
     // The dma scenario's own settings; a swap fault named for it is a usage error, and the reverse in Resolve.
-    private static DmaStressSettings ResolveDma(Options o, ParseResult r)
+    private static DmaStressSettings ResolveDma(Options o, ParseResult r, long workingSet, int threads)
     {
         string? fault = r.GetValue(o.InjectFault);
         if (fault is { Length: > 0 } && !Options.DmaFaults.Contains(fault))
             throw new UsageException($"--inject: '{fault}' is a swap fault; the dma scenario takes {string.Join(", ", Options.DmaFaults)}.");
+        var kind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true);
+        int devices = r.GetValue(o.Devices) ?? 4, mask = r.GetValue(o.Mask) ?? 32;
+        // A mask the devices cannot work with would only end the run in mapping errors: refuse it before anything runs.
+        if (DmaMachine.MaskProblem(kind, mask, workingSet, threads, devices) is { } problem) throw new UsageException(problem);
         return new DmaStressSettings
         {
-            OpsKind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true),
-            Devices = r.GetValue(o.Devices) ?? 4,
-            MaskBits = r.GetValue(o.Mask) ?? 32,
+            OpsKind = kind,
+            Devices = devices,
+            MaskBits = mask,
             DeferredFlush = r.GetValue(o.DeferredFlush),
             Inject = fault switch
             {
