@@ -99,4 +99,18 @@ public sealed class DmaStressTests
         var zone = Assert.Throws<ZoneExhaustedException>(() => { for (int i = 0; i < 64; i++) memory.AllocateBlock(Zone.Normal, 9); });
         Assert.True(ExitCodes.IsResourceExhaustion(zone));
     }
+
+    // Issue 10's review: the DMA32 zone was sized from the working set only; 1024 lanes of 256 KiB did not fit in it.
+    [Theory]
+    [InlineData("iommu")]
+    [InlineData("swiotlb")]
+    public void A_thousand_threads_with_a_small_working_set_fit_the_machine(string kind)
+    {
+        var r = PagepoolProcess.Run("stress", "dma", "--ops-kind", kind, "-t", "1024", "-w", "1M", "-n", "4096");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+    }
+
+    [Fact]
+    public void The_dma32_zone_grows_with_the_threads_and_devices()
+        => Assert.Equal(1023L * ((256 << 10) + 64 * 4096), DmaMachine.Dma32Bytes(1L << 20, 1024, 64) - DmaMachine.Dma32Bytes(1L << 20, 1, 64));
 }
