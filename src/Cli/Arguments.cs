@@ -114,6 +114,19 @@ internal static class Arguments
         return path;
     }
 
+    /// <summary>A folder to create files in, which must exist, be a folder, and take a new file; checked now, before anything runs.</summary>
+    internal static string? Folder(ArgumentResult r, string option)
+    {
+        if (Token(r, option, "a folder to write in") is not { } path) return null;
+        string? problem = path.Length == 0 ? "the name is empty"
+            : File.Exists(path) ? "it is a file, not a folder"
+            : !Directory.Exists(path) ? "there is no such folder"
+            : OutputFile.Problem(Path.Combine(path, "pagepool-probe"));
+        if (problem is null) return path;
+        r.AddError($"{option}: cannot use '{Shorten(path)}': {problem}.");
+        return null;
+    }
+
     /// <summary>A token as shown in an error: at most 60 characters, one line.</summary>
     internal static string Shorten(string text)
     {

@@ -131,7 +131,12 @@ internal static class StressCommand
             HelpName = "STORE",
             CustomParser = r => Arguments.OneOf(r, "--swap-store", ["file", "memfd"], "file"),
         };
-        internal readonly Option<string?> SwapDir = new("--swap-dir") { Description = "swap: folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
+        internal readonly Option<string?> SwapDir = new("--swap-dir")
+        {
+            Description = "swap: folder of the file swap store (default: the temp folder); checked before the run.",
+            HelpName = "DIR",
+            CustomParser = r => Arguments.Folder(r, "--swap-dir"),
+        };
         internal readonly Option<long?> BufferLimit = new("--buffer-limit")
         {
             Description = "swap, mixed: resident buffer pages allowed: 16M, 1G (default: half of what the buffers hold, mixed 15/16 of the working set; at most half a memory cgroup's limit).",
