@@ -53,14 +53,14 @@ internal sealed class DmaMachine
             if (!MaskWorks(kind, b, workingSet, threads, devices)) continue;
             int end = b;
             while (end < 64 && MaskWorks(kind, end + 1, workingSet, threads, devices)) end++;
-            ranges.Add($"from {b} to {end}");
+            ranges.Add(end == b ? $"{b}" : $"from {b} to {end}");
             b = end;
         }
         string why = kind switch
         {
             DmaOpsKind.Xen => "under Xen, bounce slots and DMA32 pages have machine addresses anywhere below 4 GiB",
             DmaOpsKind.Iommu => $"each device needs IOVA space for every thread's largest mapping, {IovaPagesPerThread} pages a thread: " +
-                                $"{(long)IovaPagesPerThread * (threads + 1)} pages for {threads} threads, and the mask leaves {Math.Max(0, (long)(Mask(bits) >> 12))}",
+                                $"{(long)IovaPagesPerThread * (threads + 1)} pages for {threads} threads, and a {bits}-bit mask leaves {Math.Max(0, (long)(Mask(bits) >> 12))}",
             DmaOpsKind.Swiotlb => $"the bounce pool and DMA-pool pages lie anywhere in this run's DMA32 zone, up to {Size.Format(Dma32Base + Dma32Bytes(workingSet, threads, devices))}; " +
                                   $"above 32 bits, DMA-pool pages come from the Normal zone, up to {Size.Format(NormalBase + NormalBytes(workingSet))}",
             _ => $"direct devices use physical addresses, and this run's buffers and DMA-pool pages lie anywhere in its DMA32 zone, up to " +
