@@ -32,6 +32,22 @@ internal static class Arguments
         };
     }
 
+    /// <summary>
+    /// A number above <paramref name="above"/> and at most <paramref name="atMost"/>, written as digits with an
+    /// optional decimal point ("35", "12.5"): no sign, exponent, NaN or infinity, so every accepted value is finite.
+    /// </summary>
+    internal static Func<ArgumentResult, double?> Decimal(string option, double above, double atMost)
+    {
+        string accepts = string.Create(CultureInfo.InvariantCulture, $"a number above {above} and at most {atMost}, such as 35 or 12.5");
+        return r =>
+        {
+            if (Token(r, option, accepts) is not { } text) return null;
+            if (double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double v) && v > above && v <= atMost) return v;
+            r.AddError($"{option}: '{Shorten(text)}' is not {accepts}.");
+            return null;
+        };
+    }
+
     /// <summary>A size from <paramref name="min"/> to <paramref name="max"/> bytes ("64M", "1G", "4096").</summary>
     internal static Func<ArgumentResult, long?> Bytes(string option, long min, long max, string maxReason)
     {
@@ -96,6 +112,19 @@ internal static class Arguments
             return null;
         }
         return path;
+    }
+
+    /// <summary>A folder to create files in, which must exist, be a folder, and take a new file; checked now, before anything runs.</summary>
+    internal static string? Folder(ArgumentResult r, string option)
+    {
+        if (Token(r, option, "a folder to write in") is not { } path) return null;
+        string? problem = path.Length == 0 ? "the name is empty"
+            : File.Exists(path) ? "it is a file, not a folder"
+            : !Directory.Exists(path) ? "there is no such folder"
+            : OutputFile.Problem(Path.Combine(path, "pagepool-probe"));
+        if (problem is null) return path;
+        r.AddError($"{option}: cannot use '{Shorten(path)}': {problem}.");
+        return null;
     }
 
     /// <summary>A token as shown in an error: at most 60 characters, one line.</summary>

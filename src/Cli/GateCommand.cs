@@ -60,23 +60,18 @@ internal static class GateCommand
     {
         var baseline = new Option<string>("--baseline") { Description = "The reference bench result (e.g. perf/baseline.json).", HelpName = "FILE", Required = true };
         var current = new Option<string>("--current") { Description = "The bench result to judge.", HelpName = "FILE", Required = true };
-        var threshold = new Option<double>("--threshold")
+        var threshold = new Option<double?>("--threshold")
         {
-            Description = "Smallest change in percent that counts, beyond the noise the test sees.",
+            Description = $"Smallest change in percent that counts, beyond the noise the test sees (default {DefaultThresholdPercent.ToString(CultureInfo.InvariantCulture)}).",
             HelpName = "PCT",
-            DefaultValueFactory = _ => DefaultThresholdPercent,
+            CustomParser = r => Arguments.Decimal("--threshold", 0, 1000)(r),
         };
-        threshold.Validators.Add(r =>
-        {
-            double v = r.GetValueOrDefault<double>();
-            if (!(v > 0 && v <= 1000)) r.AddError($"--threshold: a percentage above 0 and at most 1000, not {v.ToString(CultureInfo.InvariantCulture)}.");
-        });
         var anyMachine = new Option<bool>("--any-machine")
         {
             Description = "Compare results measured on different CPUs anyway (exit 4 otherwise: a metric over its floor is not the same ratio on another CPU).",
         };
         var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine };
-        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold), r.GetValue(anyMachine)));
+        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold) ?? DefaultThresholdPercent, r.GetValue(anyMachine)));
         return cmd;
     }
 
@@ -90,12 +85,12 @@ internal static class GateCommand
         }
         catch (BenchResultsException e)
         {
-            Console.Error.WriteLine($"pagepool gate: {e.Message}");
+            Console.Error.WriteLine($"pagepool: {e.Message}");
             return ExitCodes.BadArguments;
         }
         if (after.Machine is { } now && !now.ComparableWith(before.Machine))
         {
-            Console.Error.WriteLine($"pagepool gate: the baseline was measured on {before.Machine} (commit {before.Machine!.Commit ?? "unknown"}), "
+            Console.Error.WriteLine($"pagepool: gate: the baseline was measured on {before.Machine} (commit {before.Machine!.Commit ?? "unknown"}), "
                 + $"the current result on {now}: a metric over its floor is not the same ratio on another CPU. Measure the baseline's "
                 + "commit on this machine and gate against that (.ci/run does), or pass --any-machine to compare anyway.");
             if (!anyMachine) return ExitCodes.OtherMachine;

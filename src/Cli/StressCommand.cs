@@ -120,7 +120,7 @@ internal static class StressCommand
         };
         internal readonly Option<int?> Mask = new("--mask")
         {
-            Description = "dma: the devices' DMA mask in bits, 12..64 (default 32).",
+            Description = "dma: the devices' DMA mask in bits, 12..64 (default 32); a mask that cannot reach the run's memory (direct, swiotlb), IOVA space (iommu) or machine addresses below 4 GiB (xen) is refused.",
             HelpName = "BITS",
             CustomParser = r => Arguments.Whole("--mask", 12, 64)(r),
         };
@@ -131,7 +131,12 @@ internal static class StressCommand
             HelpName = "STORE",
             CustomParser = r => Arguments.OneOf(r, "--swap-store", ["file", "memfd"], "file"),
         };
-        internal readonly Option<string?> SwapDir = new("--swap-dir") { Description = "swap: folder of the file swap store (default: the temp folder).", HelpName = "DIR" };
+        internal readonly Option<string?> SwapDir = new("--swap-dir")
+        {
+            Description = "swap: folder of the file swap store (default: the temp folder); checked before the run.",
+            HelpName = "DIR",
+            CustomParser = r => Arguments.Folder(r, "--swap-dir"),
+        };
         internal readonly Option<long?> BufferLimit = new("--buffer-limit")
         {
             Description = "swap, mixed: resident buffer pages allowed: 16M, 1G (default: half of what the buffers hold, mixed 15/16 of the working set; at most half a memory cgroup's limit).",
@@ -186,6 +191,9 @@ internal static class StressCommand
         TimeSpan? duration = r.GetValue(o.Duration);
         long workingSet = r.GetValue(o.WorkingSet) ?? DefaultWorkingSet;
         int threads = r.GetValue(o.Threads) ?? 2 * Environment.ProcessorCount;
+        var orderMix = r.GetValue(o.OrderMix) ?? DefaultOrderMix;
+        if (scenario is not (DmaScenario or SwapScenario) && ShareProblem(scenario, workingSet, threads, orderMix) is { } share)
+            throw new UsageException(share);
         return new StressSettings
         {
             Scenario = scenario,
@@ -195,7 +203,7 @@ internal static class StressCommand
             WorkingSetBytes = workingSet,
             PoolLimitBytes = r.GetValue(o.PoolLimit) ?? scenario.DefaultPoolLimit(workingSet, Ram),
             CachingMix = r.GetValue(o.CachingMix) ?? DefaultCachingMix,
-            OrderMix = r.GetValue(o.OrderMix) ?? DefaultOrderMix,
+            OrderMix = orderMix,
             Seed = r.GetValue(o.Seed) ?? 1,
             Verify = r.GetValue(o.Verify),
             InjectCorruption = r.GetValue(o.Inject),
@@ -206,21 +214,50 @@ internal static class StressCommand
             SwapDir = r.GetValue(o.SwapDir),
             BufferLimitBytes = r.GetValue(o.BufferLimit),
             Inject = r.GetValue(o.InjectFault) is { Length: > 0 } fault && Options.SwapFaults.Contains(fault) ? fault : null,
-            Dma = scenario is DmaScenario ? ResolveDma(o, r) : new DmaStressSettings(),
+            Dma = scenario is DmaScenario ? ResolveDma(o, r, workingSet, threads) : new DmaStressSettings(),
         };
     }
 
+    /// <summary>
+    /// Why each thread's share of the working set cannot hold the largest buffer the order mix asks for, or null.
+    /// A worker allocates only what fits its share; with a share below the largest buffer, those buffers never
+    /// fit and a worker holding nothing could not make progress.
+    /// </summary>
+    internal static string? ShareProblem(StressScenario scenario, long workingSet, int threads, Mix<int> orderMix)
+    {
+        long largest = (long)PhysicalMemory.PageSize << orderMix.Items.Where(i => i.Weight > 0).Max(i => i.Key);
+        long share = scenario.PoolShareBytes(workingSet) / threads;
+        if (share >= largest) return null;
+        // The smallest working set whose share per thread holds the largest buffer (mixed holds only part of it in pool buffers).
+        long lo = largest * threads, hi = lo * 1024; // in pages below: the share is monotone in the working set
+        while (scenario.PoolShareBytes(lo) / threads < largest && lo < hi)
+        {
+            long mid = (lo / PhysicalMemory.PageSize + hi / PhysicalMemory.PageSize) / 2 * PhysicalMemory.PageSize;
+            if (scenario.PoolShareBytes(mid) / threads >= largest) hi = mid;
+            else lo = mid + PhysicalMemory.PageSize;
+        }
+        long smallest = lo;
+        string ofIt = scenario.PoolShareBytes(workingSet) == workingSet ? "" : $" ({Size.Format(scenario.PoolShareBytes(workingSet))} of it in pool buffers)";
+        return $"--working-set: {Size.Format(workingSet)}{ofIt} over {threads} thread{(threads == 1 ? "" : "s")} is {Size.Format(share)} a thread, " +
+               $"less than the largest buffer --order-mix asks for ({Size.Format(largest)}); the smallest working set for {threads} thread{(threads == 1 ? "" : "s")} " +
+               $"and this order mix is {Size.Argument(smallest)}.";
+    }
+
     // The dma scenario's own settings; a swap fault named for it is a usage error, and the reverse in Resolve.
-    private static DmaStressSettings ResolveDma(Options o, ParseResult r)
+    private static DmaStressSettings ResolveDma(Options o, ParseResult r, long workingSet, int threads)
     {
         string? fault = r.GetValue(o.InjectFault);
         if (fault is { Length: > 0 } && !Options.DmaFaults.Contains(fault))
             throw new UsageException($"--inject: '{fault}' is a swap fault; the dma scenario takes {string.Join(", ", Options.DmaFaults)}.");
+        var kind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true);
+        int devices = r.GetValue(o.Devices) ?? 4, mask = r.GetValue(o.Mask) ?? 32;
+        // A mask the devices cannot work with would only end the run in mapping errors: refuse it before anything runs.
+        if (DmaMachine.MaskProblem(kind, mask, workingSet, threads, devices) is { } problem) throw new UsageException(problem);
         return new DmaStressSettings
         {
-            OpsKind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true),
-            Devices = r.GetValue(o.Devices) ?? 4,
-            MaskBits = r.GetValue(o.Mask) ?? 32,
+            OpsKind = kind,
+            Devices = devices,
+            MaskBits = mask,
             DeferredFlush = r.GetValue(o.DeferredFlush),
             Inject = fault switch
             {

@@ -103,6 +103,10 @@ internal sealed unsafe class DirectOps : DmaOps
         int slot = tlb.Allocate(size, Device.Mask, Device.Id);
         if (slot < 0)
         {
+            // A mask below the whole pool is not a full pool: say what the mask leaves, not how much is in use.
+            var (start, end) = tlb.BusRange;
+            if (end == 0 || start + (ulong)size - 1 > Device.Mask)
+                throw new SwiotlbOutOfReachException(Device.Name, Device.MaskBits, size, start, end);
             if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.SwiotlbFull(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
             throw new SwiotlbFullException(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
         }

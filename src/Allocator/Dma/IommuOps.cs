@@ -55,9 +55,9 @@ internal sealed unsafe class IommuOps : DmaOps
             ulong pfn = _domain.Iova.AllocFast(pages, _limitPfn);
             if (pfn != 0) return pfn;
         }
-        long space = (long)(_limitPfn - _domain.Iova.StartPfn + 1);
+        long space = Math.Max(0, (long)_limitPfn - (long)_domain.Iova.StartPfn + 1);
         if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.IovaExhausted(Device.Name, (long)pages, _domain.Iova.UsedPages, space);
-        throw new IovaSpaceExhaustedException(Device.Name, (long)pages, _domain.Iova.UsedPages, space);
+        throw new IovaSpaceExhaustedException(Device.Name, Device.MaskBits, (long)pages, _domain.Iova.UsedPages, space);
     }
 
     // Write the leaf entries of one mapping; the first page records the mapping's length.

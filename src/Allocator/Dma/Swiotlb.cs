@@ -77,6 +77,10 @@ internal sealed unsafe class Swiotlb : IDisposable
     }
     internal long PoolBytes => (long)_list.Length * SlotSize;
 
+    /// <summary>The lowest bus address of the pool and the one past its highest slot (for errors: where the pool lies).</summary>
+    internal (ulong Start, ulong End) BusRange
+        => _bus.Length == 0 ? (0, 0) : (_bus.Min(), _bus.Max() + ((ulong)PhysicalMemory.PageSize << BlockOrder));
+
     internal Swiotlb(PhysicalMemory memory, long bytes, int cpus)
     {
         _memory = memory;

@@ -16,6 +16,9 @@ internal sealed class BenchResults
     internal const string UnitsMember = "units";
     internal const string MachineMember = "machine";
 
+    /// <summary>The largest file <see cref="Load"/> reads: a bench result is a few KiB; anything far larger is not one.</summary>
+    internal const long MaxBytes = 64L << 20;
+
     /// <summary>Metric to median, in file order.</summary>
     internal IReadOnlyDictionary<string, double> Medians { get; }
 
@@ -64,10 +67,17 @@ internal sealed class BenchResults
     internal static BenchResults Load(string path)
     {
         if (!File.Exists(path)) throw new BenchResultsException($"the bench result '{path}' does not exist.");
+        // A device (/dev/zero), pipe or huge file would be read without end: refuse it before reading a byte.
+        if (!OutputFile.IsRegularFile(path))
+            throw new BenchResultsException($"the bench result '{path}' is not a regular file (a device, pipe or socket).");
         byte[] bytes;
         try
         {
-            bytes = File.ReadAllBytes(path);
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+            if (stream.Length > MaxBytes) throw TooLarge(path);
+            bytes = new byte[stream.Length];
+            stream.ReadExactly(bytes);
+            if (stream.ReadByte() >= 0) throw TooLarge(path); // it grew while being read
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
@@ -83,6 +93,9 @@ internal sealed class BenchResults
             throw new BenchResultsException($"'{path}' is not JSON ({e.Message}); expected the output of 'pagepool bench --json'.", e);
         }
     }
+
+    private static BenchResultsException TooLarge(string path)
+        => new($"the bench result '{path}' is larger than {MaxBytes >> 20} MiB; a bench result is a few KiB.");
 
     private static BenchResults Parse(JsonElement root, string path)
     {

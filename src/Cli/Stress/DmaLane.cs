@@ -11,6 +11,9 @@ internal sealed class DmaLane
 {
     private const int Buffers = 4, BufferOrder = 4; // 64 KiB buffers: within swiotlb's largest mapping
 
+    /// <summary>The DMA32 (or Normal) memory a lane holds for the whole run.</summary>
+    internal const long HeldBytes = (long)Buffers * (PhysicalMemory.PageSize << BufferOrder);
+
     private readonly DmaPlatform _platform;
     private readonly PhysicalMemory _memory;
     private readonly DmaDevice[] _devices;

@@ -19,12 +19,74 @@ internal sealed class DmaMachine
     private long _faults, _stale, _maintenance, _swiotlbLeft, _reports;
     private bool _finished;
 
+    private const long Dma32Base = 16L << 20, NormalBase = 4L << 30;
+
+    /// <summary>
+    /// IOVA pages each thread may need on one device at once: its largest mapping (a scatterlist of up to 12 pages,
+    /// size-aligned to 16) twice over, for the holes size alignment leaves.
+    /// </summary>
+    internal const int IovaPagesPerThread = 32;
+
+    /// <summary>
+    /// The DMA32 zone a run builds (what the lanes, DMA pools and swiotlb draw on): the working set (at least
+    /// 128 MiB, at most 2 GiB), plus each thread's lane buffers and the DMA-pool page it may leave in every device's
+    /// pool, plus the 64 MiB swiotlb pool. At most 1024 threads and 64 devices: 2.5 GiB, within the 4 GiB DMA32 space.
+    /// </summary>
+    internal static long Dma32Bytes(long workingSet, int threads, int devices)
+        => Math.Min(Math.Min(2L << 30, Math.Max(128L << 20, workingSet)) + (long)threads * (DmaLane.HeldBytes + (long)devices * PhysicalMemory.PageSize) + (64L << 20),
+                    (4L << 30) - Dma32Base);
+
+    /// <summary>The Normal zone a run builds for a working set.</summary>
+    internal static long NormalBytes(long workingSet) => Math.Max(256L << 20, workingSet);
+
+    /// <summary>
+    /// Why devices of <paramref name="kind"/> with a mask of <paramref name="bits"/> cannot run on the machine a run
+    /// of this working set and thread count builds (and the masks that can), or null when they can. A mask that
+    /// cannot reach what the run hands its devices would only end the run in a mapping error.
+    /// </summary>
+    internal static string? MaskProblem(DmaOpsKind kind, int bits, long workingSet, int threads, int devices)
+    {
+        if (MaskWorks(kind, bits, workingSet, threads, devices)) return null;
+        var ranges = new List<string>();
+        for (int b = 12; b <= 64; b++)
+        {
+            if (!MaskWorks(kind, b, workingSet, threads, devices)) continue;
+            int end = b;
+            while (end < 64 && MaskWorks(kind, end + 1, workingSet, threads, devices)) end++;
+            ranges.Add(end == b ? $"{b}" : $"from {b} to {end}");
+            b = end;
+        }
+        string why = kind switch
+        {
+            DmaOpsKind.Xen => "under Xen, bounce slots and DMA32 pages have machine addresses anywhere below 4 GiB",
+            DmaOpsKind.Iommu => $"each device needs IOVA space for every thread's largest mapping, {IovaPagesPerThread} pages a thread: " +
+                                $"{(long)IovaPagesPerThread * (threads + 1)} pages for {threads} threads, and a {bits}-bit mask leaves {Math.Max(0, (long)(Mask(bits) >> 12))}",
+            DmaOpsKind.Swiotlb => $"the bounce pool and DMA-pool pages lie anywhere in this run's DMA32 zone, up to {Size.Format(Dma32Base + Dma32Bytes(workingSet, threads, devices))}; " +
+                                  $"above 32 bits, DMA-pool pages come from the Normal zone, up to {Size.Format(NormalBase + NormalBytes(workingSet))}",
+            _ => $"direct devices use physical addresses, and this run's buffers and DMA-pool pages lie anywhere in its DMA32 zone, up to " +
+                 $"{Size.Format(Dma32Base + Dma32Bytes(workingSet, threads, devices))} (in the Normal zone above 32 bits, up to {Size.Format(NormalBase + NormalBytes(workingSet))})",
+        };
+        string kindName = kind.ToString().ToLowerInvariant();
+        return $"--mask: {bits} bits cannot work with --ops-kind {kindName}: {why}; use --mask {string.Join(" or ", ranges)}"
+               + (kind is DmaOpsKind.Direct or DmaOpsKind.Swiotlb ? " (for this working set)" : kind == DmaOpsKind.Iommu ? $" (for {threads} threads)" : "") + ".";
+    }
+
+    private static ulong Mask(int bits) => bits >= 64 ? ulong.MaxValue : (1UL << bits) - 1;
+
+    private static bool MaskWorks(DmaOpsKind kind, int bits, long workingSet, int threads, int devices) => kind switch
+    {
+        DmaOpsKind.Xen => bits >= 32,
+        // IOVA page 0 is reserved: the space is pages 1 .. mask >> 12.
+        DmaOpsKind.Iommu => Mask(bits) >> 12 >= (ulong)IovaPagesPerThread * (ulong)(threads + 1),
+        // Lanes and DMA pools take DMA32 memory for a mask of 32 bits or less, Normal memory above: all of it must be below the mask.
+        _ => (ulong)(bits <= 32 ? Dma32Base + Dma32Bytes(workingSet, threads, devices) : NormalBase + NormalBytes(workingSet)) - 1 <= Mask(bits),
+    };
+
     internal DmaMachine(StressSettings s, DmaStressSettings d)
     {
-        long dma32 = Math.Min(2L << 30, Math.Max(128L << 20, s.WorkingSetBytes)) + (64L << 20);
         _memory = new PhysicalMemory(new MemoryOptions
         {
-            Dma32Bytes = Math.Min(dma32, (4L << 30) - (16L << 20)), NormalBytes = Math.Max(256L << 20, s.WorkingSetBytes),
+            Dma32Bytes = Dma32Bytes(s.WorkingSetBytes, s.Threads, d.Devices), NormalBytes = NormalBytes(s.WorkingSetBytes),
             Xen = d.OpsKind == DmaOpsKind.Xen, XenSeed = s.Seed,
         });
         _platform = new DmaPlatform(_memory, new DmaPlatformOptions

@@ -55,10 +55,8 @@ internal sealed class AllocScenario : StressScenario
 
     internal override void Step(StressWorker w)
     {
-        if (w.LiveBytes < w.ShareBytes && (w.LiveCount == 0 || w.Next(3) != 0))
-            w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
-        else
-            w.ReleaseRandom();
+        if ((w.LiveCount == 0 || w.Next(3) != 0) && w.TryAllocateWithinShare()) return;
+        w.ReleaseRandom();
     }
 }
 
@@ -73,7 +71,7 @@ internal sealed class CachingScenario : StressScenario
         int r = w.Next(64);
         if (r == 0 && w.Next(4) == 0) w.Scan(long.MaxValue);     // now and then cold: every pooled page back to the system
         else if (r < 24 && w.LiveCount > 0) w.SwitchRandom();
-        else if (w.LiveBytes < w.ShareBytes && r < 48) w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
+        else if (r < 48 && w.TryAllocateWithinShare()) { }
         else w.ReleaseRandom();
     }
 }
@@ -88,7 +86,9 @@ internal sealed class ChurnScenario : StressScenario
 
     internal override void Step(StressWorker w)
     {
-        if (w.LiveBytes < w.ShareBytes) w.Allocate(w.PickPages(), w.PickCaching(), w.PickZone());
-        else w.TrimToShare(w.ShareBytes / 2); // give half the share back at once: far more than the pool keeps
+        if (w.TryAllocateWithinShare()) return;
+        int held = w.LiveCount;
+        w.TrimToShare(w.ShareBytes / 2); // give half the share back at once: far more than the pool keeps
+        if (w.LiveCount == held) w.ReleaseRandom(); // at most half held, and still no room for the buffer: one step of progress
     }
 }

@@ -90,6 +90,21 @@ internal sealed class StressWorker
         _liveBytes += (long)pages << PhysicalMemory.PageShift;
     }
 
+    /// <summary>
+    /// Allocate a buffer of a picked size, caching and zone if it fits this worker's share of the working set; when it
+    /// does not, nothing is done (and no operation counted) and the caller releases instead. The command refuses a
+    /// share smaller than the largest buffer the order mix asks for, so a worker holding nothing always allocates.
+    /// </summary>
+    internal bool TryAllocateWithinShare()
+    {
+        int pages = PickPages();
+        CachingMode caching = PickCaching();
+        Zone zone = PickZone();
+        if (_liveBytes + ((long)pages << PhysicalMemory.PageShift) > ShareBytes) return false;
+        Allocate(pages, caching, zone);
+        return true;
+    }
+
     /// <summary>Give back a random live buffer, checking its contents first.</summary>
     internal void ReleaseRandom()
     {

@@ -197,6 +197,67 @@ public sealed class GateTests
         Assert.Contains("--threshold", r.Stderr);
     }
 
+    // Issue 8: a threshold that did not parse crashed (exit 134, a stack trace): a validator read the value first.
+    [Theory]
+    [InlineData("abc", "--threshold: 'abc' is not")]
+    [InlineData("", "--threshold: '' is not")]
+    [InlineData("1e3", "--threshold: '1e3' is not")]
+    [InlineData("NaN", "--threshold: 'NaN' is not")]
+    [InlineData("0", "--threshold: '0' is not")]
+    [InlineData("1000.5", "--threshold: '1000.5' is not")]
+    public void A_threshold_that_does_not_parse_is_one_line_and_exit_2(string value, string named)
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--threshold", value);
+        Assert.Equal(2, r.ExitCode);
+        Assert.StartsWith("pagepool: " + named, Assert.Single(r.ErrorLines));
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
+    [Fact]
+    public void A_fractional_threshold_is_accepted()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--threshold", "12.5");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("12.5%", r.Stdout);
+    }
+
+    // Issue 8: --baseline /dev/zero read without bound and ended "out of resources", exit 3.
+    [Fact]
+    public void A_baseline_that_is_not_a_regular_file_is_refused_exit_2_naming_it()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run(["gate", "--baseline", "/dev/zero", "--current", f.Path], TimeSpan.FromSeconds(30));
+        Assert.Equal(2, r.ExitCode);
+        Assert.StartsWith("pagepool: ", Assert.Single(r.ErrorLines));
+        Assert.Contains("/dev/zero", r.Stderr);
+    }
+
+    [Fact]
+    public void A_bench_result_larger_than_the_bound_is_refused_exit_2_naming_it()
+    {
+        using var good = new BenchFile(Run(1));
+        using var big = new BenchFile("{}");
+        using (var s = new FileStream(big.Path, FileMode.Open)) s.SetLength(BenchResults.MaxBytes + 1); // sparse: no disk used
+        var r = PagepoolProcess.Run("gate", "--baseline", good.Path, "--current", big.Path);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(big.Path, Assert.Single(r.ErrorLines));
+        Assert.Contains("64 MiB", r.Stderr);
+    }
+
+    [Fact]
+    public void Every_gate_error_line_starts_with_pagepool()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path + ".missing", "--current", f.Path);
+        Assert.StartsWith("pagepool: ", Assert.Single(r.ErrorLines));
+        using var before = new BenchFile(Run(1), Amd);
+        using var after = new BenchFile(Run(1), Intel);
+        var other = PagepoolProcess.Run("gate", "--baseline", before.Path, "--current", after.Path);
+        Assert.StartsWith("pagepool: ", Assert.Single(other.ErrorLines));
+    }
+
     private static BenchResults Load(Dictionary<string, double[]> samples)
     {
         using var f = new BenchFile(samples);

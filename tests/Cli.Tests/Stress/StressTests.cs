@@ -15,7 +15,7 @@ public sealed class StressTests
     [InlineData("mixed")]
     public void Every_scenario_runs_clean_under_verification(string scenario)
     {
-        var json = RunJson(out var r, "stress", scenario, "-n", "1500", "-t", "3", "-w", "32M", "--verify");
+        var json = RunJson(out var r, "stress", scenario, "-n", "1500", "-t", "3", "-w", "96M", "--verify");
         Assert.Equal(0, r.ExitCode);
         Assert.Equal(0, json.GetProperty("verify_failures").GetInt64());
         Assert.Equal(0, json.GetProperty("invariant_violations").GetInt64());
@@ -45,7 +45,7 @@ public sealed class StressTests
         SortedDictionary<string, JsonValueKind>? first = null;
         foreach (var scenario in StressScenario.All.Select(s => s.Name))
         {
-            var json = RunJson(out var r, "stress", scenario, "-n", "400", "-t", "2", "-w", "8M", "-s", "7");
+            var json = RunJson(out var r, "stress", scenario, "-n", "400", "-t", "2", "-w", "64M", "-s", "7");
             Assert.Equal(0, r.ExitCode);
             Assert.Equal(StressRunner.SchemaVersion, json.GetProperty("schema_version").GetInt32());
             var settings = json.GetProperty("settings");
@@ -53,7 +53,7 @@ public sealed class StressTests
             Assert.Equal(2, settings.GetProperty("threads").GetInt32());
             Assert.Equal(400, settings.GetProperty("operations").GetInt64());
             Assert.Equal(JsonValueKind.Null, settings.GetProperty("duration_s").ValueKind);
-            Assert.Equal(8L << 20, settings.GetProperty("working_set_bytes").GetInt64());
+            Assert.Equal(64L << 20, settings.GetProperty("working_set_bytes").GetInt64());
             Assert.True(settings.GetProperty("pool_limit_bytes").GetInt64() > 0);
             Assert.False(settings.GetProperty("verify").GetBoolean());
             Assert.Equal(7UL, settings.GetProperty("seed").GetUInt64());
@@ -107,16 +107,16 @@ public sealed class StressTests
     [Fact]
     public void The_same_seed_and_operation_count_give_the_same_operation_sequence()
     {
-        var a = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "32M", "-s", "42");
-        var b = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "32M", "-s", "42");
+        var a = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "96M", "-s", "42");
+        var b = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "96M", "-s", "42");
         Assert.Equal(a.GetProperty("sequence_hash").GetString(), b.GetProperty("sequence_hash").GetString());
     }
 
     [Fact]
     public void A_different_seed_gives_a_different_operation_sequence()
     {
-        var a = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "32M", "-s", "42");
-        var b = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "32M", "-s", "43");
+        var a = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "96M", "-s", "42");
+        var b = RunJson(out _, "stress", "mixed", "-n", "2000", "-t", "3", "-w", "96M", "-s", "43");
         Assert.NotEqual(a.GetProperty("sequence_hash").GetString(), b.GetProperty("sequence_hash").GetString());
     }
 
