@@ -53,7 +53,7 @@ internal static class StressCommand
         };
         internal readonly Option<long?> WorkingSet = new("--working-set", "-w")
         {
-            Description = $"Memory the workers hold at most, all threads together: 64M, 1G (default {Size.Argument(DefaultWorkingSet)}).",
+            Description = $"Memory the workers hold at most, all threads together: 64M, 1G (default {Size.Argument(DefaultWorkingSet)}, or more where each thread's share must hold the largest buffer).",
             HelpName = "SIZE",
             CustomParser = Arguments.Bytes("--working-set", 1L << 20, Ram, "at most this machine's memory"),
         };
@@ -189,9 +189,12 @@ internal static class StressCommand
             throw new UsageException($"--inject: '{injected}' is a DMA fault, for the dma scenario; {name} takes {string.Join(", ", Options.SwapFaults)}.");
         long? ops = r.GetValue(o.Ops);
         TimeSpan? duration = r.GetValue(o.Duration);
-        long workingSet = r.GetValue(o.WorkingSet) ?? DefaultWorkingSet;
         int threads = r.GetValue(o.Threads) ?? 2 * Environment.ProcessorCount;
         var orderMix = r.GetValue(o.OrderMix) ?? DefaultOrderMix;
+        // The default grows with the threads where it must (many CPUs, or mixed, whose pool buffers are a sixteenth
+        // of it): every thread's share has to hold the largest buffer the order mix asks for.
+        long workingSet = r.GetValue(o.WorkingSet)
+                          ?? (scenario is DmaScenario or SwapScenario ? DefaultWorkingSet : Math.Max(DefaultWorkingSet, SmallestWorkingSet(scenario, threads, orderMix)));
         if (scenario is not (DmaScenario or SwapScenario) && ShareProblem(scenario, workingSet, threads, orderMix) is { } share)
             throw new UsageException(share);
         return new StressSettings
@@ -225,22 +228,30 @@ internal static class StressCommand
     /// </summary>
     internal static string? ShareProblem(StressScenario scenario, long workingSet, int threads, Mix<int> orderMix)
     {
-        long largest = (long)PhysicalMemory.PageSize << orderMix.Items.Where(i => i.Weight > 0).Max(i => i.Key);
+        long largest = LargestBuffer(orderMix);
         long share = scenario.PoolShareBytes(workingSet) / threads;
         if (share >= largest) return null;
-        // The smallest working set whose share per thread holds the largest buffer (mixed holds only part of it in pool buffers).
-        long lo = largest * threads, hi = lo * 1024; // in pages below: the share is monotone in the working set
-        while (scenario.PoolShareBytes(lo) / threads < largest && lo < hi)
+        long smallest = SmallestWorkingSet(scenario, threads, orderMix);
+        string ofIt = scenario.PoolShareBytes(workingSet) == workingSet ? "" : $" ({Size.Format(scenario.PoolShareBytes(workingSet))} of it in pool buffers)";
+        return $"--working-set: {Size.Format(workingSet)}{ofIt} over {threads} thread{(threads == 1 ? "" : "s")} is {Size.Format(share)} a thread, " +
+               $"less than the largest buffer --order-mix asks for ({Size.Format(largest)}); the smallest working set for {threads} thread{(threads == 1 ? "" : "s")} " +
+               $"and this order mix is {Size.Argument(smallest)}.";
+    }
+
+    private static long LargestBuffer(Mix<int> orderMix) => (long)PhysicalMemory.PageSize << orderMix.Items.Where(i => i.Weight > 0).Max(i => i.Key);
+
+    /// <summary>The smallest working set whose share per thread holds the largest buffer (mixed holds only part of it in pool buffers).</summary>
+    internal static long SmallestWorkingSet(StressScenario scenario, int threads, Mix<int> orderMix)
+    {
+        long largest = LargestBuffer(orderMix);
+        long lo = largest * threads, hi = lo * 1024; // whole pages: the share is monotone in the working set
+        while (lo < hi)
         {
             long mid = (lo / PhysicalMemory.PageSize + hi / PhysicalMemory.PageSize) / 2 * PhysicalMemory.PageSize;
             if (scenario.PoolShareBytes(mid) / threads >= largest) hi = mid;
             else lo = mid + PhysicalMemory.PageSize;
         }
-        long smallest = lo;
-        string ofIt = scenario.PoolShareBytes(workingSet) == workingSet ? "" : $" ({Size.Format(scenario.PoolShareBytes(workingSet))} of it in pool buffers)";
-        return $"--working-set: {Size.Format(workingSet)}{ofIt} over {threads} thread{(threads == 1 ? "" : "s")} is {Size.Format(share)} a thread, " +
-               $"less than the largest buffer --order-mix asks for ({Size.Format(largest)}); the smallest working set for {threads} thread{(threads == 1 ? "" : "s")} " +
-               $"and this order mix is {Size.Argument(smallest)}.";
+        return lo;
     }
 
     // The dma scenario's own settings; a swap fault named for it is a usage error, and the reverse in Resolve.

@@ -62,4 +62,14 @@ public sealed class WorkingSetBoundTests
         var r = PagepoolProcess.Run("stress", "alloc", "-w", "4M", "-t", "2", "--order-mix", "0:1,9:1", "-n", "2000");
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
     }
+
+    [Theory]
+    [InlineData("mixed", 32, 1L << 30)]   // a sixteenth in pool buffers: 32 MiB a thread
+    [InlineData("alloc", 256, 512L << 20)] // 2 MiB a thread
+    public void The_default_working_set_grows_with_the_threads_so_a_default_run_never_refuses(string scenario, int threads, long expected)
+    {
+        var summary = PagepoolProcess.RunJson(out var r, "stress", scenario, "-t", threads.ToString(), "-n", "64");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.Equal(expected, summary.GetProperty("settings").GetProperty("working_set_bytes").GetInt64());
+    }
 }
