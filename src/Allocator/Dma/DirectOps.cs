@@ -111,7 +111,7 @@ internal sealed unsafe class DirectOps : DmaOps
             throw new SwiotlbFullException(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
         }
         byte* bounce = tlb.HostOf(slot);
-        Buffer.MemoryCopy(cpu, bounce, size, size); // always, whatever the direction: the slot must not leak old data
+        BounceCopy.Copy(cpu, bounce, size); // always, whatever the direction: the slot must not leak old data
         SyncForDeviceCaches(bounce, size, dir);
         tlb.Record(slot, cpu, size, caching); // the slots' owner is the device's hold: no window, no table entry
         return tlb.BusOf(slot);
@@ -245,7 +245,7 @@ internal sealed unsafe class DirectOps : DmaOps
         }
         else
         {
-            if (dir != DmaDirection.FromDevice) Buffer.MemoryCopy(cpu, bounce, size, size);
+            if (dir != DmaDirection.FromDevice) BounceCopy.Copy(cpu, bounce, size);
             SyncForDeviceCaches(bounce, size, dir);
         }
     }
@@ -254,7 +254,7 @@ internal sealed unsafe class DirectOps : DmaOps
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     private static void BounceBack(CachingMode caching, byte* cpu, byte* bounce, int size)
     {
-        if (caching == CachingMode.WriteBack) Buffer.MemoryCopy(bounce, cpu, size, size); // the usual case, inline
+        if (caching == CachingMode.WriteBack) BounceCopy.Copy(bounce, cpu, size); // the usual case, inline
         else PhysicalMemory.StoreAs(caching, cpu, bounce, (nuint)size);
     }
 

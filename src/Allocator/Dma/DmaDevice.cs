@@ -108,24 +108,28 @@ public sealed unsafe class DmaDevice : IDisposable
     {
         ThrowIfDisposed();
         CheckDirection(direction);
-        var span = _memory.GetSpan(block);
-        if (size <= 0 || offset < 0 || offset > span.Length - size)
-            throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': the range [{offset}, {offset}+{size}) is not a non-empty part of the block of {span.Length} bytes.");
-        // swiotlb=force bounces every mapping by its CPU address and never reads the frame: skip the lookup.
-        ulong frame = OpsKind == DmaOpsKind.Swiotlb ? 0 : _memory.FrameOf(block) + (ulong)(offset >> PhysicalMemory.PageShift);
-        byte* cpu = (byte*)Unsafe.AsPointer(ref span[offset]);
-        var caching = OpsKind == DmaOpsKind.Iommu ? CachingMode.WriteBack : _memory.CachingOf(block);
-        ulong dma = _ops.Map(block, cpu, frame, offset, size, direction, caching, out bool bounced);
+        // One check of the handle for its view, caching and frame (three lookups were ~12 ns of a ~300 ns bounce).
+        byte* view = _memory.HeldView(block, out var caching, out ulong frame);
+        int length = block.PageCount << PhysicalMemory.PageShift;
+        if (size <= 0 || offset < 0 || offset > length - size)
+            ThrowBadRange(offset, size, length);
+        frame += (ulong)(offset >> PhysicalMemory.PageShift);
+        if (OpsKind == DmaOpsKind.Iommu) caching = CachingMode.WriteBack;
+        ulong dma = _ops.Map(block, view + offset, frame, offset, size, direction, caching, out bool bounced);
         _checker?.OnMap(this, kind, dma, block, offset, size, direction, bounced, 1);
         return dma;
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowBadRange(int offset, int size, int length)
+        => throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': the range [{offset}, {offset}+{size}) is not a non-empty part of the block of {length} bytes.");
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Unmap(DmaMapKind kind, ulong dma, int size, DmaDirection direction)
     {
         ThrowIfDisposed();
         CheckDirection(direction);
-        if (size <= 0) throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': unmap needs the positive size that was mapped.");
+        if (size <= 0) ThrowBadUnmapSize(size);
         if (_checker is null)
         {
             _ops.Unmap(dma, size, direction);
@@ -133,6 +137,10 @@ public sealed unsafe class DmaDevice : IDisposable
         }
         UnmapChecked(kind, dma, size, direction);
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowBadUnmapSize(int size)
+        => throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': unmap needs the positive size that was mapped.");
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void UnmapChecked(DmaMapKind kind, ulong dma, int size, DmaDirection direction)
@@ -155,14 +163,19 @@ public sealed unsafe class DmaDevice : IDisposable
     /// <summary>dma_sync_single_for_device: hand what the CPU wrote to the device (bounce to it, clean caches).</summary>
     public void SyncForDevice(ulong dmaAddress, int size, DmaDirection direction) => Sync(dmaAddress, size, direction, false);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Sync(ulong dma, int size, DmaDirection direction, bool forCpu)
     {
         ThrowIfDisposed();
         CheckDirection(direction);
-        if (size <= 0) throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': sync needs a positive size.");
+        if (size <= 0) ThrowBadSyncSize(size);
         _checker?.OnSync(this, dma, size, direction, forCpu);
         _ops.Sync(dma, size, direction, forCpu);
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowBadSyncSize(int size)
+        => throw new ArgumentOutOfRangeException(nameof(size), size, $"Device '{Name}': sync needs a positive size.");
 
     // ---- scatterlists ----------------------------------------------------------------------------------
 

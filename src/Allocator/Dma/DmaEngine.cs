@@ -53,8 +53,8 @@ public sealed unsafe class DmaEngine
                 if (PagePoolEventSource.DmaOn) PagePoolEventSource.Log.DmaFault(_device.Name, (long)at, write ? 1 : 0, 1);
             }
             int n = Math.Min(room, length - done);
-            if (write) Buffer.MemoryCopy(data + done, host, n, n);
-            else Buffer.MemoryCopy(host, data + done, n, n);
+            if (write) BounceCopy.Copy(data + done, host, n);
+            else BounceCopy.Copy(host, data + done, n);
             done += n;
         }
     }

@@ -123,8 +123,9 @@ internal sealed unsafe class Swiotlb : IDisposable
         _areaSlots = _list.Length / _areas.Length;
     }
 
-    internal ulong BusOf(int slot) => _bus[slot / SlotsPerBlock] + (ulong)(slot % SlotsPerBlock) * SlotSize;
-    internal byte* HostOf(int slot) => _host[slot / SlotsPerBlock] + (nuint)(slot % SlotsPerBlock) * SlotSize;
+    // Slots are never negative: unsigned division and remainder by the power of two are a shift and a mask.
+    internal ulong BusOf(int slot) => _bus[(uint)slot / SlotsPerBlock] + (ulong)((uint)slot % SlotsPerBlock) * SlotSize;
+    internal byte* HostOf(int slot) => _host[(uint)slot / SlotsPerBlock] + (nuint)((uint)slot % SlotsPerBlock) * SlotSize;
 
     /// <summary>The slot a bus address falls in, or -1 when it is not swiotlb memory.</summary>
     internal int SlotOf(ulong bus)

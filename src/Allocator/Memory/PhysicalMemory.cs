@@ -560,6 +560,44 @@ public sealed unsafe class PhysicalMemory : IDisposable
     }
 
     /// <summary>
+    /// <see cref="GetSpan"/>, <see cref="CachingOf"/> and <see cref="FrameOf"/> of a held block from one check of the
+    /// handle (the DMA map path needs all three): its view (<see cref="PageHandle.PageCount"/> pages long), caching
+    /// mode and first frame. Throws as <see cref="GetSpan"/> does.
+    /// </summary>
+    /// <remarks>
+    /// The checks of <see cref="ResolveHeld"/> made inline, in one pass (the two calls cost ~15 ns of a ~230 ns
+    /// bounce round trip); any failure goes to <see cref="ResolveHeld"/> itself for the precise error.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal byte* HeldView(PageHandle h, out CachingMode caching, out ulong frame)
+    {
+        int ai = h.Arena, page = h.Page, order = h.Order;
+        var arenas = _arenas;
+        if (Volatile.Read(ref _disposed) == 0 && h.SpaceSerial == Serial && !h.IsNull && (uint)ai < (uint)arenas.Length
+            && arenas[ai] is { } a && page < a.Pages && (page & ((1 << order) - 1)) == 0) // an order above MaxOrder never matches the page's own
+        {
+            ulong w = Volatile.Read(ref *a.MetaOf(page));
+            if ((uint)(PageMeta.Generation(w) & PageHandle.GenerationMask) == h.Generation
+                && PageMeta.State(w) == PageState.Allocated && PageMeta.Order(w) == order)
+            {
+                caching = PageMeta.Caching(w);
+                frame = a.BaseFrame + (ulong)page;
+                return a.View + ((nuint)page << PageShift);
+            }
+        }
+        return HeldViewChecked(h, out caching, out frame);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private byte* HeldViewChecked(PageHandle h, out CachingMode caching, out ulong frame)
+    {
+        ulong w = ResolveHeld(h, out var a); // throws for every handle the fast check refused but a racing change
+        caching = PageMeta.Caching(w);
+        frame = a.BaseFrame + (ulong)h.Page;
+        return a.View + ((nuint)h.Page << PageShift);
+    }
+
+    /// <summary>
     /// The cached linear-map alias of a held block, checked: for a write-combined or uncached block this would be
     /// a cached and an uncached mapping of one page at once, and raises <see cref="DoubleMappingException"/> instead.
     /// </summary>
