@@ -109,7 +109,7 @@ public sealed class ArgumentTests
         Assert.Equal(0, r.ExitCode);
         foreach (var shown in new[] { "wb:1,wc:1,uc:1", "0:8,1:2,2:2,3:2,4:1,6:1,9:1", "<N>", "<TIME>", "<SIZE>", "<MIX>", "<FILE>" })
             Assert.Contains(shown, r.Stdout);
-        Assert.Matches(@"default \d+[KMG]\)", r.Stdout); // the working set as typed: 256M, not 268435456
+        Assert.Matches(@"default \d+[KMG], or more where", r.Stdout); // the working set as typed: 256M, not 268435456
         Assert.DoesNotContain("268435456", r.Stdout);
         Assert.DoesNotContain("(WriteBack", r.Stdout);
         Assert.DoesNotMatch("<[a-z]", r.Stdout); // no lower-case placeholders
