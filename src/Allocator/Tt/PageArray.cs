@@ -423,6 +423,15 @@ public sealed unsafe class PageArray : IDisposable
 
     // ---- bind ----------------------------------------------------------------------------------------------
 
+    // A bind needs a live, populated, unbound buffer (under Gate).
+    private void CheckBindable()
+    {
+        Live();
+        if (State != TtState.Populated)
+            throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
+                : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+    }
+
     /// <summary>
     /// Bind to a device: it gets a DMA address for every page. Pages it cannot reach (a 64-bit page for a 32-bit
     /// device) are first copied into DMA32 pages; a device that reaches them all takes them as they are. Returns true
@@ -433,10 +442,7 @@ public sealed unsafe class PageArray : IDisposable
         ArgumentNullException.ThrowIfNull(target);
         lock (Gate)
         {
-            Live();
-            if (State != TtState.Populated)
-                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
-                    : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+            CheckBindable();
             bool copied = false;
             if (!Reaches(target.AddressLimit))
             {
@@ -497,10 +503,7 @@ public sealed unsafe class PageArray : IDisposable
             throw new ArgumentException($"Device '{device.Name}' belongs to another memory space than this buffer's pages.", nameof(device));
         lock (Gate)
         {
-            Live();
-            if (State != TtState.Populated)
-                throw new TtStateException("bind", State, State == TtState.Bound ? $"unbind it from {BoundName} first."
-                    : State == TtState.SwappedOut ? "populate it first to bring its pages back." : "populate it first.");
+            CheckBindable();
             bool copied = false;
             if (device.OpsKind == DmaOpsKind.Direct && !DirectlyReachable(device.Mask))
             {
