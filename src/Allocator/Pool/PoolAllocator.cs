@@ -403,21 +403,13 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
             }
         }
 
-        // Commit all or nothing: a handle repeated in the span, or raced by another thread, undoes the rest with
-        // plain stores (see the class remarks: those blocks are in no magazine yet, their old handles stale).
         Span<ulong> old = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
-        for (int i = 0; i < blocks.Length; i++)
+        if (TryMarkAllReleased(blocks, caching, old) is var failed and >= 0)
         {
-            ulong* m = _memory.MetaOf(blocks[i]);
-            old[i] = Volatile.Read(ref *m);
-            if (!TryMarkReleased(m, blocks[i], caching))
-            {
-                for (int k = 0; k < i; k++) Volatile.Write(ref *_memory.MetaOf(blocks[k]), old[k]);
-                if (Volatile.Read(ref _disposed) != 0 && !blocks[..i].Contains(blocks[i])) { ReleaseAfterDispose(blocks, caching); return; }
-                if (blocks[..i].Contains(blocks[i]))
-                    throw new PageHandleException(blocks[i], HandleError.DoubleFree, "The handle appears twice in one release; nothing was released.");
-                ThrowReleaseError(blocks[i], caching);
-            }
+            bool repeated = blocks[..failed].Contains(blocks[failed]);
+            if (Volatile.Read(ref _disposed) != 0 && !repeated) { ReleaseAfterDispose(blocks, caching); return; }
+            if (repeated) throw RepeatedInOneRelease(blocks[failed]);
+            ThrowReleaseError(blocks[failed], caching);
         }
 
         bool pooled = Pools(caching);
@@ -460,21 +452,12 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         var held = blocks.ToArray(); // the caller's handles, to give back untouched on failure
         foreach (var h in held) _memory.Resolve(h, out _); // a malformed or foreign handle throws before any change
         Span<ulong> old = blocks.Length <= 256 ? stackalloc ulong[blocks.Length] : new ulong[blocks.Length];
-        // Commit all or nothing, as Release does: a repeated or raced handle undoes the rest with plain stores.
-        for (int i = 0; i < blocks.Length; i++)
+        if (TryMarkAllReleased(held, caching, old) is var failed and >= 0)
         {
-            ulong* m = _memory.MetaOf(held[i]);
-            old[i] = Volatile.Read(ref *m);
-            if (!TryMarkReleased(m, held[i], caching))
-            {
-                for (int k = 0; k < i; k++) Volatile.Write(ref *_memory.MetaOf(held[k]), old[k]);
-                held.CopyTo(blocks);
-                if (i > 0 && held[i - 1] == held[i])
-                    throw new PageHandleException(held[i], HandleError.DoubleFree, "The handle appears twice in one release; nothing was released.");
-                ThrowReleaseError(held[i], caching);
-            }
-            blocks[i] = held[i].WithGeneration(held[i].Generation + 1UL);
+            if (failed > 0 && held[failed - 1] == held[failed]) throw RepeatedInOneRelease(held[failed]); // sorted: repeats are adjacent
+            ThrowReleaseError(held[failed], caching);
         }
+        for (int i = 0; i < blocks.Length; i++) blocks[i] = held[i].WithGeneration(held[i].Generation + 1UL);
         try
         {
             _memory.FreeBlocks(blocks, Id);
@@ -488,6 +471,28 @@ public sealed unsafe class PoolAllocator : IDisposable, ICachingListener
         }
         foreach (var h in blocks) _types[TypeIndex(caching, h.Order, _memory.ArenaOf(h).Zone)].CountGivenToSystem();
     }
+
+    /// <summary>
+    /// Commit a release all or nothing: mark every block released (saving its word in <paramref name="old"/>), or, at
+    /// the first that cannot be (repeated in the span, or raced by another thread), undo the ones before with plain
+    /// stores (see the class remarks: those blocks are in no magazine yet, their old handles stale) and return its
+    /// index. -1 when every block is committed.
+    /// </summary>
+    private int TryMarkAllReleased(ReadOnlySpan<PageHandle> blocks, CachingMode caching, Span<ulong> old)
+    {
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            ulong* m = _memory.MetaOf(blocks[i]);
+            old[i] = Volatile.Read(ref *m);
+            if (TryMarkReleased(m, blocks[i], caching)) continue;
+            for (int k = 0; k < i; k++) Volatile.Write(ref *_memory.MetaOf(blocks[k]), old[k]);
+            return i;
+        }
+        return -1;
+    }
+
+    private static PageHandleException RepeatedInOneRelease(PageHandle h)
+        => new(h, HandleError.DoubleFree, "The handle appears twice in one release; nothing was released.");
 
     // Out of line: the release check failed. After Dispose the block is the memory space's and goes there;
     // otherwise say exactly what was wrong with the handle.
