@@ -505,7 +505,7 @@ public sealed unsafe class PageArray : IDisposable
         {
             CheckBindable();
             bool copied = false;
-            if (device.OpsKind == DmaOpsKind.Direct && !DirectlyReachable(device.Mask))
+            if (device.OpsKind == DmaOpsKind.Direct && !Reaches(device.Mask, byMachineAddress: true))
             {
                 if (Zone == Zone.Dma32 || IsExternal)
                     throw new DmaMappingException(device.Name, 0, $"Cannot bind a buffer of {PageCount} pages to '{device.Name}': its pages lie above the device's mask 0x{device.Mask:x} and cannot be moved lower.");
@@ -576,19 +576,6 @@ public sealed unsafe class PageArray : IDisposable
         State = TtState.Populated;
     }
 
-    // dma-direct reaches a page when its machine address (its physical address without Xen) is under the mask.
-    private bool DirectlyReachable(ulong mask)
-    {
-        foreach (var seg in _segments)
-            foreach (var h in seg.Blocks!)
-            {
-                ulong frame = _memory.FrameOf(h);
-                for (int k = 0; k < h.PageCount; k++)
-                    if ((_memory.MachineFrameOf(frame + (ulong)k) << PhysicalMemory.PageShift) + PhysicalMemory.PageSize - 1 > mask) return false;
-            }
-        return true;
-    }
-
     /// <summary>The DMA address the bound device uses for page <paramref name="page"/>.</summary>
     public ulong DmaAddress(int page)
     {
@@ -601,11 +588,22 @@ public sealed unsafe class PageArray : IDisposable
         }
     }
 
-    private bool Reaches(ulong limit)
+    // Whether every page lies below `limit`: by physical address (a bind target's view), or by machine address
+    // (dma-direct's view: under Xen a page's machine frame is anywhere, so each page is looked at).
+    private bool Reaches(ulong limit, bool byMachineAddress = false)
     {
         foreach (var seg in _segments)
             foreach (var h in seg.Blocks!)
-                if (_memory.PhysicalAddress(h) + ((ulong)h.PageCount << PhysicalMemory.PageShift) - 1 > limit) return false;
+            {
+                if (!byMachineAddress)
+                {
+                    if (_memory.PhysicalAddress(h) + ((ulong)h.PageCount << PhysicalMemory.PageShift) - 1 > limit) return false;
+                    continue;
+                }
+                ulong frame = _memory.FrameOf(h);
+                for (int k = 0; k < h.PageCount; k++)
+                    if ((_memory.MachineFrameOf(frame + (ulong)k) << PhysicalMemory.PageShift) + PhysicalMemory.PageSize - 1 > limit) return false;
+            }
         return true;
     }
 

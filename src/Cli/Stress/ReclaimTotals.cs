@@ -11,11 +11,7 @@ namespace PagePool.Cli.Stress;
 internal sealed class ReclaimTotals : IReclaimObserver
 {
     private readonly ConcurrentDictionary<string, long> _freed = new(StringComparer.Ordinal);
-    private long _passes;
     private int _highest;
-
-    /// <summary>Reclaim passes run.</summary>
-    internal long Passes => Volatile.Read(ref _passes);
 
     /// <summary>The highest pressure any source reported.</summary>
     internal MemoryPressure Highest => (MemoryPressure)Volatile.Read(ref _highest);
@@ -30,11 +26,9 @@ internal sealed class ReclaimTotals : IReclaimObserver
         ReclaimEventForwarder.Instance.PressureChanged(source, level);
     }
 
+    // Passes and pages freed in all are the reclaim thread's own counts (ReclaimThread.Passes, .Freed).
     public void ReclaimPass(MemoryPressure level, int priority, long freed, long nanoseconds)
-    {
-        Interlocked.Increment(ref _passes);
-        ReclaimEventForwarder.Instance.ReclaimPass(level, priority, freed, nanoseconds);
-    }
+        => ReclaimEventForwarder.Instance.ReclaimPass(level, priority, freed, nanoseconds);
 
     public void ShrinkerScanned(string shrinker, long asked, long freed)
     {
