@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using PagePool.Memory;
 
 namespace PagePool.Dma;
@@ -94,6 +95,7 @@ internal sealed unsafe class DirectOps : DmaOps
         return MapBounced(block, cpu, size, dir, caching);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ulong MapBounced(PageHandle block, byte* cpu, int size, DmaDirection dir, CachingMode caching)
     {
         if (size > Swiotlb.SegmentSlots * Swiotlb.SlotSize)
@@ -172,6 +174,7 @@ internal sealed unsafe class DirectOps : DmaOps
     }
 
     // The first slot of this device's bounce mapping at `dma`, when `dma` is swiotlb memory; -1 otherwise.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int BouncedSlot(ulong dma) => _rule == BounceRule.Never ? -1 : Tlb.SlotOf(dma);
 
     internal override void Unmap(ulong dma, int size, DmaDirection dir)
@@ -187,6 +190,7 @@ internal sealed unsafe class DirectOps : DmaOps
     }
 
     // swiotlb_tbl_unmap_single: bounce back for FromDevice and Bidirectional, then give the slots back.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void UnmapBounced(ulong dma, int slot, int size, DmaDirection dir)
     {
         var tlb = Tlb;
@@ -195,12 +199,9 @@ internal sealed unsafe class DirectOps : DmaOps
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
         if (mapped != size)
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {mapped} bytes were mapped there. Unmap with the size you mapped.");
-        if (!tlb.TryClaim(slot, size)) // another thread unmapped it first
+        SyncForCpuCaches(tlb.HostOf(slot), size, dir);
+        if (!tlb.TryUnmap(slot, size, bounceBack: dir != DmaDirection.ToDevice)) // another thread unmapped it first
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
-        byte* bounce = tlb.HostOf(slot);
-        SyncForCpuCaches(bounce, size, dir);
-        if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(slot), tlb.OrigOf(slot), bounce, size);
-        tlb.Release(slot, size);
     }
 
     internal override void Sync(ulong dma, int size, DmaDirection dir, bool forCpu)
@@ -230,6 +231,7 @@ internal sealed unsafe class DirectOps : DmaOps
     }
 
     // swiotlb_sync_single_for_cpu / _for_device: the mapping is found from the slot the address falls in.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void SyncBounced(ulong dma, int slot, int size, DmaDirection dir, bool forCpu)
     {
         var tlb = Tlb;
