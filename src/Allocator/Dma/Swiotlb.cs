@@ -71,6 +71,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     }
 
     internal int Slots => _slots;
+    internal int AreaSlots => _areaSlots; // slots per area (tests check areas against Linux's walk)
     internal long UsedBytes
     {
         get
@@ -122,8 +123,11 @@ internal sealed unsafe class Swiotlb : IDisposable
         _orig = new nint[_slots];
         _mapped = new int[_slots];
         _caching = new CachingMode[_slots];
+        // An area is whole segments: a segment's free bits (two words) and every run in it are under one area's
+        // lock, and a search of the area never returns a run that ends in the next one. An odd number of blocks
+        // split into more than 8 areas would cut segments (1024 / 16 = 64 slots), so it gets fewer areas.
         int nareas = 1;
-        while (nareas * 2 <= cpus && _slots / (nareas * 2) >= SegmentSlots) nareas *= 2;
+        while (nareas * 2 <= cpus && _slots / (nareas * 2) >= SegmentSlots && _slots / (nareas * 2) % SegmentSlots == 0) nareas *= 2;
         _areas = new Area[Math.Max(1, nareas)];
         for (int a = 0; a < _areas.Length; a++) _areas[a] = new Area();
         _areaSlots = _slots / _areas.Length;

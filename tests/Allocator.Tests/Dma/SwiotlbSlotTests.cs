@@ -89,6 +89,128 @@ public sealed class SwiotlbSlotTests : IDisposable
         Assert.True(found > 5000 && full > 100, $"{found} allocations, {full} refused: both paths must be exercised");
     }
 
+    // Linux's walk over a pool of several areas, each searched as LinuxArea is (list[] recomputed from the used
+    // slots, so nothing of the bitmaps is shared with the allocator), with the device's mask: a candidate whose bus
+    // range passes the mask is skipped, the walk goes on with the next one.
+    private sealed class LinuxPool(Swiotlb tlb)
+    {
+        private readonly bool[] _used = new bool[tlb.Slots];
+        private readonly int _areaSlots = tlb.AreaSlots;
+        private readonly int[] _index = new int[tlb.Slots / tlb.AreaSlots], _usedCount = new int[tlb.Slots / tlb.AreaSlots];
+        private readonly int[] _list = new int[tlb.Slots];
+
+        internal int Areas => _index.Length;
+
+        // The slot area `a` gives for `size` bytes under `mask`, -1 when none; changes nothing.
+        internal int Search(int a, int size, ulong mask)
+        {
+            int nslots = (size + Swiotlb.SlotSize - 1) / Swiotlb.SlotSize, stride = size >= 4096 ? 2 : 1, first = a * _areaSlots;
+            if (nslots > Swiotlb.SegmentSlots || _areaSlots - _usedCount[a] < nslots) return -1;
+            for (int s = tlb.Slots - 1; s >= 0; s--) // list[]: free slots from s to the next used one or the segment's end
+                _list[s] = _used[s] ? 0 : (s % Swiotlb.SegmentSlots == Swiotlb.SegmentSlots - 1 || s + 1 == tlb.Slots ? 1 : _list[s + 1] + 1);
+            int rel = (_index[a] + stride - 1) / stride * stride;
+            for (int tries = 0; tries < _areaSlots / stride; tries++, rel += stride)
+            {
+                if (rel + nslots > _areaSlots) rel = 0;
+                int i = first + rel;
+                if (_list[i] < nslots) continue;
+                if (tlb.BusOf(i) + (ulong)size - 1 > mask) continue;
+                return i;
+            }
+            return -1;
+        }
+
+        internal void Take(int slot, int size)
+        {
+            int nslots = (size + Swiotlb.SlotSize - 1) / Swiotlb.SlotSize, a = slot / _areaSlots;
+            for (int s = slot; s < slot + nslots; s++) { Assert.False(_used[s]); _used[s] = true; }
+            _usedCount[a] += nslots;
+            int next = slot - a * _areaSlots + nslots;
+            _index[a] = next >= _areaSlots || (next >= Swiotlb.HotSlots && _usedCount[a] <= Swiotlb.HotSlots / 2) ? 0 : next;
+        }
+
+        internal void Release(int slot, int size)
+        {
+            int nslots = (size + Swiotlb.SlotSize - 1) / Swiotlb.SlotSize;
+            for (int s = slot; s < slot + nslots; s++) _used[s] = false;
+            _usedCount[slot / _areaSlots] -= nslots;
+        }
+    }
+
+    // Run lengths at the edges of the two 64-bit words of a segment, and any other.
+    private static int EdgeSlots(Random rng) => rng.Next(12) switch
+    {
+        0 => 1, 1 => 2, 2 => 63, 3 => 64, 4 => 65, 5 => 66, 6 => 127, 7 => 128, 8 => rng.Next(1, 9), _ => rng.Next(1, 129),
+    };
+
+    [Theory]
+    [InlineData(2, 4, 1)]
+    [InlineData(2, 4, 2)]
+    [InlineData(4, 4, 3)]
+    [InlineData(4, 6, 4)]
+    [InlineData(16, 6, 5)] // 3 blocks: areas of 1.5 blocks
+    [InlineData(32, 10, 6)] // 5 blocks
+    public void With_several_areas_edge_run_lengths_and_masks_below_the_pool_every_allocation_picks_a_slot_Linuxs_walk_picks(int cpus, int mib, int seed)
+    {
+        using var tlb = new Swiotlb(_memory, (long)mib << 20, cpus);
+        var linux = new LinuxPool(tlb);
+        var rng = new Random(seed);
+        var live = new List<(int Slot, int Size)>();
+        var options = new List<int>();
+        int found = 0, full = 0, masked = 0;
+        for (int step = 0; step < 4000; step++)
+        {
+            bool heavy = step / 500 % 2 == 1;
+            if (live.Count > 0 && rng.Next(100) < (heavy ? 35 : 55))
+            {
+                int k = rng.Next(live.Count);
+                tlb.Release(live[k].Slot, live[k].Size);
+                linux.Release(live[k].Slot, live[k].Size);
+                live.RemoveAt(k);
+                continue;
+            }
+            int nslots = EdgeSlots(rng);
+            int size = Math.Max(1, nslots * Swiotlb.SlotSize - (rng.Next(3) == 0 ? rng.Next(Swiotlb.SlotSize) : 0));
+            // A mask that ends inside the pool (inside a segment, off a slot boundary), or none.
+            ulong mask = rng.Next(4) == 0 ? tlb.BusOf(rng.Next(tlb.Slots)) + (ulong)rng.Next(2 * Swiotlb.SlotSize) : ulong.MaxValue;
+            // The search starts in the calling CPU's area, which the test does not choose: the allocator must give
+            // what Linux's walk gives from one of the starting areas.
+            options.Clear();
+            for (int start = 0; start < linux.Areas; start++)
+            {
+                int want = -1;
+                for (int k = 0; k < linux.Areas && want < 0; k++) want = linux.Search((start + k) % linux.Areas, size, mask);
+                options.Add(want);
+            }
+            int got = tlb.Allocate(size, mask, owner: 1);
+            if (!options.Contains(got))
+                Assert.Fail($"step {step}: {size} bytes under mask 0x{mask:x}, Linux's walk picks one of [{string.Join(", ", options.Distinct())}], the allocator {got}");
+            if (got < 0) { full++; continue; }
+            if (mask != ulong.MaxValue) masked++;
+            Assert.Equal(got / tlb.AreaSlots, (got + (size - 1) / Swiotlb.SlotSize) / tlb.AreaSlots); // inside one area
+            linux.Take(got, size);
+            found++;
+            live.Add((got, size));
+        }
+        Assert.True(found > 1000 && full > 50 && masked > 50, $"{found} allocations ({masked} under a mask), {full} refused: every path must be exercised");
+        foreach (var (s, z) in live) tlb.Release(s, z);
+        Assert.Equal(0, tlb.UsedBytes);
+        for (int i = 0; i < tlb.Slots; i++) Assert.Equal(Swiotlb.SegmentSlots - (i % Swiotlb.SegmentSlots), tlb.ListOf(i));
+    }
+
+    [Theory]
+    [InlineData(16, 6)] // 3 blocks of 1024 slots
+    [InlineData(32, 10)] // 5 blocks
+    public void Areas_are_whole_segments_so_no_run_and_no_bitmap_word_is_shared_by_two_area_locks(int cpus, int mib)
+    {
+        using var tlb = new Swiotlb(_memory, (long)mib << 20, cpus);
+        Assert.Equal(0, tlb.AreaSlots % Swiotlb.SegmentSlots);
+        int runs = 0;
+        for (int slot; (slot = tlb.Allocate(100 * Swiotlb.SlotSize, ulong.MaxValue, owner: 1)) >= 0; runs++)
+            Assert.Equal(slot / tlb.AreaSlots, (slot + 99) / tlb.AreaSlots);
+        Assert.Equal(tlb.Slots / Swiotlb.SegmentSlots, runs); // one run of 100 slots in every segment
+    }
+
     [Fact]
     public void A_light_load_bounces_through_the_first_window_of_slots_and_a_freed_slot_waits_for_the_rest_of_it()
     {
