@@ -200,7 +200,7 @@ internal sealed unsafe class DirectOps : DmaOps
         if (mapped != size)
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {mapped} bytes were mapped there. Unmap with the size you mapped.");
         SyncForCpuCaches(tlb.HostOf(slot), size, dir);
-        if (!tlb.TryUnmap(slot, size, bounceBack: dir != DmaDirection.ToDevice)) // another thread unmapped it first
+        if (!tlb.TryUnmap(slot, size, Device.Id, bounceBack: dir != DmaDirection.ToDevice)) // another thread unmapped it first
             throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
     }
 

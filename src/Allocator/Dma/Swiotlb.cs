@@ -329,20 +329,22 @@ internal sealed unsafe class Swiotlb : IDisposable
     private Area AreaOf(int slot) => _areas[(uint)slot / (uint)_areaSlots];
 
     /// <summary>
-    /// swiotlb_tbl_unmap_single from the bounce side: claim the mapping starting at <paramref name="head"/> (true
-    /// for exactly one caller, while it still maps <paramref name="size"/> bytes), copy the slots back to the buffer
+    /// swiotlb_tbl_unmap_single from the bounce side: claim the mapping of <paramref name="owner"/> starting at
+    /// <paramref name="head"/> (true for exactly one caller, while it still maps <paramref name="size"/> bytes), copy the slots back to the buffer
     /// when <paramref name="bounceBack"/>, and give the slots back. One pass under the area's lock: the claim is a
     /// plain store there, not an atomic of its own, and the lock is taken before the copy, so it does not wait for
     /// the copy's stores to drain. A copy into write-combined or uncached memory is slow and made outside the lock.
     /// </summary>
-    internal bool TryUnmap(int head, int size, bool bounceBack)
+    internal bool TryUnmap(int head, int size, int owner, bool bounceBack)
     {
         var area = AreaOf(head);
         area.Enter();
         bool locked = true;
         try
         {
-            if (_mapped[head] != size) return false; // another thread unmapped it first
+            // Another thread unmapped it first, or released its device: the slots may be another device's mapping
+            // of the same size by now, which the size alone does not tell from this one.
+            if (_mapped[head] != size || _owner[head] != owner) return false;
             Volatile.Write(ref _mapped[head], 0); // gone for sync and a second unmap from here
             if (bounceBack)
             {
@@ -421,7 +423,7 @@ internal sealed unsafe class Swiotlb : IDisposable
         {
             if (Volatile.Read(ref _owner[s]) != owner || _head[s] != s) continue;
             int mapped = Volatile.Read(ref _mapped[s]);
-            if (mapped != 0) TryUnmap(s, mapped, bounceBack: false);
+            if (mapped != 0) TryUnmap(s, mapped, owner, bounceBack: false);
         }
     }
 
