@@ -112,11 +112,21 @@ internal sealed unsafe class DirectOps : DmaOps
             if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.SwiotlbFull(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
             throw new SwiotlbFullException(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
         }
+        if (Device.IsDisposed) GiveBackDisposed(slot, size); // released while mapping: see Swiotlb.ReleaseAllOf
         byte* bounce = tlb.HostOf(slot);
         BounceCopy.Copy(cpu, bounce, size); // always, whatever the direction: the slot must not leak old data
         SyncForDeviceCaches(bounce, size, dir);
         tlb.Record(slot, cpu, size, caching); // the slots' owner is the device's hold: no window, no table entry
         return tlb.BusOf(slot);
+    }
+
+    // The device was disposed after this map's check and before its slots were taken: its release may already have
+    // passed them, so the map gives them back itself and fails as a map after dispose does.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void GiveBackDisposed(int slot, int size)
+    {
+        Tlb.Release(slot, size);
+        Device.ThrowIfDisposed();
     }
 
     // Take (or give back) the device's hold on the lines of [bus, bus+size): the engine may touch held lines only.

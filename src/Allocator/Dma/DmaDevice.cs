@@ -339,6 +339,9 @@ public sealed unsafe class DmaDevice : IDisposable
         if (Volatile.Read(ref _disposed) != 0) ThrowDisposed();
     }
 
+    /// <summary>True once <see cref="Dispose"/> has begun (a map that took swiotlb slots checks it to give them back).</summary>
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ThrowDisposed() => throw new ObjectDisposedException($"DmaDevice '{Name}'");
 

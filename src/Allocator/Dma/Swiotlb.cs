@@ -416,13 +416,30 @@ internal sealed unsafe class Swiotlb : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal CachingMode CachingAt(int head) => _caching[head];
 
-    /// <summary>Claim and release every mapping <paramref name="owner"/> still holds (its device is going away).</summary>
+    /// <summary>
+    /// Claim and release every mapping <paramref name="owner"/> still holds (its device is going away, and is
+    /// already marked disposed: maps racing with this check it after taking their slots).
+    /// </summary>
     internal void ReleaseAllOf(int owner)
     {
+        // A map of the device on another thread takes its slots under an area lock and then checks whether the
+        // device is disposed; if so it gives them back itself (DirectOps.MapBounced). Taking each lock once here,
+        // after the mark, orders the two: a map that takes slots after this sees the mark; one that took them
+        // before is seen by the walk below, which waits (a few copies' time) until it has either recorded its
+        // mapping, released here, or given its slots back. An unmap that has claimed a mapping and copies back
+        // outside the lock (mapped 0, slots still held) is waited for the same way: it frees the slots itself.
+        foreach (var area in _areas)
+        {
+            area.Enter();
+            area.Exit();
+        }
         for (int s = 0; s < _slots; s++)
         {
-            if (Volatile.Read(ref _owner[s]) != owner || _head[s] != s) continue;
-            int mapped = Volatile.Read(ref _mapped[s]);
+            if (Volatile.Read(ref _owner[s]) != owner || Volatile.Read(ref _head[s]) != s) continue;
+            var spin = new SpinWait();
+            int mapped;
+            while ((mapped = Volatile.Read(ref _mapped[s])) == 0 && Volatile.Read(ref _owner[s]) == owner && Volatile.Read(ref _head[s]) == s)
+                spin.SpinOnce();
             if (mapped != 0) TryUnmap(s, mapped, owner, bounceBack: false);
         }
     }

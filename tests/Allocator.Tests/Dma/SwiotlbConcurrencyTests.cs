@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using PagePool.Dma;
 using PagePool.Memory;
@@ -54,5 +55,72 @@ public sealed unsafe class SwiotlbConcurrencyTests
         {
             NativeMemory.Free(buffers);
         }
+    }
+
+    [Fact]
+    public void Maps_unmaps_syncs_and_device_writes_on_several_devices_while_devices_are_disposed_leave_every_slot_free()
+    {
+        using var m = new DmaTestMachine(checker: false); // the slots' own bookkeeping is under test
+        var keep = new[]
+        {
+            m.Device("a", DmaOpsKind.Swiotlb),
+            m.Device("b", DmaOpsKind.Swiotlb, maskBits: 32, coherent: false),
+        };
+        DmaDevice? doomed = null;
+        int threads = Environment.ProcessorCount * 3, rounds = 12, ops = 0;
+        var errors = new ConcurrentQueue<string>();
+        using var go = new Barrier(threads + 1);
+        var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+        {
+            var rng = new Random(100 + t);
+            var blocks = new[] { m.Memory.AllocateBlock(Zone.Dma32, 2), m.Memory.AllocateBlock(Zone.Dma32, 2) };
+            m.Memory.SetCaching(blocks[1], t % 2 == 0 ? CachingMode.WriteCombined : CachingMode.Uncached); // the copy back outside the lock
+            go.SignalAndWait();
+            while (Volatile.Read(ref rounds) > 0)
+            {
+                var d = Volatile.Read(ref doomed);
+                var dev = d is not null && rng.Next(2) == 0 ? d : keep[rng.Next(keep.Length)];
+                var block = blocks[rng.Next(2)];
+                int len = rng.Next(1, 16 << 10), off = rng.Next(0, (16 << 10) - len);
+                var dir = (DmaDirection)rng.Next(3);
+                var data = new byte[len];
+                rng.NextBytes(data);
+                try
+                {
+                    ulong dma = dev.MapPage(block, off, len, dir);
+                    dev.Engine.Write(dma, data);
+                    if (rng.Next(4) == 0) dev.SyncForCpu(dma, len, dir);
+                    dev.UnmapPage(dma, len, dir);
+                    if (dir != DmaDirection.ToDevice)
+                    {
+                        var got = new byte[len];
+                        m.Memory.Read(block, off, got);
+                        if (!got.AsSpan().SequenceEqual(data)) errors.Enqueue($"{dev.Name}: {len} bytes at {off} came back wrong");
+                    }
+                }
+                // The device being released may refuse at any step: gone (ObjectDisposedException), its mapping
+                // already released (unmap: DmaMappingException; the engine: DmaFaultException). Never the others.
+                catch (Exception e) when (dev == d && e is ObjectDisposedException or DmaMappingException or DmaFaultException) { }
+                catch (Exception e)
+                {
+                    errors.Enqueue($"{dev.Name}: {e.GetType().Name}: {e.Message}");
+                }
+                Interlocked.Increment(ref ops);
+            }
+            foreach (var b in blocks) m.Memory.FreeBlock(b);
+        })).ToList();
+        workers.ForEach(w => w.Start());
+        go.SignalAndWait(TestContext.Current.CancellationToken);
+        for (int r = 0; r < rounds; r++)
+        {
+            var d = m.Device($"x{r}", DmaOpsKind.Swiotlb, coherent: r % 2 == 0);
+            Volatile.Write(ref doomed, d);
+            for (int until = Volatile.Read(ref ops) + 200; Volatile.Read(ref ops) < until;) Thread.Yield();
+            d.Dispose(); // while the workers map, sync, write and unmap on it
+        }
+        Volatile.Write(ref rounds, 0);
+        workers.ForEach(w => w.Join());
+        Assert.Empty(errors);
+        AssertAllFree(m.Platform.Swiotlb);
     }
 }
