@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using PagePool.Dma;
+using PagePool.Faults;
 using PagePool.Memory;
 using Xunit;
 
@@ -122,5 +123,29 @@ public sealed unsafe class SwiotlbConcurrencyTests
         workers.ForEach(w => w.Join());
         Assert.Empty(errors);
         AssertAllFree(m.Platform.Swiotlb);
+    }
+
+    [Fact]
+    public void A_scatterlist_whose_third_bounce_finds_no_slot_gives_back_the_first_two()
+    {
+        using var m = new DmaTestMachine(checker: false);
+        var dev = m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 2);
+        var sg = new DmaScatterlist();
+        for (int e = 0; e < 4; e++) sg.Add(block, e * 4096, 3000);
+        FaultInjector.Arm(FaultPoint.SwiotlbSlots, skip: 2);
+        try
+        {
+            Assert.Throws<SwiotlbFullException>(() => dev.MapScatterlist(sg, DmaDirection.Bidirectional));
+        }
+        finally
+        {
+            FaultInjector.Disarm(FaultPoint.SwiotlbSlots);
+        }
+        AssertAllFree(m.Platform.Swiotlb);
+        Assert.InRange(dev.MapScatterlist(sg, DmaDirection.Bidirectional), 1, 4); // nothing was left half mapped
+        dev.UnmapScatterlist(sg, 4, DmaDirection.Bidirectional);
+        AssertAllFree(m.Platform.Swiotlb);
+        m.Memory.FreeBlock(block);
     }
 }
