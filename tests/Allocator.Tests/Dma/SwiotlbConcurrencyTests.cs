@@ -148,4 +148,28 @@ public sealed unsafe class SwiotlbConcurrencyTests
         AssertAllFree(m.Platform.Swiotlb);
         m.Memory.FreeBlock(block);
     }
+
+    [Fact]
+    public void A_pool_whose_third_block_cannot_be_had_gives_back_the_first_two_and_the_next_device_builds_it_whole()
+    {
+        using var m = new DmaTestMachine(checker: false, swiotlb: 8L << 20);
+        long used = m.Memory.UsedBytes(Zone.Dma32);
+        FaultInjector.Arm(FaultPoint.Dma32Zone, skip: 2);
+        try
+        {
+            Assert.ThrowsAny<PagePoolException>(() => m.Device("sw", DmaOpsKind.Swiotlb)); // the pool is built for the first bouncing device
+        }
+        finally
+        {
+            FaultInjector.Disarm(FaultPoint.Dma32Zone);
+        }
+        Assert.Equal(used, m.Memory.UsedBytes(Zone.Dma32));
+        var dev = m.Device("sw2", DmaOpsKind.Swiotlb);
+        Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32) - used);
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        m.Memory.FreeBlock(block);
+        AssertAllFree(m.Platform.Swiotlb);
+    }
 }
