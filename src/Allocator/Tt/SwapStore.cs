@@ -58,10 +58,35 @@ public abstract unsafe partial class SwapStore : IDisposable
     /// <summary>Write the gather list as one extent and return its offset; on failure nothing stays reserved.</summary>
     internal long Write(Span<IoVec> vectors, long bytes)
     {
+        long offset = ReserveExtent(bytes);
+        try
+        {
+            WritePart(offset, vectors, bytes);
+        }
+        catch
+        {
+            Free(offset, bytes);
+            throw;
+        }
+        return offset;
+    }
+
+    /// <summary>
+    /// Reserve an extent to be written part by part with <see cref="WritePart"/>; the caller gives back with
+    /// <see cref="Free"/> whatever it does not keep.
+    /// </summary>
+    internal long ReserveExtent(long bytes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        return Reserve(bytes);
+    }
+
+    /// <summary>Write part of a reserved extent. A failure is a typed error and frees nothing: the extent is the caller's.</summary>
+    internal void WritePart(long offset, Span<IoVec> vectors, long bytes)
+    {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         if (Faults.TakeWriteFault())
             throw new SwapStoreException("write", bytes, Description, "an injected write fault (SwapFaults.FailWrites).");
-        long offset = Reserve(bytes);
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
@@ -71,12 +96,10 @@ public abstract unsafe partial class SwapStore : IDisposable
         }
         catch (NativeCallException e)
         {
-            Free(offset, bytes);
             throw new SwapStoreException("write", bytes, Description, e.Message, e);
         }
         Interlocked.Add(ref _writeTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         Interlocked.Add(ref _written, bytes);
-        return offset;
     }
 
     /// <summary>Read an extent (or part of one) into the scatter list. The extent stays reserved.</summary>

@@ -81,6 +81,58 @@ public sealed class DmaSwapFaultTests : IDisposable
         Assert.Equal(sum, TtFixture.Checksum(t));
     }
 
+    // A swap-out writes 8 MiB parts and gives each part's pages back while the next is written: a write failing
+    // at the third part finds two parts already given back to the system.
+    private const int MultiPartPages = (int)(3 * PageArray.BackupPartBytes / 4096);
+
+    [Theory]
+    [InlineData(CachingMode.WriteBack)]
+    [InlineData(CachingMode.WriteCombined)]
+    public void A_write_failing_after_parts_were_given_back_reads_them_back_and_leaves_the_buffer_as_it_was(CachingMode caching)
+    {
+        using var f = new TtFixture();
+        using var t = f.New(MultiPartPages, caching);
+        t.Populate(TestContext.Current.CancellationToken);
+        ulong sum = TtFixture.Fill(t, 21);
+        long charged = f.Accounting.Pages, inUse = f.PoolInUse, readBefore = f.Store.BytesRead;
+        FaultInjector.Arm(FaultPoint.SwapWrite, skip: 2);
+        Assert.Throws<SwapStoreException>(() => t.SwapOut());
+        Assert.Equal(TtState.Populated, t.State);
+        Assert.Equal(MultiPartPages, t.ResidentPages);
+        Assert.Equal(sum, TtFixture.Checksum(t));
+        Assert.Equal(2 * PageArray.BackupPartBytes, f.Store.BytesRead - readBefore); // the two parts given back came back
+        Assert.Equal(0, f.Store.BytesInUse);
+        Assert.Equal(charged, f.Accounting.Pages);
+        Assert.Equal(inUse, f.PoolInUse);
+
+        Assert.Equal(MultiPartPages, t.SwapOut()); // the fault cleared: the same swap-out goes through
+        t.Populate(TestContext.Current.CancellationToken);
+        Assert.Equal(sum, TtFixture.Checksum(t));
+    }
+
+    [Fact]
+    public void When_the_read_back_after_a_failed_write_fails_too_the_given_back_parts_stay_in_the_store_and_populate_restores_every_byte()
+    {
+        using var f = new TtFixture();
+        using var t = f.New(MultiPartPages);
+        t.Populate(TestContext.Current.CancellationToken);
+        ulong sum = TtFixture.Fill(t, 22);
+        FaultInjector.Arm(FaultPoint.SwapWrite, skip: 2);
+        f.Store.Faults.FailReads(1);
+        Assert.Throws<SwapStoreException>(() => t.SwapOut());
+        Assert.Equal(TtState.SwappedOut, t.State); // in part: the third part never left, the first two are in the store
+        long inStore = MultiPartPages - t.ResidentPages;
+        Assert.True(inStore > 0 && t.ResidentPages > 0, $"{t.ResidentPages} resident pages of {MultiPartPages}");
+        Assert.Equal(inStore * 4096, f.Store.BytesInUse);
+        Assert.Equal(t.ResidentPages, f.Accounting.Pages);
+
+        t.Populate(TestContext.Current.CancellationToken);
+        Assert.Equal(TtState.Populated, t.State);
+        Assert.Equal(sum, TtFixture.Checksum(t));
+        Assert.Equal(0, f.Store.BytesInUse);
+        Assert.Equal(MultiPartPages, f.Accounting.Pages);
+    }
+
     [Fact]
     public void A_failed_swap_read_loses_no_byte_and_the_next_populate_restores_the_buffer()
     {
