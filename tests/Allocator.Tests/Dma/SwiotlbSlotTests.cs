@@ -15,46 +15,6 @@ public sealed class SwiotlbSlotTests : IDisposable
 
     public void Dispose() => _memory.Dispose();
 
-    // Linux's swiotlb_search_pool_area over one area, slot by slot (list[i] >= nslots is "the run from i is free
-    // and inside i's segment"), with PagePool's index rule after each allocation.
-    private sealed class LinuxArea(int slots)
-    {
-        private readonly bool[] _used = new bool[slots];
-        private int _index, _usedCount;
-
-        internal int Allocate(int size)
-        {
-            int nslots = (size + Swiotlb.SlotSize - 1) / Swiotlb.SlotSize, stride = size >= 4096 ? 2 : 1;
-            if (nslots > Swiotlb.SegmentSlots || slots - _usedCount < nslots) return -1;
-            int rel = (_index + stride - 1) / stride * stride;
-            for (int tries = 0; tries < slots / stride; tries++, rel += stride)
-            {
-                if (rel + nslots > slots) rel = 0;
-                if (!Fits(rel, nslots)) continue;
-                for (int s = rel; s < rel + nslots; s++) _used[s] = true;
-                _usedCount += nslots;
-                int next = rel + nslots;
-                _index = next >= slots || (next >= Swiotlb.HotSlots && _usedCount <= Swiotlb.HotSlots / 2) ? 0 : next;
-                return rel;
-            }
-            return -1;
-        }
-
-        internal void Release(int slot, int size)
-        {
-            int nslots = (size + Swiotlb.SlotSize - 1) / Swiotlb.SlotSize;
-            for (int s = slot; s < slot + nslots; s++) _used[s] = false;
-            _usedCount -= nslots;
-        }
-
-        private bool Fits(int at, int nslots)
-        {
-            if (at / Swiotlb.SegmentSlots != (at + nslots - 1) / Swiotlb.SegmentSlots) return false;
-            for (int s = at; s < at + nslots; s++) if (_used[s]) return false;
-            return true;
-        }
-    }
-
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
@@ -62,7 +22,7 @@ public sealed class SwiotlbSlotTests : IDisposable
     public void Every_allocation_picks_the_slot_Linuxs_walk_picks(int seed)
     {
         using var tlb = new Swiotlb(_memory, 4L << 20, cpus: 1); // one area: the walk is the whole pool
-        var linux = new LinuxArea(tlb.Slots);
+        var linux = new LinuxPool(tlb);
         var rng = new Random(seed);
         var live = new List<(int Slot, int Size)>();
         int found = 0, full = 0;
@@ -79,7 +39,8 @@ public sealed class SwiotlbSlotTests : IDisposable
                 continue;
             }
             int size = rng.Next(4) switch { 0 => rng.Next(1, 2049), 1 => 4096, 2 => rng.Next(2049, 20_000), _ => rng.Next(20_000, 300_000) };
-            int want = linux.Allocate(size);
+            int want = linux.Search(0, size, ulong.MaxValue);
+            if (want >= 0) linux.Take(want, size);
             int got = tlb.Allocate(size, ulong.MaxValue, owner: 1);
             if (want != got) Assert.Fail($"step {step}: {size} bytes, Linux's walk picks slot {want}, the allocator {got}");
             if (got < 0) { full++; continue; }
@@ -89,9 +50,10 @@ public sealed class SwiotlbSlotTests : IDisposable
         Assert.True(found > 5000 && full > 100, $"{found} allocations, {full} refused: both paths must be exercised");
     }
 
-    // Linux's walk over a pool of several areas, each searched as LinuxArea is (list[] recomputed from the used
-    // slots, so nothing of the bitmaps is shared with the allocator), with the device's mask: a candidate whose bus
-    // range passes the mask is skipped, the walk goes on with the next one.
+    // Linux's swiotlb_search_pool_area over a pool of one or several areas, slot by slot (list[] recomputed from the
+    // used slots, so nothing of the bitmaps is shared with the allocator; list[i] >= nslots is "the run from i is
+    // free and inside i's segment"), with PagePool's index rule after each allocation and the device's mask: a
+    // candidate whose bus range passes the mask is skipped, the walk goes on with the next one.
     private sealed class LinuxPool(Swiotlb tlb)
     {
         private readonly bool[] _used = new bool[tlb.Slots];
