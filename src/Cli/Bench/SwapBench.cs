@@ -47,7 +47,7 @@ internal static unsafe partial class SwapBench
         });
         double writes = store.WriteTime.TotalMilliseconds, reads = store.ReadTime.TotalMilliseconds;
         ctx.Note($"swap: of {outs.Sum() + ins.Sum():0} ms swapping, store writes took {writes:0} ms (the rest of swap-out, {outs.Sum() - writes:0} ms, "
-                 + $"gives the pages back to the system) and store reads {reads:0} ms (faulting in the fresh destination pages included; "
+                 + $"is what giving the pages back to the system adds beyond the writes it overlaps) and store reads {reads:0} ms (faulting in the fresh destination pages included; "
                  + $"the rest of swap-in, {ins.Sum() - reads:0} ms, allocates and maps)");
         var probe = new byte[chunk.Length];
         buffer.Read(bytes - chunk.Length, probe);
