@@ -71,9 +71,22 @@ internal sealed unsafe class DirectOps : DmaOps
         return bus + (ulong)size - 1 <= Device.Mask ? bus : ulong.MaxValue;
     }
 
+    // The bouncing path is inline and small; the direct one (a table, a lock, windows) is out of line, so its locals
+    // cost a bounce nothing (a method that holds both zeroes ~300 bytes of frame on every call).
     internal override ulong Map(PageHandle block, byte* cpu, ulong frame, int offset, int size, DmaDirection dir, CachingMode caching, out bool bounced)
     {
-        ulong bus = _rule == BounceRule.Always ? ulong.MaxValue : DirectBus(frame, offset, size);
+        if (_rule == BounceRule.Always)
+        {
+            bounced = true;
+            return MapBounced(block, cpu, size, dir, caching);
+        }
+        return MapDirect(block, cpu, frame, offset, size, dir, caching, out bounced);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong MapDirect(PageHandle block, byte* cpu, ulong frame, int offset, int size, DmaDirection dir, CachingMode caching, out bool bounced)
+    {
+        ulong bus = DirectBus(frame, offset, size);
         if (bus != ulong.MaxValue)
         {
             bounced = false;
@@ -98,26 +111,33 @@ internal sealed unsafe class DirectOps : DmaOps
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ulong MapBounced(PageHandle block, byte* cpu, int size, DmaDirection dir, CachingMode caching)
     {
-        if (size > Swiotlb.SegmentSlots * Swiotlb.SlotSize)
-            throw new DmaMappingException(Device.Name, 0,
-                $"Device '{Device.Name}': {size} bytes cannot bounce through swiotlb, which maps at most {Swiotlb.SegmentSlots * Swiotlb.SlotSize} bytes at once. Map smaller pieces.");
+        if (size > Swiotlb.SegmentSlots * Swiotlb.SlotSize) throw TooLargeToBounce(size);
         var tlb = Tlb;
         int slot = tlb.Allocate(size, Device.Mask, Device.Id);
-        if (slot < 0)
-        {
-            // A mask below the whole pool is not a full pool: say what the mask leaves, not how much is in use.
-            var (start, end) = tlb.BusRange;
-            if (end == 0 || start + (ulong)size - 1 > Device.Mask)
-                throw new SwiotlbOutOfReachException(Device.Name, Device.MaskBits, size, start, end);
-            if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.SwiotlbFull(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
-            throw new SwiotlbFullException(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
-        }
+        if (slot < 0) throw NoSlots(size);
         if (Device.IsDisposed) GiveBackDisposed(slot, size); // released while mapping: see Swiotlb.ReleaseAllOf
         byte* bounce = tlb.HostOf(slot);
         BounceCopy.Copy(cpu, bounce, size); // always, whatever the direction: the slot must not leak old data
         SyncForDeviceCaches(bounce, size, dir);
         tlb.Record(slot, cpu, size, caching); // the slots' owner is the device's hold: no window, no table entry
         return tlb.BusOf(slot);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private DmaMappingException TooLargeToBounce(int size)
+        => new(Device.Name, 0, $"Device '{Device.Name}': {size} bytes cannot bounce through swiotlb, which maps at most {Swiotlb.SegmentSlots * Swiotlb.SlotSize} bytes at once. Map smaller pieces.");
+
+    // No run of slots for the mapping: a mask below the whole pool is not a full pool, so the error says what the
+    // mask leaves, not how much is in use.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private DmaMappingException NoSlots(int size)
+    {
+        var tlb = Tlb;
+        var (start, end) = tlb.BusRange;
+        if (end == 0 || start + (ulong)size - 1 > Device.Mask)
+            return new SwiotlbOutOfReachException(Device.Name, Device.MaskBits, size, start, end);
+        if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.SwiotlbFull(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
+        return new SwiotlbFullException(Device.Name, size, tlb.UsedBytes, tlb.PoolBytes);
     }
 
     // The device was disposed after this map's check and before its slots were taken: its release may already have
@@ -190,11 +210,13 @@ internal sealed unsafe class DirectOps : DmaOps
     internal override void Unmap(ulong dma, int size, DmaDirection dir)
     {
         int slot = BouncedSlot(dma);
-        if (slot >= 0)
-        {
-            UnmapBounced(dma, slot, size, dir);
-            return;
-        }
+        if (slot >= 0) UnmapBounced(dma, slot, size, dir);
+        else UnmapDirect(dma, size, dir);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void UnmapDirect(ulong dma, int size, DmaDirection dir)
+    {
         var s = Take(dma, size, false);
         SyncForCpuCaches(s.Cpu, size, dir);
     }
@@ -205,23 +227,31 @@ internal sealed unsafe class DirectOps : DmaOps
     {
         var tlb = Tlb;
         int head = tlb.MappingOf(slot, Device.Id, out int mapped);
-        if (head != slot)
-            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
-        if (mapped != size)
-            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {mapped} bytes were mapped there. Unmap with the size you mapped.");
+        if (head != slot) throw NoStreamingMapping(dma);
+        if (mapped != size) throw WrongUnmapSize(dma, size, mapped);
         SyncForCpuCaches(tlb.HostOf(slot), size, dir);
         if (!tlb.TryUnmap(slot, size, Device.Id, bounceBack: dir != DmaDirection.ToDevice)) // another thread unmapped it first
-            throw new DmaMappingException(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
+            throw NoStreamingMapping(dma);
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private DmaMappingException NoStreamingMapping(ulong dma)
+        => new(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x}, which starts no streaming mapping of this device.");
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private DmaMappingException WrongUnmapSize(ulong dma, int size, int mapped)
+        => new(Device.Name, dma, $"Device '{Device.Name}': unmap of DMA address 0x{dma:x} for {size} bytes, but {mapped} bytes were mapped there. Unmap with the size you mapped.");
 
     internal override void Sync(ulong dma, int size, DmaDirection dir, bool forCpu)
     {
         int slot = BouncedSlot(dma);
-        if (slot >= 0)
-        {
-            SyncBounced(dma, slot, size, dir, forCpu);
-            return;
-        }
+        if (slot >= 0) SyncBounced(dma, slot, size, dir, forCpu);
+        else SyncDirect(dma, size, dir, forCpu);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void SyncDirect(ulong dma, int size, DmaDirection dir, bool forCpu)
+    {
         Stream s = default;
         ulong start = 0;
         bool found = false;
@@ -270,6 +300,7 @@ internal sealed unsafe class DirectOps : DmaOps
         else PhysicalMemory.StoreAs(caching, cpu, bounce, (nuint)size);
     }
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private DmaMappingException NoMappingCovers(ulong dma, int size)
         => new(Device.Name, dma, $"Device '{Device.Name}': sync of DMA address 0x{dma:x}+{size}, which no mapping of this device covers.");
 
@@ -312,6 +343,12 @@ internal sealed unsafe class DirectOps : DmaOps
                 return true;
             }
         }
+        return TranslateWindow(dma, out host, out room, out fault);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool TranslateWindow(ulong dma, out byte* host, out int room, out string? fault)
+    {
         ulong page = dma >> PhysicalMemory.PageShift;
         int line = (int)(dma >> LineShift) & (LinesPerPage - 1);
         Window? w;

@@ -59,6 +59,7 @@ public sealed unsafe class DmaEngine
         }
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
     private DmaFaultException Fault(ulong at, bool write, string reason, bool stale)
     {
         var f = new DmaFault(_device.Name, at, write, reason);
