@@ -397,9 +397,10 @@ public sealed unsafe class PageArray : IDisposable
                 }
                 store.WritePart(at, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(vectors), partBytes);
                 // On the disk: the part's pages go straight back to the system (not into the pool, or swapping would
-                // free nothing), on another thread while this one writes the next part. The CPU mapping lets go first.
-                for (int k = first; k < end; k++) _cpu?.MapAbsent(_segments[chosen[k]].FirstPage, _segments[chosen[k]].Pages);
+                // free nothing), on another thread while this one writes the next part. The CPU mapping lets go first;
+                // the part is recorded before, so a roll back maps it again should that fail half way.
                 parts.Add((first, end, at, partBytes));
+                for (int k = first; k < end; k++) _cpu?.MapAbsent(_segments[chosen[k]].FirstPage, _segments[chosen[k]].Pages);
                 release.Add(blocks.ToArray());
                 at += partBytes;
                 first = end;
@@ -447,12 +448,13 @@ public sealed unsafe class PageArray : IDisposable
         for (int p = 0; p < parts.Count; p++)
         {
             var (first, end, at, partBytes) = parts[p];
-            if (!released[p]) store.Free(at, partBytes); // its pages are still ours: its copy goes
+            bool gone = p < released.Length && released[p]; // the last part may not have reached `release`
+            if (!gone) store.Free(at, partBytes); // its pages are still ours: its copy goes
             written = at + partBytes;
             for (int k = first; k < end; k++)
             {
                 var seg = _segments[chosen[k]];
-                if (released[p])
+                if (gone)
                 {
                     seg.Blocks = null;
                     seg.SwapOffset = at;
