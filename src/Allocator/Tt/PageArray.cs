@@ -485,9 +485,10 @@ public sealed unsafe class PageArray : IDisposable
                 b = end;
             }
         }
-        catch (Exception e) when (e is SwapStoreException or OutOfMemoryException or PagePoolException)
+        catch (Exception e) when (e is SwapStoreException or OutOfMemoryException or PagePoolException or ObjectDisposedException)
         {
-            // The rest stay in the store: no longer resident, so no longer charged.
+            // The rest stay in the store (or went with it, when it was disposed meanwhile): no longer resident, so
+            // no longer charged.
             long left = 0;
             for (; b < backups.Count; b++) left += _segments[backups[b].Index].Pages;
             _accounting.Uncharge(left, Zone);
