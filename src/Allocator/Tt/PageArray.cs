@@ -401,7 +401,7 @@ public sealed unsafe class PageArray : IDisposable
                 // the part is recorded before, so a roll back maps it again should that fail half way.
                 parts.Add((first, end, at, partBytes));
                 for (int k = first; k < end; k++) _cpu?.MapAbsent(_segments[chosen[k]].FirstPage, _segments[chosen[k]].Pages);
-                release.Add(blocks.ToArray());
+                release.Add(blocks.ToArray(), helped: end < chosen.Count); // the last has no write to overlap: Finish gives it back here
                 at += partBytes;
                 first = end;
             }
@@ -499,7 +499,8 @@ public sealed unsafe class PageArray : IDisposable
 
     /// <summary>
     /// Gives the pages of written parts back to the system on thread-pool threads while the caller writes the next
-    /// part. <see cref="Finish"/> gives back on the calling thread whatever no helper has started (so progress never
+    /// part (a part with no next write is left to the caller: a swap-out of one part stays on its thread, where faults
+    /// armed for that thread see it). <see cref="Finish"/> gives back on the calling thread whatever no helper has started (so progress never
     /// waits for the thread pool), then waits for helpers still inside a release. After a failure nothing more is
     /// given back.
     /// </summary>
@@ -512,14 +513,14 @@ public sealed unsafe class PageArray : IDisposable
         private bool _closed;
         private Exception? _failure;
 
-        internal void Add(PageHandle[] blocks)
+        internal void Add(PageHandle[] blocks, bool helped)
         {
             lock (_gate)
             {
                 _parts.Add(blocks);
                 _released.Add(false);
             }
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            if (helped) ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
 
         void IThreadPoolWorkItem.Execute() => ReleaseOne();

@@ -127,6 +127,55 @@ public sealed unsafe class SwapPipelineTests : IDisposable
     }
 
     [Fact]
+    public void An_arena_mapping_failing_in_the_middle_of_a_restore_batch_loses_no_byte_and_leaks_no_page()
+    {
+        using var f = new TtFixture(restoreBatch: 64 * Mib);
+        using var t = f.New(ThreeParts);
+        t.Populate();
+        ulong sum = TtFixture.Fill(t, 38);
+        byte* p = (byte*)t.CpuAddress;
+        t.SwapOut();
+        FaultInjector.Arm(FaultPoint.Mmap, skip: 1); // the batch's new pages: the second arena mapped for them is refused
+
+        Assert.ThrowsAny<NativeCallException>(() => t.Populate());
+
+        Assert.Equal(TtState.SwappedOut, t.State);
+        Assert.Equal(t.ResidentPages, f.Accounting.Pages);
+        Assert.Equal(t.ResidentPages, f.PoolInUse);
+        Assert.Equal(t.SwappedPages * 4096, f.Store.BytesInUse);
+        t.Populate();
+        Assert.Equal(sum, TtFixture.Checksum(t));
+        var seen = new byte[t.Bytes];
+        Assert.True(TryReadMapped(p, seen));
+        Assert.Equal(sum, TtFixture.Checksum(seen));
+        Assert.Equal(ThreeParts, f.PoolInUse);
+        Assert.Equal(0, f.Store.BytesInUse);
+    }
+
+    [Fact]
+    public void With_fault_in_on_access_a_buffer_left_swapped_out_in_part_by_a_failed_swap_out_faults_back_in_when_touched()
+    {
+        Assert.SkipUnless(PageArray.FaultHandlingAvailable, PageArray.FaultHandlingRefusedReason ?? "");
+        using var f = new TtFixture(faultIn: true);
+        using var t = f.New(ThreeParts);
+        t.Populate();
+        ulong sum = TtFixture.Fill(t, 39);
+        byte* p = (byte*)t.CpuAddress;
+        FaultInjector.Arm(FaultPoint.SwapWrite, skip: 2);
+        f.Store.Faults.FailReads(1);
+
+        Assert.Throws<SwapStoreException>(() => t.SwapOut());
+
+        Assert.Equal(TtState.SwappedOut, t.State);
+        var seen = new byte[t.Bytes];
+        fixed (byte* s = seen) Buffer.MemoryCopy(p, s, seen.Length, seen.Length); // touching the absent pages faults them in
+        Assert.Equal(sum, TtFixture.Checksum(seen));
+        Assert.Equal(TtState.Populated, t.State);
+        Assert.Equal(0, f.Store.BytesInUse);
+        Assert.Equal(ThreeParts, f.Accounting.Pages);
+    }
+
+    [Fact]
     public void Swap_outs_failing_part_way_on_several_threads_under_reclaim_lose_no_byte_and_leak_nothing()
     {
         // 3 owners and a reclaim thread on 2 cores; 6 buffers of 8-20 MiB over a 48 MiB limit, so populates evict.
