@@ -331,6 +331,25 @@ public sealed unsafe class SwapPipelineTests : IDisposable
         Assert.False(store.ReleasesMemory);
     }
 
+    [Fact]
+    public void A_restore_leaves_no_page_of_the_next_extent_cached_by_readahead()
+    {
+        var store = new FileSwapStore(Path.GetTempPath());
+        Assert.SkipUnless(store.Direct, "the temp folder refuses O_DIRECT");
+        using var f = new TtFixture(store: store, restoreBatch: 64 * Mib);
+        using var a = f.New((int)(12 * Mib / 4096));
+        using var b = f.New((int)(12 * Mib / 4096));
+        a.Populate();
+        b.Populate();
+        TtFixture.Fill(a, 40);
+        TtFixture.Fill(b, 41);
+        a.SwapOut();
+        b.SwapOut(); // right after a's extent
+        a.Populate();
+        long cached = CachedPages(store.ReadDescriptor, 12 * Mib, 12 * Mib);
+        Assert.Equal(0, cached);
+    }
+
     // ---- helpers --------------------------------------------------------------------------------------------
 
     // Pages of a fresh anonymous mapping in runs of three adjacent pages, the runs in a seeded shuffled order.
@@ -343,6 +362,13 @@ public sealed unsafe class SwapPipelineTests : IDisposable
         foreach (int r in runs)
             for (int k = r * 3; k < Math.Min(pages, r * 3 + 3); k++) vectors.Add(new IoVec { Base = mem + (nuint)k * 4096, Length = 4096 });
         return ((nint)mem, vectors.ToArray());
+    }
+
+    private static long CachedPages(int fd, long offset, long bytes)
+    {
+        byte* map = Libc.Mmap(null, (nuint)bytes, Libc.PROT_READ, Libc.MAP_SHARED, fd, offset);
+        try { return Resident(map, (int)(bytes / 4096)); }
+        finally { Libc.Munmap(map, (nuint)bytes); }
     }
 
     private static long Resident(byte* mem, int pages)
