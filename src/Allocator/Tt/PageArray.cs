@@ -397,10 +397,11 @@ public sealed unsafe class PageArray : IDisposable
                 }
                 store.WritePart(at, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(vectors), partBytes);
                 // On the disk: the part's pages go straight back to the system (not into the pool, or swapping would
-                // free nothing), on another thread while this one writes the next part. The CPU mapping lets go first.
-                for (int k = first; k < end; k++) _cpu?.MapAbsent(_segments[chosen[k]].FirstPage, _segments[chosen[k]].Pages);
+                // free nothing), on another thread while this one writes the next part. The CPU mapping lets go first;
+                // the part is recorded before, so a roll back maps it again should that fail half way.
                 parts.Add((first, end, at, partBytes));
-                release.Add(blocks.ToArray());
+                for (int k = first; k < end; k++) _cpu?.MapAbsent(_segments[chosen[k]].FirstPage, _segments[chosen[k]].Pages);
+                release.Add(blocks.ToArray(), helped: end < chosen.Count); // the last has no write to overlap: Finish gives it back here
                 at += partBytes;
                 first = end;
             }
@@ -447,12 +448,13 @@ public sealed unsafe class PageArray : IDisposable
         for (int p = 0; p < parts.Count; p++)
         {
             var (first, end, at, partBytes) = parts[p];
-            if (!released[p]) store.Free(at, partBytes); // its pages are still ours: its copy goes
+            bool gone = p < released.Length && released[p]; // the last part may not have reached `release`
+            if (!gone) store.Free(at, partBytes); // its pages are still ours: its copy goes
             written = at + partBytes;
             for (int k = first; k < end; k++)
             {
                 var seg = _segments[chosen[k]];
-                if (released[p])
+                if (gone)
                 {
                     seg.Blocks = null;
                     seg.SwapOffset = at;
@@ -483,9 +485,10 @@ public sealed unsafe class PageArray : IDisposable
                 b = end;
             }
         }
-        catch (Exception e) when (e is SwapStoreException or OutOfMemoryException or PagePoolException)
+        catch (Exception e) when (e is SwapStoreException or OutOfMemoryException or PagePoolException or ObjectDisposedException)
         {
-            // The rest stay in the store: no longer resident, so no longer charged.
+            // The rest stay in the store (or went with it, when it was disposed meanwhile): no longer resident, so
+            // no longer charged.
             long left = 0;
             for (; b < backups.Count; b++) left += _segments[backups[b].Index].Pages;
             _accounting.Uncharge(left, Zone);
@@ -496,7 +499,8 @@ public sealed unsafe class PageArray : IDisposable
 
     /// <summary>
     /// Gives the pages of written parts back to the system on thread-pool threads while the caller writes the next
-    /// part. <see cref="Finish"/> gives back on the calling thread whatever no helper has started (so progress never
+    /// part (a part with no next write is left to the caller: a swap-out of one part stays on its thread, where faults
+    /// armed for that thread see it). <see cref="Finish"/> gives back on the calling thread whatever no helper has started (so progress never
     /// waits for the thread pool), then waits for helpers still inside a release. After a failure nothing more is
     /// given back.
     /// </summary>
@@ -509,14 +513,14 @@ public sealed unsafe class PageArray : IDisposable
         private bool _closed;
         private Exception? _failure;
 
-        internal void Add(PageHandle[] blocks)
+        internal void Add(PageHandle[] blocks, bool helped)
         {
             lock (_gate)
             {
                 _parts.Add(blocks);
                 _released.Add(false);
             }
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            if (helped) ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
 
         void IThreadPoolWorkItem.Execute() => ReleaseOne();

@@ -131,7 +131,13 @@ public abstract unsafe partial class SwapStore : IDisposable
         if (_disposed != 0) return; // the file is gone and took every extent with it
         bool punch;
         lock (_lock) punch = _highWater - (_inUse - bytes) > KeptFreeBytes;
-        if (punch) Discard(offset, bytes);
+        // Best effort: callers free in the middle of a roll back or a restore and must not stop half way; a refused
+        // punch only leaves the bytes allocated, and the extent is reused all the same.
+        if (punch)
+        {
+            try { Discard(offset, bytes); }
+            catch (NativeCallException) { }
+        }
         lock (_lock)
         {
             int i = 0;
