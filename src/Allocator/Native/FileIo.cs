@@ -13,7 +13,7 @@ internal static unsafe partial class FileIo
 
     internal const int O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0x40, O_TRUNC = 0x200, O_DIRECT = 0x4000,
         O_CLOEXEC = 0x80000, O_TMPFILE = 0x400000 | 0x10000; // __O_TMPFILE | O_DIRECTORY
-    internal const int POSIX_FADV_DONTNEED = 4;
+    internal const int POSIX_FADV_NORMAL = 0, POSIX_FADV_RANDOM = 1, POSIX_FADV_WILLNEED = 3, POSIX_FADV_DONTNEED = 4;
     internal const int MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2;
     /// <summary>Linux's IOV_MAX: the most iovecs one preadv/pwritev takes.</summary>
     internal const int IovMax = 1024;

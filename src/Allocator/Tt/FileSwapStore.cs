@@ -11,7 +11,6 @@ namespace PagePool.Tt;
 internal sealed unsafe class FileSwapStore : SwapStore
 {
     private readonly int _fd;
-    private readonly int _readFd = -1; // with O_DIRECT writes: the same file without O_DIRECT, for reads (see ReadBehindPrefault)
     private readonly bool _direct, _onTmpfs;
     private readonly string _where;
     private readonly long _keptFreeBytes = KeptFreeDiskBytes;
@@ -30,10 +29,13 @@ internal sealed unsafe class FileSwapStore : SwapStore
             throw new SwapStoreException("open", 0, directory,
                 $"no unlinked file could be created there ({Errno.Name(errno)}); pass a folder on a local disk you can write.");
         _fd = fd;
-        // A second open file description of the same unlinked file, through /proc: reads go through the page cache on
-        // it while writes stay O_DIRECT on the first (O_DIRECT belongs to the description, not to the file). Where
-        // the reopen is refused, reads stay O_DIRECT.
-        if (_direct) _readFd = FileIo.TryOpen($"/proc/self/fd/{fd}", FileIo.O_RDWR | FileIo.O_CLOEXEC, out _);
+        // Reads go through the page cache on an open file description of their own, reopened through /proc: writes stay
+        // O_DIRECT on the first (O_DIRECT, like the readahead mode a read sets, belongs to the description, not to
+        // the file). Where the reopen is refused, reads stay on the first description.
+        int probe = FileIo.TryOpen(ReopenPath, FileIo.O_RDWR | FileIo.O_CLOEXEC, out _);
+        CachedReads = probe >= 0;
+        if (probe >= 0) Libc.Close(probe);
+
         _onTmpfs = FileIo.FileSystemType(fd) == FileIo.TmpfsMagic;
         _where = directory;
     }
@@ -49,7 +51,7 @@ internal sealed unsafe class FileSwapStore : SwapStore
 
     /// <inheritdoc/>
     public override string Description
-        => $"file in {_where} ({(_direct ? "O_DIRECT writes" : "fdatasync + fadvise")}{(_readFd >= 0 ? ", cached reads + fadvise" : "")}{(_onTmpfs ? ", on tmpfs: frees no memory" : "")})";
+        => $"file in {_where} ({(_direct ? "O_DIRECT writes" : "fdatasync + fadvise")}{(CachedReads ? ", cached reads + fadvise" : "")}{(_onTmpfs ? ", on tmpfs: frees no memory" : "")})";
 
     /// <inheritdoc/>
     public override bool ReleasesMemory => !_onTmpfs;
@@ -57,8 +59,13 @@ internal sealed unsafe class FileSwapStore : SwapStore
     /// <summary>True when the file bypasses the page cache with O_DIRECT.</summary>
     internal bool Direct => _direct;
 
-    /// <summary>The descriptor reads go through (tests look at the file's page cache with it).</summary>
-    internal int ReadDescriptor => _readFd >= 0 ? _readFd : _fd;
+    /// <summary>A descriptor of the file (tests look at its page cache with it).</summary>
+    internal int ReadDescriptor => _fd;
+
+    /// <summary>True while reads may reopen the file for a description of their own (tests turn it off).</summary>
+    internal bool CachedReads { get; set; }
+
+    private string ReopenPath => $"/proc/self/fd/{_fd}";
 
     // Large writes go as a few concurrent requests: a virtio or NVMe disk serves several at once, and one
     // synchronous O_DIRECT request at a time leaves it idle between them (no readahead or writeback helps here).
@@ -90,13 +97,26 @@ internal sealed unsafe class FileSwapStore : SwapStore
     // of at most max_segments pages. Measured on this machine's virtio disk (64 MiB into prefaulted memfd pages, one
     // reader, 8 MiB requests): 44-46 ms through the cache against 68-85 ms O_DIRECT. The cache pages of each chunk
     // are dropped as soon as it is read, so they never hold more than a chunk and the readahead window.
-    private void ReadBehindPrefault(long offset, Span<IoVec> vectors, long bytes)
+    private void ReadBehindPrefault(long offset, Span<IoVec> vectors, long bytes, bool continues)
     {
-        int fd = _readFd >= 0 ? _readFd : _fd;
-        bool cached = _readFd >= 0 || !_direct;
-        if (bytes < 2 * PrefaultedRead.ChunkBytes) FileIo.PreadvExact(fd, vectors, offset);
-        else PrefaultedRead.Run(fd, vectors.ToArray(), offset, dropCache: cached);
-        if (cached) FileIo.Fadvise(fd, offset, bytes, FileIo.POSIX_FADV_DONTNEED);
+        int fd = CachedReads ? FileIo.TryOpen(ReopenPath, FileIo.O_RDWR | FileIo.O_CLOEXEC, out _) : -1;
+        bool own = fd >= 0;
+        if (!own) fd = _fd;
+        bool cached = own || !_direct;
+        try
+        {
+            if (bytes < 2 * PrefaultedRead.ChunkBytes)
+            {
+                if (own && !continues) FileIo.Fadvise(fd, 0, 0, FileIo.POSIX_FADV_RANDOM); // just these bytes: no readahead past them
+                FileIo.PreadvExact(fd, vectors, offset);
+            }
+            else PrefaultedRead.Run(fd, vectors.ToArray(), offset, dropCache: cached, boundedTail: own && !continues);
+            if (cached) FileIo.Fadvise(fd, offset, bytes, FileIo.POSIX_FADV_DONTNEED);
+        }
+        finally
+        {
+            if (own) Libc.Close(fd);
+        }
     }
 
     // Cut a scatter list at vector boundaries into parts of about target bytes, each with its file offset.
@@ -127,7 +147,7 @@ internal sealed unsafe class FileSwapStore : SwapStore
         FileIo.Fadvise(_fd, offset, bytes, FileIo.POSIX_FADV_DONTNEED);
     }
 
-    private protected override void ReadAt(long offset, Span<IoVec> vectors, long bytes) => ReadBehindPrefault(offset, vectors, bytes);
+    private protected override void ReadAt(long offset, Span<IoVec> vectors, long bytes, bool continues) => ReadBehindPrefault(offset, vectors, bytes, continues);
 
     // Freed disk space stays allocated up to this much, as Linux keeps freed swap slots (discard is opt-in there):
     // a swap-out over allocated blocks is an overwrite, and a swap-in does not punch. Measured on this machine's
@@ -149,7 +169,6 @@ internal sealed unsafe class FileSwapStore : SwapStore
 
     private protected override void Close()
     {
-        if (_readFd >= 0) Libc.Close(_readFd);
         Libc.Close(_fd);
     }
 }

@@ -23,7 +23,7 @@ internal sealed class MemfdSwapStore : SwapStore
 
     private protected override void WriteAt(long offset, Span<IoVec> vectors, long bytes) => FileIo.PwritevExact(_fd, vectors, offset);
 
-    private protected override void ReadAt(long offset, Span<IoVec> vectors, long bytes) => FileIo.PreadvExact(_fd, vectors, offset);
+    private protected override void ReadAt(long offset, Span<IoVec> vectors, long bytes, bool continues) => FileIo.PreadvExact(_fd, vectors, offset);
 
     private protected override void Discard(long offset, long bytes)
         => Libc.Fallocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, offset, bytes);

@@ -246,7 +246,9 @@ public sealed unsafe class PageArray : IDisposable
                 foreach (var h in taken[s - first]) vectors.Add(new IoVec { Base = _memory.ViewOf(h), Length = (nuint)h.PageCount << PhysicalMemory.PageShift });
             }
             var v = vectors.ToArray();
-            _accounting.Store.Read(_segments[first].SwapOffset, v, bytes);
+            // The next batch of this restore reads on from where this one ends: the kernel's readahead may run into it.
+            bool continues = end < _segments.Length && !_segments[end].Resident && _segments[end].SwapOffset == _segments[first].SwapOffset + bytes;
+            _accounting.Store.Read(_segments[first].SwapOffset, v, bytes, continues);
         }
         catch
         {

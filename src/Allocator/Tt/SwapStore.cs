@@ -103,7 +103,7 @@ public abstract unsafe partial class SwapStore : IDisposable
     }
 
     /// <summary>Read an extent (or part of one) into the scatter list. The extent stays reserved.</summary>
-    internal void Read(long offset, Span<IoVec> vectors, long bytes)
+    internal void Read(long offset, Span<IoVec> vectors, long bytes, bool continues = false)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         if (Faults.TakeReadFault())
@@ -112,7 +112,7 @@ public abstract unsafe partial class SwapStore : IDisposable
         try
         {
             if (FaultInjector.ShouldFail(FaultPoint.SwapRead)) throw NativeCallException.Injected("preadv", Errno.EIO, Description);
-            ReadAt(offset, vectors, bytes);
+            ReadAt(offset, vectors, bytes, continues);
         }
         catch (NativeCallException e)
         {
@@ -206,7 +206,8 @@ public abstract unsafe partial class SwapStore : IDisposable
     private static partial int fstat(int fd, long* stat);
 
     private protected abstract void WriteAt(long offset, Span<IoVec> vectors, long bytes);
-    private protected abstract void ReadAt(long offset, Span<IoVec> vectors, long bytes);
+    /// <summary>Read into the scatter list; <paramref name="continues"/>: the caller reads on from the end next (readahead past it is welcome).</summary>
+    private protected abstract void ReadAt(long offset, Span<IoVec> vectors, long bytes, bool continues);
     private protected abstract void Discard(long offset, long bytes);
     private protected abstract void Close();
 
