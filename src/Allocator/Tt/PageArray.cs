@@ -502,9 +502,9 @@ public sealed unsafe class PageArray : IDisposable
     /// <summary>
     /// Gives the pages of written parts back to the system on thread-pool threads while the caller writes the next
     /// part (a part with no next write is left to the caller: a swap-out of one part stays on its thread, where faults
-    /// armed for that thread see it). <see cref="Finish"/> gives back on the calling thread whatever no helper has started (so progress never
-    /// waits for the thread pool), then waits for helpers still inside a release. After a failure nothing more is
-    /// given back.
+    /// armed for that thread see it). <see cref="Finish"/> gives back on the calling thread whatever no helper has
+    /// started (so progress never waits for the thread pool), then waits for helpers still inside a release. After a
+    /// failure nothing more is given back.
     /// </summary>
     private sealed class SystemRelease(PoolAllocator pool, CachingMode caching) : IThreadPoolWorkItem
     {
@@ -530,16 +530,18 @@ public sealed unsafe class PageArray : IDisposable
         private bool ReleaseOne()
         {
             int k;
+            PageHandle[] part;
             lock (_gate)
             {
                 if (_closed || _failure is not null || _claimed >= _parts.Count) return false;
                 k = _claimed++;
+                part = _parts[k]; // under the lock: Add may be growing the list meanwhile
                 _active++;
             }
             Exception? failed = null;
             try
             {
-                pool.ReleaseToSystem(_parts[k], caching); // all or nothing: on failure the part keeps its pages
+                pool.ReleaseToSystem(part, caching); // all or nothing: on failure the part keeps its pages
             }
             catch (Exception e)
             {
