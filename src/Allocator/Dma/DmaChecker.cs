@@ -31,6 +31,26 @@ public sealed class DmaChecker
         internal ulong CpuPhys;
         internal DmaDirection Direction;
         internal bool Bounced, ErrorChecked, DeviceDirty;
+        internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
+
+        // The end of the part of this mapping (starting at `start`) that holds `dma`: the mapping's end, or its
+        // segment's for a scatterlist whose entries do not follow each other; 0 when none holds it.
+        internal ulong EndHolding(ulong start, ulong dma)
+        {
+            if (Segments is null) return dma >= start && dma < start + (ulong)Size ? start + (ulong)Size : 0;
+            foreach (var (a, n) in Segments)
+                if (dma >= a && dma < a + (ulong)n) return a + (ulong)n;
+            return 0;
+        }
+
+        // Does a device access of [dma, dma+length) touch this mapping, which starts at `start`?
+        internal bool Touches(ulong start, ulong dma, int length)
+        {
+            if (Segments is null) return dma < start + (ulong)Size && dma + (ulong)length > start;
+            foreach (var (a, n) in Segments)
+                if (dma < a + (ulong)n && dma + (ulong)length > a) return true;
+            return false;
+        }
     }
 
     /// <summary>Every report so far, oldest first (a snapshot).</summary>
@@ -86,7 +106,8 @@ public sealed class DmaChecker
     private static bool Tracked(DmaMapKind kind, DmaDirection dir) =>
         dir != DmaDirection.ToDevice && kind is DmaMapKind.Page or DmaMapKind.Single;
 
-    internal void OnMap(DmaDevice d, DmaMapKind kind, ulong dma, PageHandle block, int offset, int size, DmaDirection dir, bool bounced, int nents)
+    internal void OnMap(DmaDevice d, DmaMapKind kind, ulong dma, PageHandle block, int offset, int size, DmaDirection dir, bool bounced, int nents,
+                        (ulong Dma, int Length)[]? segments = null)
     {
         ulong cpu = _memory.PhysicalAddress(block) + (ulong)offset;
         bool overlap = false;
@@ -96,6 +117,7 @@ public sealed class DmaChecker
             {
                 Kind = kind, Block = block, Offset = offset, Size = size, Nents = nents, CpuPhys = cpu,
                 Direction = dir, Bounced = bounced, ErrorChecked = kind is DmaMapKind.Coherent or DmaMapKind.Scatterlist, // dma-debug asks the check of map_page/map_single only
+                Segments = segments,
             };
             if (Tracked(kind, dir))
                 for (ulong line = cpu >> LineShift; line <= (cpu + (ulong)size - 1) >> LineShift; line++)
@@ -178,8 +200,9 @@ public sealed class DmaChecker
             int best = -1;
             foreach (var (a, x) in Of(d))
             {
-                if (dma < a || dma >= a + (ulong)x.Size) continue;
-                bool covers = dma + (ulong)size <= a + (ulong)x.Size;
+                ulong end = x.EndHolding(a, dma);
+                if (end == 0) continue;
+                bool covers = dma + (ulong)size <= end;
                 int score = (covers ? 2 : 0) + (x.Direction == dir ? 1 : 0);
                 if (score <= best) continue;
                 best = score;
@@ -204,7 +227,7 @@ public sealed class DmaChecker
     {
         lock (_lock)
             foreach (var (a, x) in Of(d))
-                if (x.Bounced && dma < a + (ulong)x.Size && dma + (ulong)length > a) x.DeviceDirty = true;
+                if (x.Bounced && x.Touches(a, dma, length)) x.DeviceDirty = true;
     }
 
     internal void OnCpuRead(PageHandle block, int offset, int length)

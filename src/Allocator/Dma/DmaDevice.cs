@@ -215,7 +215,13 @@ public sealed unsafe class DmaDevice : IDisposable
             }
         }
         list.SetMapped(this, direction, dma);
-        _checker?.OnMap(this, DmaMapKind.Scatterlist, dma[0], list[0].Block, list[0].Offset, (int)Math.Min(list.TotalBytes, int.MaxValue), direction, bounced, list.Count);
+        if (_checker is not null)
+        {
+            // Without an IOMMU the entries lie wherever their pages (or bounce slots) are, not in one range from the first.
+            var segments = _ops is IommuOps ? null : new (ulong Dma, int Length)[list.Count];
+            for (int e = 0; segments is not null && e < segments.Length; e++) segments[e] = (dma[e], list[e].Length);
+            _checker.OnMap(this, DmaMapKind.Scatterlist, dma[0], list[0].Block, list[0].Offset, (int)Math.Min(list.TotalBytes, int.MaxValue), direction, bounced, list.Count, segments);
+        }
         return list.MappedCount;
     }
 
