@@ -30,14 +30,7 @@ public sealed class SwiotlbSlotTests : IDisposable
         {
             // Phases of light and heavy load, so the index both stays in the window and moves on through the area.
             bool heavy = step / 2000 % 2 == 1;
-            if (live.Count > 0 && rng.Next(100) < (heavy ? 40 : 55))
-            {
-                int k = rng.Next(live.Count);
-                tlb.Release(live[k].Slot, live[k].Size);
-                linux.Release(live[k].Slot, live[k].Size);
-                live.RemoveAt(k);
-                continue;
-            }
+            if (ReleaseOneSometimes(tlb, linux, live, rng, percent: heavy ? 40 : 55)) continue;
             int size = rng.Next(4) switch { 0 => rng.Next(1, 2049), 1 => 4096, 2 => rng.Next(2049, 20_000), _ => rng.Next(20_000, 300_000) };
             int want = linux.Search(0, size, ulong.MaxValue);
             if (want >= 0) linux.Take(want, size);
@@ -48,6 +41,17 @@ public sealed class SwiotlbSlotTests : IDisposable
             live.Add((got, size));
         }
         Assert.True(found > 5000 && full > 100, $"{found} allocations, {full} refused: both paths must be exercised");
+    }
+
+    // With `percent` chance (and something live), release a random live run from both allocators.
+    private static bool ReleaseOneSometimes(Swiotlb tlb, LinuxPool linux, List<(int Slot, int Size)> live, Random rng, int percent)
+    {
+        if (live.Count == 0 || rng.Next(100) >= percent) return false;
+        int k = rng.Next(live.Count);
+        tlb.Release(live[k].Slot, live[k].Size);
+        linux.Release(live[k].Slot, live[k].Size);
+        live.RemoveAt(k);
+        return true;
     }
 
     // Linux's swiotlb_search_pool_area over a pool of one or several areas, slot by slot (list[] recomputed from the
@@ -123,14 +127,7 @@ public sealed class SwiotlbSlotTests : IDisposable
         for (int step = 0; step < 4000; step++)
         {
             bool heavy = step / 500 % 2 == 1;
-            if (live.Count > 0 && rng.Next(100) < (heavy ? 35 : 55))
-            {
-                int k = rng.Next(live.Count);
-                tlb.Release(live[k].Slot, live[k].Size);
-                linux.Release(live[k].Slot, live[k].Size);
-                live.RemoveAt(k);
-                continue;
-            }
+            if (ReleaseOneSometimes(tlb, linux, live, rng, percent: heavy ? 35 : 55)) continue;
             int nslots = EdgeSlots(rng);
             int size = Math.Max(1, nslots * Swiotlb.SlotSize - (rng.Next(3) == 0 ? rng.Next(Swiotlb.SlotSize) : 0));
             // A mask that ends inside the pool (inside a segment, off a slot boundary), or none.

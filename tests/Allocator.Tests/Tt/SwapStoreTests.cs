@@ -69,42 +69,6 @@ public sealed unsafe class SwapStoreTests
     }
 
     [Fact]
-    public void A_restore_through_the_page_cache_leaves_none_of_the_bytes_cached()
-    {
-        var store = new FileSwapStore(Path.GetTempPath());
-        using var f = new TtFixture(store: store, restoreBatch: 64 * Mib);
-        using var t = f.New((int)(24 * Mib / 4096));
-        t.Populate();
-        ulong sum = TtFixture.Fill(t, 13);
-        t.SwapOut();
-        t.Populate(); // read through the cache in 2 MiB chunks, each dropped once read
-        Assert.Equal(sum, TtFixture.Checksum(t));
-        Assert.True(store.AllocatedBytes >= 24 * Mib, "the freed extent stays allocated, so its pages could still be cached");
-        Assert.Equal(0, CachedPages(store.ReadDescriptor, 24 * Mib));
-    }
-
-    // Pages of the file's first `bytes` in the page cache (mincore over a shared read-only mapping of it).
-    private static long CachedPages(int fd, long bytes)
-    {
-        nint map = mmap(0, (nuint)bytes, 1 /* PROT_READ */, 1 /* MAP_SHARED */, fd, 0);
-        Assert.NotEqual(-1, map);
-        try
-        {
-            var resident = new byte[bytes / 4096];
-            fixed (byte* r = resident) Assert.Equal(0, mincore(map, (nuint)bytes, r));
-            return resident.Count(b => (b & 1) != 0);
-        }
-        finally
-        {
-            munmap(map, (nuint)bytes);
-        }
-    }
-
-    [DllImport("libc")] private static extern nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
-    [DllImport("libc")] private static extern int munmap(nint addr, nuint length);
-    [DllImport("libc")] private static extern int mincore(nint addr, nuint length, byte* vec);
-
-    [Fact]
     public void A_chunked_read_that_fails_part_way_is_a_typed_error_and_the_chunks_before_it_arrived()
     {
         // A 20 MiB file read as 32 MiB: the chunks past its end fail with end of file.
