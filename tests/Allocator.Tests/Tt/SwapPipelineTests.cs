@@ -306,12 +306,7 @@ public sealed unsafe class SwapPipelineTests : IDisposable
         store.CachedReads = false; // as where /proc/self/fd cannot be reopened
         using var f = new TtFixture(store: store, restoreBatch: 64 * Mib);
         using var t = f.New((int)(9 * Mib / 4096) + 3);
-        t.Populate();
-        ulong sum = TtFixture.Fill(t, 36);
-        t.SwapOut();
-        t.Populate();
-        Assert.Equal(sum, TtFixture.Checksum(t));
-        Assert.Equal(0, f.Store.BytesInUse);
+        f.AssertSwapRoundTrip(t, 36);
     }
 
     [Fact]
@@ -321,17 +316,13 @@ public sealed unsafe class SwapPipelineTests : IDisposable
         var store = new FileSwapStore("/dev/shm");
         using var f = new TtFixture(store: store, restoreBatch: 64 * Mib);
         using var t = f.New((int)(10 * Mib / 4096));
-        t.Populate();
-        ulong sum = TtFixture.Fill(t, 37);
-        t.SwapOut();
-        t.Populate();
-        Assert.Equal(sum, TtFixture.Checksum(t));
+        f.AssertSwapRoundTrip(t, 37);
         Assert.False(store.ReleasesMemory);
     }
 
     // The kernel's own readahead (8 MiB here, vda read_ahead_kb 8192) read past the extent into the next one (another
-    // buffer's swapped bytes) after the final POSIX_FADV_DONTNEED: 2048 pages stayed cached. The read descriptor has
-    // its readahead off (POSIX_FADV_RANDOM) and the reads ask for their chunks ahead themselves, inside the extent.
+    // buffer's swapped bytes) after the final POSIX_FADV_DONTNEED: 2048 pages stayed cached. The last 16 MiB of a
+    // restore are now read with readahead off (POSIX_FADV_RANDOM), asking for their chunks ahead inside the extent.
     [Theory]
     [InlineData(12, 64)] // one batch, read wholly with the kernel's readahead off (shorter than TailBytes)
     [InlineData(40, 24)] // two batches: the first reads on into the second with readahead, the second's tail without

@@ -60,12 +60,7 @@ public sealed unsafe class SwapStoreTests
         // 40 MiB in one restore batch: twenty 2 MiB chunks, faulted in by helper threads, read in order behind them.
         using var f = new TtFixture(restoreBatch: 64 * Mib);
         using var t = f.New((int)(40 * Mib / 4096));
-        t.Populate();
-        ulong sum = TtFixture.Fill(t, 11);
-        t.SwapOut();
-        t.Populate();
-        Assert.Equal(sum, TtFixture.Checksum(t));
-        Assert.Equal(0, f.Store.BytesInUse);
+        f.AssertSwapRoundTrip(t, 11);
     }
 
     [Fact]

@@ -34,6 +34,17 @@ internal sealed class TtFixture : IDisposable
         return Checksum(bytes);
     }
 
+    /// <summary>Populate, fill with a pattern seeded by <paramref name="seed"/>, swap out and back in; the bytes must come back whole.</summary>
+    internal void AssertSwapRoundTrip(PageArray t, ulong seed)
+    {
+        t.Populate();
+        ulong sum = Fill(t, seed);
+        t.SwapOut();
+        t.Populate();
+        Xunit.Assert.Equal(sum, Checksum(t));
+        Xunit.Assert.Equal(0, Store.BytesInUse);
+    }
+
     internal static byte[] Pattern(long length, ulong seed)
     {
         var bytes = new byte[length];
