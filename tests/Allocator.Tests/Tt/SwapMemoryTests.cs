@@ -27,7 +27,7 @@ public sealed class SwapMemoryTests
         bool haveCgroup = false;
         for (int i = 0; i < Attempts && (bestRss < Size * 8 / 10 || (haveCgroup && bestCgroup < Size * 8 / 10)); i++)
         {
-            var (rssDrop, cgroupDrop) = Measure(memfd: false);
+            var (rssDrop, cgroupDrop, _) = Measure(memfd: false);
             bestRss = Math.Max(bestRss, rssDrop);
             if (cgroupDrop is { } c) { haveCgroup = true; bestCgroup = Math.Max(bestCgroup, c); }
         }
@@ -39,21 +39,26 @@ public sealed class SwapMemoryTests
     [Fact]
     public void The_memfd_store_frees_no_cgroup_memory()
     {
-        long bestRss = 0, bestCgroup = long.MaxValue;
+        long bestRss = 0, leastCgroupDrop = long.MaxValue, leastStore = long.MaxValue;
         bool haveCgroup = false;
-        for (int i = 0; i < Attempts && (bestRss < Size * 8 / 10 || (haveCgroup && bestCgroup >= Size / 4)); i++)
+        for (int i = 0; i < Attempts && (bestRss < Size * 8 / 10 || (haveCgroup && leastCgroupDrop >= Size / 4)); i++)
         {
-            var (rssDrop, cgroupDrop) = Measure(memfd: true);
+            var (rssDrop, cgroupDrop, store) = Measure(memfd: true);
             bestRss = Math.Max(bestRss, rssDrop);
-            if (cgroupDrop is { } c) { haveCgroup = true; bestCgroup = Math.Min(bestCgroup, Math.Abs(c)); }
+            leastStore = Math.Min(leastStore, store);
+            if (cgroupDrop is { } c) { haveCgroup = true; leastCgroupDrop = Math.Min(leastCgroupDrop, c); }
         }
-        // The pages leave the process's mappings (RSS falls) but stay in shmem, charged to the same cgroup.
+        // The pages leave the process's mappings (RSS falls) but stay in shmem: the store's memfd holds them, charged
+        // to the same cgroup, whose usage does not fall the way the file store's does (>= 80 % of the size). Other
+        // processes of the run move that usage by tens of MiB (page cache of their swap reads, pagepool children), so
+        // the cgroup bound is half the size, well apart from both.
         Assert.True(bestRss >= Size * 8 / 10, $"RSS fell by {bestRss >> 20} MiB");
+        Assert.True(leastStore >= Size, $"the memfd store holds {leastStore >> 20} MiB after swapping {Size >> 20} MiB");
         if (haveCgroup)
-            Assert.True(bestCgroup < Size / 4, $"memory.usage_in_bytes changed by {bestCgroup >> 20} MiB with a memfd store; shmem should stay charged");
+            Assert.True(leastCgroupDrop < Size / 2, $"memory.usage_in_bytes fell by {leastCgroupDrop >> 20} MiB with a memfd store; shmem should stay charged");
     }
 
-    private static (long Rss, long? Cgroup) Measure(bool memfd)
+    private static (long Rss, long? Cgroup, long Store) Measure(bool memfd)
     {
         using var f = new TtFixture(memfd, limitBytes: 256L << 20);
         using var t = f.New((int)(Size >> 12));
@@ -65,8 +70,9 @@ public sealed class SwapMemoryTests
         t.SwapOut();
         long rss1 = SystemInfo.ResidentBytes();
         long? cg1 = CgroupUsage();
+        long store = f.Store.AllocatedBytes;
         t.Populate(); // and back, so the swap was real
-        return (rss0 - rss1, cg0 is { } a && cg1 is { } b ? a - b : null);
+        return (rss0 - rss1, cg0 is { } a && cg1 is { } b ? a - b : null, store);
     }
 
     /// <summary>This process's cgroup v1 memory.usage_in_bytes, found from /proc/self/cgroup; null without one.</summary>
