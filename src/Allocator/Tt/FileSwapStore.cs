@@ -67,31 +67,6 @@ internal sealed unsafe class FileSwapStore : SwapStore
 
     private string ReopenPath => $"/proc/self/fd/{_fd}";
 
-    // Large writes go as a few concurrent requests: a virtio or NVMe disk serves several at once, and one
-    // synchronous O_DIRECT request at a time leaves it idle between them (no readahead or writeback helps here).
-    private const long ParallelChunkBytes = 16L << 20;
-    private const int MaxParallelRequests = 4;
-
-    private void WriteInParts(long offset, Span<IoVec> vectors, long bytes)
-    {
-        if (bytes < 2 * ParallelChunkBytes)
-        {
-            FileIo.PwritevExact(_fd, vectors, offset);
-            return;
-        }
-        var all = vectors.ToArray();
-        var parts = Cut(all, offset, bytes / Math.Min(MaxParallelRequests, bytes / ParallelChunkBytes));
-        try
-        {
-            Parallel.ForEach(parts, new ParallelOptions { MaxDegreeOfParallelism = MaxParallelRequests },
-                part => FileIo.PwritevExact(_fd, all.AsSpan(part.First, part.Count), part.Offset));
-        }
-        catch (AggregateException e) when (e.InnerException is NativeCallException failed)
-        {
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failed);
-        }
-    }
-
     // Reads go through the page cache whenever they can: the kernel's readahead keeps the disk busy with large
     // requests of its own folios, where an O_DIRECT read into the buffer's scattered 4 KiB pages is cut into requests
     // of at most max_segments pages. Measured on this machine's virtio disk (64 MiB into prefaulted memfd pages, one
@@ -119,29 +94,11 @@ internal sealed unsafe class FileSwapStore : SwapStore
         }
     }
 
-    // Cut a scatter list at vector boundaries into parts of about target bytes, each with its file offset.
-    private static List<(int First, int Count, long Offset)> Cut(ReadOnlySpan<IoVec> vectors, long offset, long target)
-    {
-        var parts = new List<(int First, int Count, long Offset)>();
-        long acc = 0;
-        int first = 0;
-        for (int i = 0; i < vectors.Length; i++)
-        {
-            acc += (long)vectors[i].Length;
-            if (acc >= target || i == vectors.Length - 1)
-            {
-                parts.Add((first, i + 1 - first, offset));
-                offset += acc;
-                acc = 0;
-                first = i + 1;
-            }
-        }
-        return parts;
-    }
-
     private protected override void WriteAt(long offset, Span<IoVec> vectors, long bytes)
     {
-        WriteInParts(offset, vectors, bytes);
+        // One request per part: a swap-out writes 8 MiB parts in order (PageArray.BackupPartBytes) and gives each
+        // part's pages back while the next is written, which keeps the disk as busy as concurrent requests did.
+        FileIo.PwritevExact(_fd, vectors, offset);
         if (_direct) return;
         FileIo.Fdatasync(_fd);
         FileIo.Fadvise(_fd, offset, bytes, FileIo.POSIX_FADV_DONTNEED);

@@ -55,22 +55,6 @@ public abstract unsafe partial class SwapStore : IDisposable
     /// <summary>Time spent in store reads (the I/O itself, summed over threads).</summary>
     public TimeSpan ReadTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _readTicks));
 
-    /// <summary>Write the gather list as one extent and return its offset; on failure nothing stays reserved.</summary>
-    internal long Write(Span<IoVec> vectors, long bytes)
-    {
-        long offset = ReserveExtent(bytes);
-        try
-        {
-            WritePart(offset, vectors, bytes);
-        }
-        catch
-        {
-            Free(offset, bytes);
-            throw;
-        }
-        return offset;
-    }
-
     /// <summary>
     /// Reserve an extent to be written part by part with <see cref="WritePart"/>; the caller gives back with
     /// <see cref="Free"/> whatever it does not keep.
