@@ -31,4 +31,6 @@ public enum FaultPoint
     SwiotlbSlots,
     /// <summary>The DMA32 zone has no free block.</summary>
     Dma32Zone,
+    /// <summary>mremap fails with ENOMEM (mapping a buffer's pages into its stable CPU address range).</summary>
+    Mremap,
 }

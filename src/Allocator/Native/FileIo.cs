@@ -99,6 +99,8 @@ internal static unsafe partial class FileIo
     /// </summary>
     internal static void DuplicateMapping(byte* source, byte* target, nuint length)
     {
+        if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.Mremap))
+            throw NativeCallException.Injected("mremap", Errno.ENOMEM, $"target 0x{(nuint)target:x}, length {length}");
         nint p = mremap(source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, target);
         if (p == -1)
             throw NativeCallException.FromErrno("mremap", $"source 0x{(nuint)source:x}, target 0x{(nuint)target:x}, length {length}");

@@ -24,10 +24,13 @@ internal sealed unsafe class CpuMapping : IDisposable
     }
 
     /// <summary>Map a resident segment's blocks at their place in the range.</summary>
-    internal void MapResident(PhysicalMemory memory, TtSegment seg)
+    internal void MapResident(PhysicalMemory memory, TtSegment seg) => MapResident(memory, seg.FirstPage, seg.Blocks!);
+
+    /// <summary>Map <paramref name="blocks"/> one after another from page <paramref name="firstPage"/> of the range.</summary>
+    internal void MapResident(PhysicalMemory memory, int firstPage, ReadOnlySpan<PageHandle> blocks)
     {
-        byte* at = Base + ((nuint)seg.FirstPage << PhysicalMemory.PageShift);
-        foreach (var h in seg.Blocks!)
+        byte* at = Base + ((nuint)firstPage << PhysicalMemory.PageShift);
+        foreach (var h in blocks)
         {
             nuint len = (nuint)h.PageCount << PhysicalMemory.PageShift;
             FileIo.DuplicateMapping(memory.ViewOf(h), at, len);

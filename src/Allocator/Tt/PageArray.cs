@@ -255,15 +255,33 @@ public sealed unsafe class PageArray : IDisposable
             foreach (var blocks in taken) if (blocks is not null) pool.Release(blocks, Caching);
             throw;
         }
+        if (_cpu is not null) MapRestored(first, end, taken, bytes);
         _accounting.Store.Free(_segments[first].SwapOffset, bytes); // the batch is one extent: one call, one punch at most
         for (int s = first; s < end; s++)
         {
             var seg = _segments[s];
             seg.Blocks = taken[s - first];
             seg.SwapOffset = -1;
-            _cpu?.MapResident(_memory, seg);
         }
         _accounting.CountSwapIn(bytes);
+    }
+
+    // Map a batch's new pages into the CPU range while the store still holds the batch. A mapping call can fail (mremap
+    // ENOMEM: the process is out of mappings): the range is made absent again, the pages go back to the pool, and the
+    // batch stays in the store, as after a failed read. Should making the range absent fail too, the pages are left
+    // out of the pool (the range may still show some of them) and the store keeps the bytes: nothing is lost or aliased.
+    private void MapRestored(int first, int end, PageHandle[][] taken, long bytes)
+    {
+        try
+        {
+            for (int s = first; s < end; s++) _cpu!.MapResident(_memory, _segments[s].FirstPage, taken[s - first]);
+        }
+        catch
+        {
+            _cpu!.MapAbsent(_segments[first].FirstPage, bytes >> PhysicalMemory.PageShift);
+            foreach (var blocks in taken) _accounting.Pool.Release(blocks, Caching);
+            throw;
+        }
     }
 
     /// <summary>Give the pages back to the pool (Populated), or drop the backup (SwappedOut). The contents are gone.</summary>

@@ -2,6 +2,7 @@ using PagePool.Allocator.Tests.Dma;
 using PagePool.Dma;
 using PagePool.Faults;
 using PagePool.Memory;
+using PagePool.Native;
 using PagePool.Tt;
 using Xunit;
 
@@ -148,5 +149,33 @@ public sealed class DmaSwapFaultTests : IDisposable
         t.Populate(TestContext.Current.CancellationToken);
         Assert.Equal(TtState.Populated, t.State);
         Assert.Equal(sum, TtFixture.Checksum(t));
+    }
+
+    [Fact]
+    public unsafe void A_failed_mapping_of_restored_pages_keeps_the_batch_in_the_store_and_loses_no_page_or_byte()
+    {
+        using var f = new TtFixture();
+        using var t = f.New(700, CachingMode.WriteCombined); // 512 + 128 + 32 + 16 + 8 + 4 pages: one restore batch, six blocks
+        t.Populate(TestContext.Current.CancellationToken);
+        ulong sum = TtFixture.Fill(t, 21);
+        byte* p = (byte*)t.CpuAddress;
+        Assert.Equal(700, t.SwapOut());
+        long inStore = f.Store.BytesInUse;
+
+        FaultInjector.Arm(FaultPoint.Mremap, skip: 2); // the third block's mapping fails, after the read
+        var e = Assert.Throws<NativeCallException>(() => t.Populate(TestContext.Current.CancellationToken));
+        Assert.Contains("mremap", e.Message);
+        Assert.Equal(TtState.SwappedOut, t.State);
+        Assert.Equal(0, t.ResidentPages);
+        Assert.Equal(inStore, f.Store.BytesInUse); // the batch's bytes are still in the store
+        Assert.Equal(0, f.Accounting.Pages);
+        Assert.Equal(0, f.PoolInUse); // the pages read into went back to the pool
+
+        t.Populate(TestContext.Current.CancellationToken);
+        Assert.Equal(TtState.Populated, t.State);
+        Assert.Equal(sum, TtFixture.Checksum(t));
+        Assert.Equal(sum, TtFixture.Checksum(new ReadOnlySpan<byte>(p, (int)t.Bytes))); // the pointer shows the new pages
+        Assert.Equal(0, f.Store.BytesInUse);
+        Assert.Equal(700, f.PoolInUse);
     }
 }
