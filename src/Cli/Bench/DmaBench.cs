@@ -29,7 +29,7 @@ internal static unsafe class DmaBench
             "map + unmap one 4 KiB page through the IOMMU, deferred IOTLB flush");
 
         var pages = new[] { memory.AllocateBlock(Zone.Normal, 0), memory.AllocateBlock(Zone.Normal, 0) };
-        ctx.Add("iommu.scaling.2t", Scaling(ctx, t => MapUnmap(gpu, pages[t]), ops),
+        ctx.Add("iommu.scaling.2t", PoolBench.Scaling(ctx, t => () => MapUnmap(gpu, pages[t]), ops),
             "IOMMU map + unmap throughput with two threads / one thread, one device");
 
         byte* src = (byte*)NativeMemory.AlignedAlloc(4096, 4096), dst = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
@@ -112,28 +112,5 @@ internal static unsafe class DmaBench
             repsB[r] = fastestB;
         }
         return (new Samples(repsA), new Samples(repsB));
-    }
-
-    private static double Scaling(BenchContext ctx, Action<int> op, int ops)
-        => ctx.Median(() => Throughput(op, 2, ops) / Throughput(op, 1, ops));
-
-    private static double Throughput(Action<int> op, int threads, int opsPerThread)
-    {
-        using var start = new Barrier(threads + 1);
-        var workers = new Thread[threads];
-        for (int t = 0; t < threads; t++)
-        {
-            int me = t;
-            workers[t] = new Thread(() =>
-            {
-                start.SignalAndWait();
-                for (int i = 0; i < opsPerThread; i++) op(me);
-            });
-            workers[t].Start();
-        }
-        start.SignalAndWait();
-        long t0 = Stopwatch.GetTimestamp();
-        foreach (var w in workers) w.Join();
-        return threads * (double)opsPerThread / Stopwatch.GetElapsedTime(t0).TotalSeconds;
     }
 }
