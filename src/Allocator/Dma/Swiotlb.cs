@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PagePool.Memory;
 using PagePool.Native;
 
@@ -35,11 +36,21 @@ internal sealed unsafe class Swiotlb : IDisposable
     private readonly short[] _blockOfBus = new short[BusBlocks]; // per 2 MiB of bus space below 4 GiB: block + 1, or 0
     private readonly ulong[] _free; // two words per segment: bit (s % 128) set while slot s is free
     private readonly int _slots;
-    private readonly int[] _owner; // device id per slot, 0 when free: a device reaches only slots it was given
-    private readonly int[] _head; // per slot in use: the first slot of its mapping
-    private readonly nint[] _orig; // per mapping's first slot: the CPU address of the buffer it bounces (slots[].orig_addr)
-    private readonly int[] _mapped; // per mapping's first slot: bytes mapped (slots[].alloc_size); 0 when none starts there
-    private readonly CachingMode[] _caching; // per mapping's first slot: how the CPU's mapping of the buffer stores
+    private readonly byte[] _slotTable; // pinned (never moves), 64 bytes over: room to start the table on a line
+    private readonly SlotInfo* _slot; // slot s is _slot[s], the table starting on a 64-byte line
+
+    // What the pool remembers per slot, as Linux's io_tlb_slot: 32 bytes, two slots to a cache line, so everything
+    // a map, a device access, a sync and an unmap of a 4 KiB mapping read or write of it is one line (five arrays
+    // were five lines, each missed again whenever a neighbour's work pushed them out of the core's caches).
+    [StructLayout(LayoutKind.Sequential, Size = 32)]
+    private struct SlotInfo
+    {
+        internal int Owner; // the device given the slot, 0 when free: a device reaches only slots it was given
+        internal int Head; // while in use: the first slot of its mapping
+        internal int Mapped; // at a mapping's first slot: bytes mapped (alloc_size); 0 when no mapping starts there
+        internal CachingMode Caching; // at a mapping's first slot: how the CPU's mapping of the buffer stores
+        internal nint Orig; // at a mapping's first slot: the CPU address of the buffer it bounces (orig_addr)
+    }
     private readonly Area[] _areas;
     private readonly int _areaSlots;
     private readonly Area[] _areaOfSegment; // areas are whole segments
@@ -119,11 +130,8 @@ internal sealed unsafe class Swiotlb : IDisposable
         _slots = blocks * SlotsPerBlock;
         _free = new ulong[_slots / 64];
         Array.Fill(_free, ulong.MaxValue);
-        _owner = new int[_slots];
-        _head = new int[_slots];
-        _orig = new nint[_slots];
-        _mapped = new int[_slots];
-        _caching = new CachingMode[_slots];
+        _slotTable = GC.AllocateArray<byte>(_slots * sizeof(SlotInfo) + 64, pinned: true);
+        fixed (byte* t = _slotTable) _slot = (SlotInfo*)(((nint)t + 63) & ~(nint)63);
         // An area is whole segments: a segment's free bits (two words) and every run in it are under one area's
         // lock, and a search of the area never returns a run that ends in the next one. An odd number of blocks
         // split into more than 8 areas would cut segments (1024 / 16 = 64 slots), so it gets fewer areas.
@@ -190,7 +198,7 @@ internal sealed unsafe class Swiotlb : IDisposable
             if (i < 0 && rel > 0) i = Find(first, first + rel, nslots, stride, size, mask);
             if (i < 0) return -1;
             TakeBits(i, nslots);
-            for (int s = i; s < i + nslots; s++) { _owner[s] = owner; _head[s] = i; }
+            for (int s = i; s < i + nslots; s++) { _slot[s].Owner = owner; _slot[s].Head = i; }
             area.Used += nslots;
             area.Index = NextIndex(i - first + nslots, area.Used);
             return i;
@@ -323,7 +331,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     private void FreeRun(Area area, int slot, int nslots)
     {
         if (!GiveBits(slot, nslots)) throw AlreadyFree(slot, nslots);
-        for (int s = slot; s < slot + nslots; s++) _owner[s] = 0;
+        for (int s = slot; s < slot + nslots; s++) _slot[s].Owner = 0;
         area.Used -= nslots;
     }
 
@@ -351,17 +359,17 @@ internal sealed unsafe class Swiotlb : IDisposable
         {
             // Another thread unmapped it first, or released its device: the slots may be another device's mapping
             // of the same size by now, which the size alone does not tell from this one.
-            if (_mapped[head] != size || _owner[head] != owner) return false;
-            Volatile.Write(ref _mapped[head], 0); // gone for sync and a second unmap from here
+            if (_slot[head].Mapped != size || _slot[head].Owner != owner) return false;
+            Volatile.Write(ref _slot[head].Mapped, 0); // gone for sync and a second unmap from here
             if (bounceBack)
             {
-                byte* bounce = HostOf(head), cpu = (byte*)_orig[head];
-                if (_caching[head] == CachingMode.WriteBack) BounceCopy.Copy(bounce, cpu, size);
+                byte* bounce = HostOf(head), cpu = (byte*)_slot[head].Orig;
+                if (_slot[head].Caching == CachingMode.WriteBack) BounceCopy.Copy(bounce, cpu, size);
                 else
                 {
                     area.Exit();
                     locked = false;
-                    PhysicalMemory.StoreAs(_caching[head], cpu, bounce, (nuint)size); // the slots stay ours: still in use
+                    PhysicalMemory.StoreAs(_slot[head].Caching, cpu, bounce, (nuint)size); // the slots stay ours: still in use
                     area.Enter();
                     locked = true;
                 }
@@ -382,9 +390,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void Record(int slot, byte* cpu, int size, CachingMode caching)
     {
-        _orig[slot] = (nint)cpu;
-        _caching[slot] = caching;
-        Volatile.Write(ref _mapped[slot], size); // last: a mapping is visible only once whole
+        _slot[slot].Orig = (nint)cpu;
+        _slot[slot].Caching = caching;
+        Volatile.Write(ref _slot[slot].Mapped, size); // last: a mapping is visible only once whole
     }
 
     /// <summary>
@@ -395,9 +403,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     internal int MappingOf(int slot, int owner, out int mapped)
     {
         mapped = 0;
-        if (Volatile.Read(ref _owner[slot]) != owner) return -1;
-        int head = Volatile.Read(ref _head[slot]);
-        mapped = Volatile.Read(ref _mapped[head]);
+        if (Volatile.Read(ref _slot[slot].Owner) != owner) return -1;
+        int head = Volatile.Read(ref _slot[slot].Head);
+        mapped = Volatile.Read(ref _slot[head].Mapped);
         return mapped != 0 ? head : -1;
     }
 
@@ -409,7 +417,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     internal int RoomAt(int slot, ulong bus)
     {
         int slotRoom = SlotSize - (int)(bus & (SlotSize - 1));
-        int head = Volatile.Read(ref _head[slot]), mapped = Volatile.Read(ref _mapped[head]);
+        int head = Volatile.Read(ref _slot[slot].Head), mapped = Volatile.Read(ref _slot[head].Mapped);
         if (mapped == 0) return slotRoom;
         long room = (long)(BusOf(head) + ((ulong)(mapped + SlotSize - 1) & ~(ulong)(SlotSize - 1)) - bus);
         return room > slotRoom ? (int)room : slotRoom;
@@ -417,11 +425,11 @@ internal sealed unsafe class Swiotlb : IDisposable
 
     /// <summary>The CPU address of the buffer the mapping starting at <paramref name="head"/> bounces.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal byte* OrigOf(int head) => (byte*)_orig[head];
+    internal byte* OrigOf(int head) => (byte*)_slot[head].Orig;
 
     /// <summary>How the CPU's mapping of that buffer stores.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal CachingMode CachingAt(int head) => _caching[head];
+    internal CachingMode CachingAt(int head) => _slot[head].Caching;
 
     /// <summary>
     /// Claim and release every mapping <paramref name="owner"/> still holds (its device is going away, and is
@@ -442,10 +450,10 @@ internal sealed unsafe class Swiotlb : IDisposable
         }
         for (int s = 0; s < _slots; s++)
         {
-            if (Volatile.Read(ref _owner[s]) != owner || Volatile.Read(ref _head[s]) != s) continue;
+            if (Volatile.Read(ref _slot[s].Owner) != owner || Volatile.Read(ref _slot[s].Head) != s) continue;
             var spin = new SpinWait();
             int mapped;
-            while ((mapped = Volatile.Read(ref _mapped[s])) == 0 && Volatile.Read(ref _owner[s]) == owner && Volatile.Read(ref _head[s]) == s)
+            while ((mapped = Volatile.Read(ref _slot[s].Mapped)) == 0 && Volatile.Read(ref _slot[s].Owner) == owner && Volatile.Read(ref _slot[s].Head) == s)
                 spin.SpinOnce();
             if (mapped != 0) TryUnmap(s, mapped, owner, bounceBack: false);
         }
@@ -453,7 +461,7 @@ internal sealed unsafe class Swiotlb : IDisposable
 
     /// <summary>The device a slot was given to (0 when free).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal int OwnerOf(int slot) => Volatile.Read(ref _owner[slot]);
+    internal int OwnerOf(int slot) => Volatile.Read(ref _slot[slot].Owner);
 
     /// <summary>
     /// Linux's list[] value of a slot: 0 when it is in use, else the free slots from it to the next used one or its

@@ -132,53 +132,7 @@ internal static unsafe class PoolBench
 
     // Two threads running an operation at once, against one alone, interleaved rep by rep so both see the same
     // machine. A null operation clears a private page: no shared state at all, the ceiling of this machine.
-    private static Samples Scaling(BenchContext ctx, Action? op, int ops) => Scaling(ctx, _ => op, ops);
-
-    /// <summary>
-    /// Two threads over one, thread t running <paramref name="opOf"/>(t) (null: clear a private page). Each repetition
-    /// times one and two threads in alternating blocks of half <paramref name="ops"/> per thread and divides the best
-    /// two-thread block by the best one-thread block, as a time metric counts its fastest block: on a machine of two
-    /// CPUs shared with other work, a block in which another process took a CPU measures that process, not the code.
-    /// </summary>
-    internal static Samples Scaling(BenchContext ctx, Func<int, Action?> opOf, int ops)
-    {
-        int block = Math.Max(1, ops / 2);
-        return ctx.Median(() =>
-        {
-            double one = 0, two = 0;
-            for (int k = 0; k < BenchContext.BlocksPerRep; k++)
-            {
-                one = Math.Max(one, Throughput(opOf, 1, block));
-                two = Math.Max(two, Throughput(opOf, 2, block));
-            }
-            return two / one;
-        });
-    }
-
-    private static double Throughput(Func<int, Action?> opOf, int threads, int opsPerThread)
-    {
-        using var start = new Barrier(threads + 1);
-        var workers = new Thread[threads];
-        for (int t = 0; t < threads; t++)
-        {
-            var op = opOf(t);
-            workers[t] = new Thread(() =>
-            {
-                byte* own = (byte*)NativeMemory.AlignedAlloc(4096, 4096);
-                start.SignalAndWait();
-                if (op is null)
-                    for (int i = 0; i < opsPerThread; i++) NativeMemory.Clear(own, 4096);
-                else
-                    for (int i = 0; i < opsPerThread; i++) op();
-                NativeMemory.AlignedFree(own);
-            });
-            workers[t].Start();
-        }
-        start.SignalAndWait();
-        long t0 = Stopwatch.GetTimestamp();
-        foreach (var w in workers) w.Join();
-        return threads * (double)opsPerThread / Stopwatch.GetElapsedTime(t0).TotalSeconds;
-    }
+    private static Samples Scaling(BenchContext ctx, Action? op, int ops) => TwoThreadScaling.Measure(ctx, _ => op, ops);
 
     private static Samples Cycle(BenchContext ctx, string metric, PhysicalMemory memory, ZeroPolicy zeroing, AllocationFlags flags)
     {

@@ -86,11 +86,11 @@ internal static partial class ReclaimBench
 
         var producer = new Thread(() =>
         {
-            PinTo(1 % cpus);
+            CpuAffinity.PinTo(1);
             foreach (var h in handoff.GetConsumingEnumerable()) pool.ReleasePage(h, CachingMode.WriteCombined);
         });
         producer.Start();
-        PinTo(0);
+        CpuAffinity.PinTo(0);
         for (int i = 0; i < ops; i++)
         {
             bool pooled = pool.Count() > 0;
@@ -101,7 +101,7 @@ internal static partial class ReclaimBench
         }
         handoff.CompleteAdding();
         producer.Join();
-        PinTo(-1);
+        CpuAffinity.PinTo(-1);
         return (double)missesWhilePooled / ops;
     }
 
@@ -161,15 +161,5 @@ internal static partial class ReclaimBench
         long n = 0;
         foreach (var s in pool.Statistics()) n += s.Misses;
         return n;
-    }
-
-    [LibraryImport("libc", EntryPoint = "sched_setaffinity", SetLastError = true)]
-    private static partial int SchedSetAffinity(int pid, nint size, ref ulong mask);
-
-    // Best effort: the measurement is only meaningful across CPUs, but a refused pin leaves it valid (if milder).
-    private static void PinTo(int cpu)
-    {
-        ulong mask = cpu < 0 ? ulong.MaxValue : 1UL << cpu;
-        SchedSetAffinity(0, sizeof(ulong), ref mask);
     }
 }
