@@ -213,15 +213,17 @@ internal sealed unsafe class Swiotlb : IDisposable
     // on slots the area last used a whole area ago (32 MiB a CPU with the 64 MiB default), cache-cold, and the map's
     // copy into them waits on memory (measured here: a 4 KiB round trip 620 ns against 320 ns on reused slots, on
     // a shared host). So the index goes back to the area's start once it passes HotSlots while the area holds at
-    // most half that many slots: a light load bounces through the same 512 KiB, which stays in the core's L2, and a
-    // freed 4 KiB slot still comes back only after 127 other 4 KiB mappings, so a device using a stale bus address
-    // still finds the slot free or another device's for a while. Under a heavier load it moves on through the
-    // area as Linux's does; which slots are candidates, and in what order from the index, is unchanged.
+    // most half that many slots: a light load bounces through the same 64 KiB, which stays in the core's caches
+    // even while a neighbour on its other hardware thread takes much of L2 (a window of 512 KiB was 4 % slower in
+    // median and mean, side by side on a busy host), and a freed 4 KiB slot still comes back only after 15 other
+    // 4 KiB mappings, so a device using a stale bus address still finds the slot free or another device's for a
+    // while. Under a heavier load it moves on through the area as Linux's does; which slots are candidates, and in
+    // what order from the index, is unchanged.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int NextIndex(int next, int used)
         => next >= _areaSlots || (next >= HotSlots && used <= HotSlots / 2) ? 0 : next;
 
-    internal const int HotSlots = 256;
+    internal const int HotSlots = 32;
 
     // The first slot in [from, to) that starts a run of `nslots` free slots inside its segment, on the stride,
     // whose bus range fits `mask`; -1 when none does. A segment's 128 free bits are two words: the run starts are
