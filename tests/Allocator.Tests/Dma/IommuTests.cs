@@ -71,6 +71,32 @@ public sealed class IommuTests
     }
 
     [Fact]
+    public void An_iotlb_entry_filled_after_a_full_flush_is_live_and_goes_stale_at_the_next_unmap()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong first = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(first);
+        dev.Engine.Write(first, new byte[] { 1 }); // fills the IOTLB
+        dev.UnmapPage(first, 4096, DmaDirection.Bidirectional);
+        q.FlushAll(); // a new epoch: the entry above is gone
+
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(dma);
+        dev.Engine.Write(dma, new byte[] { 7 }); // a walk, and an entry of the new epoch
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        dev.Engine.Write(dma, new byte[] { 9 }); // reached through that entry until the next flush
+        Assert.Equal(1, dev.StaleIotlbAccesses);
+        q.FlushAll();
+        Assert.Throws<DmaFaultException>(() => dev.Engine.Write(dma, new byte[] { 3 }));
+        var got = new byte[1];
+        m.Memory.Read(block, 0, got);
+        Assert.Equal(9, got[0]);
+    }
+
+    [Fact]
     public void The_flush_queue_flushes_when_it_holds_its_entry_limit()
     {
         using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1), flushEntries: 8);
