@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Runtime.InteropServices;
 using PagePool.Memory;
 using PagePool.Pool;
 
