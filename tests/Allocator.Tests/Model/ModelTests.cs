@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Xunit;
 
 namespace PagePool.Allocator.Tests.Model;
@@ -12,28 +11,8 @@ namespace PagePool.Allocator.Tests.Model;
 /// the number of seeds (default 12). A run is pinned to one CPU: DMA addresses come from per-CPU IOVA caches and
 /// swiotlb areas (as in Linux), so only on one CPU does a seed give the same addresses, and the same run, every time.
 /// </summary>
-public sealed partial class ModelTests(ITestOutputHelper output)
+public sealed class ModelTests(ITestOutputHelper output)
 {
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int sched_setaffinity(int pid, nint size, ref ulong mask);
-
-    // Run body on a thread of its own pinned to CPU 0, so the per-CPU caches it meets are always the same ones.
-    private static void OnCpu0(Action body)
-    {
-        Exception? error = null;
-        var t = new Thread(() =>
-        {
-            ulong mask = 1;
-            if (sched_setaffinity(0, sizeof(ulong), ref mask) != 0)
-                error = new InvalidOperationException($"sched_setaffinity to CPU 0 failed (errno {Marshal.GetLastPInvokeError()})");
-            else
-                try { body(); } catch (Exception e) { error = e; }
-        }, 16 << 20);
-        t.Start();
-        t.Join();
-        if (error is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error).Throw();
-    }
-
     private static int Env(string name, int fallback)
         => int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
 
@@ -50,7 +29,7 @@ public sealed partial class ModelTests(ITestOutputHelper output)
     [Theory]
     [MemberData(nameof(Runs))]
     public void The_system_agrees_with_the_model_on_every_step(int seed, long limitBytes, bool fileStore)
-        => OnCpu0(() => AgreesWithTheModel(seed, limitBytes, fileStore));
+        => Pinned.Run(0, () => AgreesWithTheModel(seed, limitBytes, fileStore), 16 << 20); // same CPU, same per-CPU caches, same run
 
     private void AgreesWithTheModel(int seed, long limitBytes, bool fileStore)
     {

@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Tracing;
-using System.Runtime.InteropServices;
 using PagePool.Diagnostics;
 using PagePool.Memory;
 using PagePool.Pool;
@@ -11,7 +10,7 @@ namespace PagePool.Allocator.Tests;
 // The pool's promises at its edges (issue 9) and its input checks (issue 8). Each test failed on the pool before
 // the reclaim rework. Listeners are process-wide, so these run with the other event tests, alone.
 [Collection(nameof(RssTests))]
-public sealed partial class PoolPromiseTests : IDisposable
+public sealed class PoolPromiseTests : IDisposable
 {
     private readonly PhysicalMemory _memory = new(new MemoryOptions { ArenaBytes = 16L << 20, Dma32Bytes = 32L << 20, NormalBytes = 128L << 20 });
 
@@ -20,23 +19,6 @@ public sealed partial class PoolPromiseTests : IDisposable
     private PoolAllocator NewPool(long limit = 1L << 30) => new(_memory, new PoolOptions { LimitBytes = limit });
 
     private long Used => _memory.UsedBytes(Zone.Dma32) + _memory.UsedBytes(Zone.Normal);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int sched_setaffinity(int pid, nint size, ref ulong mask);
-
-    private static void RunOnCpu(int cpu, Action body)
-    {
-        Exception? error = null;
-        var t = new Thread(() =>
-        {
-            ulong mask = 1UL << cpu;
-            if (sched_setaffinity(0, sizeof(ulong), ref mask) != 0) throw new InvalidOperationException($"sched_setaffinity to CPU {cpu} failed");
-            try { body(); } catch (Exception e) { error = e; }
-        });
-        t.Start();
-        t.Join();
-        if (error is not null) throw new InvalidOperationException($"on CPU {cpu}: {error.Message}", error);
-    }
 
     // ---- 1. reachability ----
 
@@ -49,9 +31,9 @@ public sealed partial class PoolPromiseTests : IDisposable
             return;
         }
         using var pool = NewPool();
-        RunOnCpu(0, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined));
+        Pinned.Run(0, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined));
         long misses = pool.Statistics().Sum(s => s.Misses);
-        RunOnCpu(1, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined));
+        Pinned.Run(1, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteCombined), CachingMode.WriteCombined));
         Assert.Equal(misses, pool.Statistics().Sum(s => s.Misses));
         Assert.Equal(4096, Used);
     }
