@@ -70,7 +70,7 @@ internal sealed class FlushQueue : IDisposable
     private void Flush(Queue q)
     {
         _domain.Iotlb.InvalidateAll();
-        for (int i = 0; i < q.Count; i++) _domain.Iova.FreeFast(q.Pfn[i], q.Pages[i]);
+        _domain.Iova.FreeFastBatch(q.Pfn.AsSpan(0, q.Count), q.Pages.AsSpan(0, q.Count));
         q.Count = 0;
         Interlocked.Increment(ref _flushes);
     }

@@ -108,6 +108,9 @@ public sealed class IovaAllocator
         if (!_rcache.TryInsert(pfn, size)) Free(pfn);
     }
 
+    /// <summary>free_iova_fast for a batch of ranges (a flush queue's), with one visit to each size's CPU cache.</summary>
+    internal void FreeFastBatch(ReadOnlySpan<ulong> pfns, ReadOnlySpan<ulong> pages) => _rcache.InsertBatch(pfns, pages);
+
     /// <summary>alloc_iova with size_aligned: the highest free range of <paramref name="size"/> aligned to its power of two.</summary>
     internal ulong Alloc(ulong size, ulong limitPfn)
     {
@@ -181,4 +184,6 @@ public sealed class IovaAllocator
 
 
     internal long CachedRanges => _rcache.CachedCount;
+
+    internal int DepotMagazines => _rcache.DepotMagazines;
 }

@@ -57,6 +57,69 @@ public sealed class IovaTests
     }
 
     [Fact]
+    public void A_cpu_popping_the_depot_gets_back_the_magazine_it_pushed_before_a_newer_one_of_another_cpu()
+    {
+        if (Environment.ProcessorCount < 2) return; // one CPU has no other CPU's magazine to be handed
+        var iova = new IovaAllocator(1, 2);
+        const int Count = 3 * IovaRcache.MagazineSize; // loaded + previous full, the third magazine to the depot
+        List<ulong> mine = [], theirs = [];
+        Pinned.Run(0, () => { for (int i = 0; i < Count; i++) mine.Add(iova.AllocFast(1, 0xFFFFF)); });
+        Pinned.Run(1, () => { for (int i = 0; i < Count; i++) theirs.Add(iova.AllocFast(1, 0xFFFFF)); });
+        Pinned.Run(0, () => { foreach (var p in mine) iova.FreeFast(p, 1); });
+        Pinned.Run(1, () => { foreach (var p in theirs) iova.FreeFast(p, 1); }); // CPU 1's magazine is on top
+        Assert.Equal(2, iova.DepotMagazines);
+
+        var again = new HashSet<ulong>();
+        Pinned.Run(0, () => { for (int i = 0; i < Count; i++) again.Add(iova.AllocFast(1, 0xFFFFF)); });
+        Assert.True(again.SetEquals(mine), $"{again.Intersect(theirs).Count()} of CPU 0's ranges came from CPU 1's magazine");
+        Assert.Equal(1, iova.DepotMagazines);
+    }
+
+    [Fact]
+    public void Magazines_going_to_the_depot_and_back_allocate_no_memory_once_warm()
+    {
+        var iova = new IovaAllocator(1, 1);
+        var pfns = new ulong[3 * IovaRcache.MagazineSize];
+        long allocated = -1;
+        int depot = 0;
+        Pinned.Run(0, () =>
+        {
+            void Cycle()
+            {
+                for (int i = 0; i < pfns.Length; i++) pfns[i] = iova.AllocFast(1, 0xFFFFF);
+                foreach (var p in pfns) iova.FreeFast(p, 1);
+            }
+            Cycle(); // the tree hands out the ranges, the first depot magazine is made
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int k = 0; k < 100; k++) Cycle(); // each: a magazine popped from the depot, one pushed
+            allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            depot = iova.DepotMagazines;
+        });
+        Assert.Equal(1, depot);
+        Assert.Equal(0, allocated);
+    }
+
+    [Fact]
+    public void A_flush_queue_batch_caches_each_range_by_its_size_and_gives_uncached_sizes_to_the_tree()
+    {
+        var iova = new IovaAllocator(1, 1);
+        ulong[] pages = [1, 3, 32, 33, 64];
+        var pfns = pages.Select(n => iova.AllocFast(n, 0xFFFFF)).ToArray();
+        long used = iova.UsedPages;
+
+        iova.FreeFastBatch(pfns, pages);
+
+        Assert.Equal(3, iova.CachedRanges); // 1, 3 (as 4) and 32 pages: cached sizes
+        Assert.False(iova.IsAllocated(pfns[3]));
+        Assert.False(iova.IsAllocated(pfns[4]));
+        Assert.Equal(used - 33 - 64, iova.UsedPages);
+        Assert.Equal(pfns[1], iova.AllocFast(4, 0xFFFFF));
+        Assert.Equal(pfns[2], iova.AllocFast(32, 0xFFFFF));
+        Assert.Equal(pfns[0], iova.AllocFast(1, 0xFFFFF));
+        Assert.Equal(0, iova.CachedRanges);
+    }
+
+    [Fact]
     public void After_a_32_bit_failure_larger_32_bit_requests_fail_fast_until_a_range_is_freed()
     {
         var iova = new IovaAllocator(IovaAllocator.Dma32BitPfn - 8, 1); // only 8 pages below 4 GiB
