@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PagePool.Native;
 
 namespace PagePool.Dma;
@@ -15,12 +16,14 @@ internal sealed class FlushQueue : IDisposable
 {
     private const int SlotStride = 16;
 
+    // Fields 64 bytes from both ends (as the IOVA cache's per-CPU objects): Count is written on every unmap.
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
     private sealed class Queue(int capacity)
     {
-        internal readonly ulong[] Pfn = new ulong[capacity];
-        internal readonly ulong[] Pages = new ulong[capacity];
-        internal int Count;
-        internal long FirstTimestamp;
+        [FieldOffset(64)] internal readonly ulong[] Pfn = new ulong[capacity];
+        [FieldOffset(72)] internal readonly ulong[] Pages = new ulong[capacity];
+        [FieldOffset(80)] internal int Count;
+        [FieldOffset(88)] internal long FirstTimestamp;
     }
 
     private readonly IommuDomain _domain;

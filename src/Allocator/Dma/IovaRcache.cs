@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PagePool.Native;
 
 namespace PagePool.Dma;
@@ -33,16 +34,21 @@ internal sealed class IovaRcache
     private readonly SizeCache[] _sizes = new SizeCache[IovaAllocator.RangeCacheMaxSize];
     private readonly int _slotMask;
 
+    // Per-CPU objects keep their fields 64 bytes away from both ends (explicit layout, 192 bytes): a magazine's
+    // count is written on every hit, and the GC may place another CPU's magazine or cache right beside it.
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
     internal sealed class Magazine
     {
-        internal readonly ulong[] Pfns = new ulong[MagazineSize];
-        internal int Count;
-        internal int PushedBy; // the CPU slot that put it in the depot
+        [FieldOffset(64)] internal readonly ulong[] Pfns = new ulong[MagazineSize];
+        [FieldOffset(72)] internal int Count;
+        [FieldOffset(76)] internal int PushedBy; // the CPU slot that put it in the depot
     }
 
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
     internal sealed class CpuCache
     {
-        internal Magazine Loaded = new(), Previous = new();
+        [FieldOffset(64)] internal Magazine Loaded = new();
+        [FieldOffset(72)] internal Magazine Previous = new();
     }
 
     private sealed class SizeCache(int slots)
