@@ -28,7 +28,7 @@ internal static unsafe class DmaBench
             "map + unmap one 4 KiB page through the IOMMU, deferred IOTLB flush");
 
         var pages = new[] { memory.AllocateBlock(Zone.Normal, 0), memory.AllocateBlock(Zone.Normal, 0) };
-        ctx.Add("iommu.scaling.2t", TwoThreadScaling.Measure(ctx, t => () => MapUnmap(gpu, pages[t]), ops),
+        TwoThreadScaling.Add(ctx, "iommu.scaling.2t", t => () => MapUnmap(gpu, pages[t]), ops,
             "IOMMU map + unmap throughput with two threads / one thread, one device");
 
         byte* src = (byte*)NativeMemory.AlignedAlloc(4096, 4096), dst = (byte*)NativeMemory.AlignedAlloc(4096, 4096);

@@ -100,7 +100,7 @@ internal static unsafe partial class HitPathDiagnosis
             try
             {
                 foreach (var p in pools) p.ReleasePage(p.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
-                ctx.Add("pool.scaling.2t.noclear.pool_per_thread", TwoThreadScaling.Measure(ctx, t => NoClearHit(pools[t]), ops),
+                TwoThreadScaling.Add(ctx, "pool.scaling.2t.noclear.pool_per_thread", t => NoClearHit(pools[t]), ops,
                     "NoClear hit, two threads / one, each thread its own pool over one PhysicalMemory");
             }
             finally
@@ -115,7 +115,7 @@ internal static unsafe partial class HitPathDiagnosis
         try
         {
             foreach (var p in own) p.ReleasePage(p.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack);
-            ctx.Add("pool.scaling.2t.noclear.memory_per_thread", TwoThreadScaling.Measure(ctx, t => NoClearHit(own[t]), ops),
+            TwoThreadScaling.Add(ctx, "pool.scaling.2t.noclear.memory_per_thread", t => NoClearHit(own[t]), ops,
                 "NoClear hit, two threads / one, each thread its own PhysicalMemory and pool (nothing shared)");
         }
         finally

@@ -48,11 +48,11 @@ internal static unsafe class PoolBench
         int ops = HitOps(ctx);
         using var pool = new PoolAllocator(memory);
         Warm(pool, CachingMode.WriteBack, PooledPages16M);
-        ctx.Add("pool.scaling.2t", Scaling(ctx, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack), ops),
+        Scaling(ctx, "pool.scaling.2t", () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack), CachingMode.WriteBack), ops,
             "hit throughput with two threads / one thread (WB)");
-        ctx.Add("pool.scaling.2t.noclear", Scaling(ctx, () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, AllocationFlags.NoClear), CachingMode.WriteBack), ops),
+        Scaling(ctx, "pool.scaling.2t.noclear", () => pool.ReleasePage(pool.AllocatePage(CachingMode.WriteBack, Zone.Normal, AllocationFlags.NoClear), CachingMode.WriteBack), ops,
             "NoClear hit throughput with two threads / one thread (WB): what the threads share, without the clear");
-        ctx.Add("baseline.scaling.2t", Scaling(ctx, (Action?)null, ops),
+        Scaling(ctx, "baseline.scaling.2t", null, ops,
             "the machine's own ceiling: two threads / one clearing private 4 KiB buffers (no shared state)");
     }
 
@@ -130,7 +130,8 @@ internal static unsafe class PoolBench
 
     // Two threads running an operation at once, against one alone, interleaved rep by rep so both see the same
     // machine. A null operation clears a private page: no shared state at all, the ceiling of this machine.
-    private static Samples Scaling(BenchContext ctx, Action? op, int ops) => TwoThreadScaling.Measure(ctx, _ => op, ops);
+    private static void Scaling(BenchContext ctx, string metric, Action? op, int ops, string description)
+        => TwoThreadScaling.Add(ctx, metric, _ => op, ops, description);
 
     private static Samples Cycle(BenchContext ctx, string metric, PhysicalMemory memory, ZeroPolicy zeroing, AllocationFlags flags)
     {

@@ -1,0 +1,30 @@
+using PagePool.Cli.Bench;
+using Xunit;
+
+namespace PagePool.Cli.Tests;
+
+public sealed class TwoThreadScalingTests
+{
+    [Fact]
+    public void Repetitions_taken_while_the_machine_itself_did_not_scale_are_left_out_and_named()
+    {
+        (double, double)[] reps = [(1.85, 1.95), (1.20, 1.12), (1.80, 1.90), (1.35, 1.50), (1.90, 1.98)];
+
+        var counted = TwoThreadScaling.Counted("iommu.scaling.2t", reps, out string? note);
+
+        Assert.Equal([1.80, 1.85, 1.90], counted.Values);
+        Assert.Equal("iommu.scaling.2t: 3 of 5 repetitions counted; in the others the machine's own scaling measured beside it (1.12, 1.50) was below 90% of its best (1.98).", note);
+    }
+
+    [Fact]
+    public void A_machine_that_never_scales_keeps_every_repetition_and_its_low_ratio()
+    {
+        (double, double)[] reps = [(1.10, 1.15), (1.05, 1.10), (1.12, 1.18)];
+
+        var counted = TwoThreadScaling.Counted("pool.scaling.2t", reps, out string? note);
+
+        Assert.Equal(3, counted.Values.Count);
+        Assert.Equal(1.10, counted.Median);
+        Assert.Null(note);
+    }
+}
