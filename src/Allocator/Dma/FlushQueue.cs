@@ -24,6 +24,7 @@ internal sealed class FlushQueue : IDisposable
         [FieldOffset(72)] internal readonly ulong[] Pages = new ulong[capacity];
         [FieldOffset(80)] internal int Count;
         [FieldOffset(88)] internal long FirstTimestamp;
+        [FieldOffset(184)] private readonly long _end; // the JIT ignores Size on a class: a last field makes the room
     }
 
     private readonly IommuDomain _domain;

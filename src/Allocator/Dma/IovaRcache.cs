@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PagePool.Native;
@@ -42,6 +43,7 @@ internal sealed class IovaRcache
         [FieldOffset(64)] internal readonly ulong[] Pfns = new ulong[MagazineSize];
         [FieldOffset(72)] internal int Count;
         [FieldOffset(76)] internal int PushedBy; // the CPU slot that put it in the depot
+        [FieldOffset(184)] private readonly long _end; // the JIT ignores Size on a class: a last field makes the room
     }
 
     [StructLayout(LayoutKind.Explicit, Size = 192)]
@@ -49,6 +51,7 @@ internal sealed class IovaRcache
     {
         [FieldOffset(64)] internal Magazine Loaded = new();
         [FieldOffset(72)] internal Magazine Previous = new();
+        [FieldOffset(184)] private readonly long _end;
     }
 
     private sealed class SizeCache(int slots)
@@ -134,23 +137,15 @@ internal sealed class IovaRcache
             cc = TakeOtherSlot(sc, ref cpu);
             if (cc is null) return 0;
         }
-        ulong pfn = 0;
-        if (!TryPop(cc.Loaded, limitPfn, out pfn))
+        // __iova_rcache_get: only an empty loaded magazine is replaced, by the previous one or else a full one from
+        // the depot. A loaded magazine whose ranges all lie above the limit stays loaded and the caller goes to the
+        // tree: replacing it would drop (or recycle as a spare) a magazine that still holds ranges.
+        if (cc.Loaded.Count == 0)
         {
-            if (TryPop(cc.Previous, limitPfn, out pfn))
-            {
-                (cc.Loaded, cc.Previous) = (cc.Previous, cc.Loaded);
-            }
-            else
-            {
-                var full = PopDepot(sc, cpu, cc.Loaded);
-                if (full is not null)
-                {
-                    cc.Loaded = full;
-                    if (!TryPop(full, limitPfn, out pfn)) pfn = 0;
-                }
-            }
+            if (cc.Previous.Count > 0) (cc.Loaded, cc.Previous) = (cc.Previous, cc.Loaded);
+            else if (PopDepot(sc, cpu, cc.Loaded) is { } full) cc.Loaded = full;
         }
+        TryPop(cc.Loaded, limitPfn, out ulong pfn);
         Volatile.Write(ref Slot(sc, cpu), cc);
         return pfn;
     }
@@ -274,6 +269,7 @@ internal sealed class IovaRcache
     // A full magazine from the depot, this CPU's own when one is near the top; the emptied one becomes a spare.
     private Magazine? PopDepot(SizeCache sc, int cpu, Magazine emptied)
     {
+        Debug.Assert(emptied.Count == 0, "only an empty magazine is replaced from the depot");
         int me = cpu & _slotMask;
         lock (sc.DepotLock)
         {

@@ -76,6 +76,30 @@ public sealed class IovaTests
     }
 
     [Fact]
+    public void A_request_below_every_cached_range_goes_to_the_tree_and_leaves_the_cached_ranges_where_they_are()
+    {
+        var iova = new IovaAllocator(1, 1);
+        var high = new List<ulong>();
+        for (int i = 0; i < 3 * IovaRcache.MagazineSize; i++) high.Add(iova.AllocFast(1, 0xFFFFF));
+        foreach (var p in high) iova.FreeFast(p, 1); // loaded and previous full, one magazine in the depot
+
+        ulong low = iova.AllocFast(1, 0x100); // every cached range lies above this limit: the tree's turn
+        Assert.InRange(low, 1UL, 0x100UL);
+        Assert.Equal(high.Count, iova.CachedRanges);
+        Assert.Equal(1, iova.DepotMagazines);
+
+        for (int k = 0; k < 3; k++) // the magazines keep cycling through the depot
+        {
+            var again = new List<ulong>();
+            for (int i = 0; i < high.Count; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+            Assert.True(again.ToHashSet().SetEquals(high));
+            foreach (var p in again) iova.FreeFast(p, 1);
+        }
+        iova.FlushCaches();
+        Assert.Equal(1, iova.UsedPages); // only the low range: no cached range was lost
+    }
+
+    [Fact]
     public void Magazines_going_to_the_depot_and_back_allocate_no_memory_once_warm()
     {
         var iova = new IovaAllocator(1, 1);
