@@ -18,7 +18,7 @@ namespace PagePool.Cli.Bench;
 /// thread start and wake-up are outside the time.</para>
 /// <para>Each repetition also measures, in blocks interleaved with the operation's, the machine's own ceiling (two
 /// threads clearing private pages), and only the repetitions whose ceiling reached <see cref="KeepFraction"/> of its
-/// best in the measurement count. For minutes at a time these VMs run both virtual CPUs as one physical core (the
+/// best in the measurement count (and never fewer than <see cref="MinCounted"/>, those of the highest ceilings). For minutes at a time these VMs run both virtual CPUs as one physical core (the
 /// ceiling falls from 1.95 to 1.1-1.5); a repetition taken then measures the host, as a block that lost its CPU does.
 /// The repetitions left out are named in a note. A machine whose CPUs never scale keeps every repetition (its best is
 /// its usual), so the ratio stays what the machine gives.</para>
@@ -30,6 +30,9 @@ internal static unsafe class TwoThreadScaling
 
     /// <summary>A repetition counts when the machine's ceiling beside it was at least this fraction of the best one.</summary>
     internal const double KeepFraction = 0.9;
+
+    /// <summary>The fewest repetitions counted (those of the highest ceilings): the gate tests a distribution, not one value.</summary>
+    internal const int MinCounted = 3;
 
     /// <summary>
     /// Add <paramref name="metric"/>: samples of two-thread over one-thread throughput, thread t running
@@ -88,10 +91,12 @@ internal static unsafe class TwoThreadScaling
     internal static Samples Counted(string metric, IReadOnlyList<(double Ratio, double Ceiling)> reps, out string? note)
     {
         double best = reps.Max(r => r.Ceiling), floor = KeepFraction * best;
-        var dropped = reps.Where(r => r.Ceiling < floor).Select(r => r.Ceiling.ToString("F2", CultureInfo.InvariantCulture)).ToList();
+        int keep = Math.Max(reps.Count(r => r.Ceiling >= floor), Math.Min(MinCounted, reps.Count));
+        var byCeiling = reps.OrderByDescending(r => r.Ceiling).ToList();
+        var dropped = byCeiling.Skip(keep).Select(r => r.Ceiling.ToString("F2", CultureInfo.InvariantCulture)).ToList();
         note = dropped.Count == 0 ? null : FormattableString.Invariant(
-            $"{metric}: {reps.Count - dropped.Count} of {reps.Count} repetitions counted; in the others the machine's own scaling measured beside it ({string.Join(", ", dropped)}) was below {KeepFraction * 100:F0}% of its best ({best:F2}).");
-        return new Samples(reps.Where(r => r.Ceiling >= floor).Select(r => r.Ratio));
+            $"{metric}: {keep} of {reps.Count} repetitions counted (ceiling at least {KeepFraction * 100:F0}% of its best, {best:F2}, and never fewer than {MinCounted}); the machine's own scaling measured beside the others: {string.Join(", ", dropped)}.");
+        return new Samples(byCeiling.Take(keep).Select(r => r.Ratio));
     }
 
     // One repetition: the best two-thread block over the best one-thread block, alternating.

@@ -13,7 +13,19 @@ public sealed class TwoThreadScalingTests
         var counted = TwoThreadScaling.Counted("iommu.scaling.2t", reps, out string? note);
 
         Assert.Equal([1.80, 1.85, 1.90], counted.Values);
-        Assert.Equal("iommu.scaling.2t: 3 of 5 repetitions counted; in the others the machine's own scaling measured beside it (1.12, 1.50) was below 90% of its best (1.98).", note);
+        Assert.Equal("iommu.scaling.2t: 3 of 5 repetitions counted (ceiling at least 90% of its best, 1.98, and never fewer than 3); the machine's own scaling measured beside the others: 1.50, 1.12.", note);
+    }
+
+    [Fact]
+    public void At_least_three_repetitions_count_those_of_the_highest_ceilings_so_the_gate_can_test_them()
+    {
+        (double, double)[] reps = [(1.20, 1.10), (1.30, 1.40), (1.85, 1.95), (1.25, 1.50), (1.40, 1.60)];
+
+        var counted = TwoThreadScaling.Counted("pool.scaling.2t", reps, out string? note);
+
+        Assert.Equal([1.25, 1.40, 1.85], counted.Values); // ceilings 1.95, 1.60, 1.50; only 1.95 is within 90% of the best
+        Assert.Contains("3 of 5 repetitions counted", note);
+        Assert.EndsWith("beside the others: 1.40, 1.10.", note);
     }
 
     [Fact]
