@@ -33,4 +33,6 @@ public enum FaultPoint
     Dma32Zone,
     /// <summary>mremap fails with ENOMEM (mapping a buffer's pages into its stable CPU address range).</summary>
     Mremap,
+    /// <summary>Under Xen, the hypervisor refuses to exchange a block for machine-contiguous frames (xen_create_contiguous_region fails).</summary>
+    XenExchange,
 }

@@ -196,6 +196,30 @@ internal sealed unsafe class Arena
         return page;
     }
 
+    /// <summary>
+    /// The first page of <paramref name="blocks"/> free blocks of the largest order lying one after another (one
+    /// physically contiguous range, as memblock or alloc_contig_range give), or -1 when the arena has no such run.
+    /// </summary>
+    internal int FindFreeRun(int blocks)
+    {
+        Debug.Assert(IsMapped && blocks > 0);
+        int run = 0;
+        for (int p = 0; p < Pages; p += 1 << MaxOrder)
+        {
+            run = _freeOrder[p] == MaxOrder ? run + 1 : 0;
+            if (run == blocks) return p - ((blocks - 1) << MaxOrder);
+        }
+        return -1;
+    }
+
+    /// <summary>Take the free block of the largest order at <paramref name="page"/> (one that FindFreeRun found).</summary>
+    internal void TakeFree(int page)
+    {
+        Debug.Assert(_freeOrder[page] == MaxOrder, "only a free block of the largest order is taken by its address");
+        Remove(MaxOrder, page);
+        FreePages -= 1 << MaxOrder;
+    }
+
     /// <summary>Return a block, merging it with its buddy while the buddy is free at the same order.</summary>
     internal void Free(int page, int order)
     {

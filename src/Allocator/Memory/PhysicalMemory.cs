@@ -100,6 +100,9 @@ public sealed unsafe class PhysicalMemory : IDisposable
     /// <summary>True when this space emulates a Xen guest (pseudo-physical frames, scattered machine frames).</summary>
     public bool IsXen => _p2m is not null;
 
+    /// <summary>Under Xen, the regions exchanged for machine-contiguous frames and not destroyed yet (tests: nothing stays exchanged).</summary>
+    internal int XenExchangedRegions => _p2m?.ExchangedCount ?? 0;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ThrowIfDisposed()
     {
@@ -197,14 +200,58 @@ public sealed unsafe class PhysicalMemory : IDisposable
                     page = arena.TryAllocate(order);
             }
             if (arena is null) { handle = default; return false; }
-
-            // Plain store: the buddy allocator handed this block to us alone, under the zone lock.
-            ulong* m = arena.MetaOf(page);
-            ulong gen = PageMeta.Generation(Volatile.Read(ref *m));
-            Debug.Assert(PageMeta.State(Volatile.Read(ref *m)) == PageState.Free, "the buddy allocator hands out only free blocks");
-            Volatile.Write(ref *m, PageMeta.Make(PageState.Allocated, CachingMode.WriteBack, order, owner, gen));
-            handle = new PageHandle(Serial, arena.Index, page, order, gen);
+            handle = Handed(arena, page, order, owner);
             return true;
+        }
+        finally
+        {
+            ExitCall();
+        }
+    }
+
+    // A block the buddy allocator just handed out becomes allocated: a plain store, it is ours alone.
+    private PageHandle Handed(Arena arena, int page, int order, int owner)
+    {
+        ulong* m = arena.MetaOf(page);
+        ulong gen = PageMeta.Generation(Volatile.Read(ref *m));
+        Debug.Assert(PageMeta.State(Volatile.Read(ref *m)) == PageState.Free, "the buddy allocator hands out only free blocks");
+        Volatile.Write(ref *m, PageMeta.Make(PageState.Allocated, CachingMode.WriteBack, order, owner, gen));
+        return new PageHandle(Serial, arena.Index, page, order, gen);
+    }
+
+    /// <summary>
+    /// Allocate <paramref name="blocks"/> blocks of <see cref="MaxOrder"/> that lie one after another, physically and
+    /// in the view (one range, as the kernel sets aside for swiotlb at boot): from the first arena of the zone that
+    /// has such a run free, or a fresh one. Each is freed on its own with <see cref="FreeBlock"/>. False when the
+    /// zone has no such run and no room for a fresh arena, or the run is longer than an arena.
+    /// </summary>
+    internal bool TryAllocateRange(Zone zone, int blocks, out PageHandle[] handles)
+    {
+        handles = [];
+        var z = ZoneStateOf(zone);
+        if (blocks <= 0 || (long)blocks << MaxOrder > _arenaPages) return false;
+        if (zone == Zone.Dma32 && Faults.FaultInjector.ShouldFail(Faults.FaultPoint.Dma32Zone)) return false;
+        EnterCall();
+        try
+        {
+            lock (z.Lock)
+            {
+                Arena? arena = null;
+                int page = -1;
+                foreach (var a in z.Mapped)
+                    if ((page = a.FindFreeRun(blocks)) >= 0) { arena = a; break; }
+                if (arena is null && (arena = MapArena(z)) is not null)
+                    page = arena.FindFreeRun(blocks);
+                if (arena is null || page < 0) return false;
+                handles = new PageHandle[blocks];
+                for (int b = 0; b < blocks; b++)
+                {
+                    int at = page + (b << MaxOrder);
+                    arena.TakeFree(at);
+                    handles[b] = Handed(arena, at, MaxOrder, 0);
+                }
+                return true;
+            }
         }
         finally
         {
@@ -754,6 +801,11 @@ public sealed unsafe class PhysicalMemory : IDisposable
         {
             machineAddress = frame << PageShift;
             return machineAddress + ((ulong)h.PageCount << PageShift) - 1 <= limitAddress;
+        }
+        if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.XenExchange))
+        {
+            machineAddress = 0;
+            return false;
         }
         bool ok = _p2m.MakeContiguous(frame, h.Order, limitAddress, out ulong mfn);
         machineAddress = mfn << PageShift;

@@ -26,6 +26,9 @@ internal sealed class XenP2M
     private readonly Lock _lock = new();
     private int _exchangedCount; // published count of exchanged ranges: lookups skip the lock while it is 0
 
+    /// <summary>Ranges exchanged for machine-contiguous frames and not given back yet.</summary>
+    internal int ExchangedCount => Volatile.Read(ref _exchangedCount);
+
     /// <summary>A P2M covering pseudo frames below <paramref name="pseudoFrames"/>, scrambled by <paramref name="seed"/>.</summary>
     internal XenP2M(ulong pseudoFrames, ulong seed)
     {
