@@ -221,17 +221,24 @@ internal sealed unsafe class DirectOps : DmaOps
         SyncForCpuCaches(s.Cpu, size, dir);
     }
 
-    // swiotlb_tbl_unmap_single: bounce back for FromDevice and Bidirectional, then give the slots back.
+    // swiotlb_tbl_unmap_single: bounce back for FromDevice and Bidirectional, then give the slots back. The checks
+    // (a mapping of this device starts here, of this size) are the pool's, under its lock, in the same pass.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void UnmapBounced(ulong dma, int slot, int size, DmaDirection dir)
     {
+        if (!Device.IsCoherent && dir != DmaDirection.ToDevice) InvalidateBounce(dma, slot, size);
+        int mapped = Tlb.Unmap(slot, size, Device.Id, bounceBack: dir != DmaDirection.ToDevice);
+        if (mapped != size) throw mapped == 0 ? NoStreamingMapping(dma) : WrongUnmapSize(dma, size, mapped);
+    }
+
+    // A device that does not snoop may have left the CPU's copy of the bounce lines stale: invalidate them before
+    // the bounce back reads them (arch_sync_dma_for_cpu), only once the range is known to be this mapping's.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void InvalidateBounce(ulong dma, int slot, int size)
+    {
         var tlb = Tlb;
-        int head = tlb.MappingOf(slot, Device.Id, out int mapped);
-        if (head != slot) throw NoStreamingMapping(dma);
-        if (mapped != size) throw WrongUnmapSize(dma, size, mapped);
-        SyncForCpuCaches(tlb.HostOf(slot), size, dir);
-        if (!tlb.TryUnmap(slot, size, Device.Id, bounceBack: dir != DmaDirection.ToDevice)) // another thread unmapped it first
-            throw NoStreamingMapping(dma);
+        if (tlb.MappingOf(slot, Device.Id, out int mapped) == slot && mapped == size)
+            SyncForCpuCaches(tlb.HostOf(slot), size, DmaDirection.FromDevice);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -274,16 +281,12 @@ internal sealed unsafe class DirectOps : DmaOps
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void SyncBounced(ulong dma, int slot, int size, DmaDirection dir, bool forCpu)
     {
-        var tlb = Tlb;
-        int head = tlb.MappingOf(slot, Device.Id, out int mapped);
-        ulong start = head < 0 ? 0 : tlb.BusOf(head);
-        if (head < 0 || dma + (ulong)size > start + (ulong)mapped) throw NoMappingCovers(dma, size);
-        int at = (int)(dma - start);
-        byte* bounce = tlb.HostOf(head) + at, cpu = tlb.OrigOf(head) + at; // one mapping never leaves its 2 MiB block
+        byte* bounce = Tlb.BounceView(slot, dma, size, Device.Id, out byte* cpu, out var caching);
+        if (bounce == null) throw NoMappingCovers(dma, size);
         if (forCpu)
         {
             SyncForCpuCaches(bounce, size, dir);
-            if (dir != DmaDirection.ToDevice) BounceBack(tlb.CachingAt(head), cpu, bounce, size);
+            if (dir != DmaDirection.ToDevice) BounceBack(caching, cpu, bounce, size);
         }
         else
         {
@@ -331,16 +334,9 @@ internal sealed unsafe class DirectOps : DmaOps
             int slot = tlb.SlotOf(dma);
             if (slot >= 0)
             {
-                if (tlb.OwnerOf(slot) != Device.Id)
-                {
-                    host = null; room = 0;
-                    fault = "the swiotlb slot is not mapped for this device";
-                    return false;
-                }
-                host = tlb.HostOf(slot) + (dma & (Swiotlb.SlotSize - 1));
-                room = tlb.RoomAt(slot, dma); // a mapping never leaves its 2 MiB block: its host bytes are contiguous
-                fault = null;
-                return true;
+                host = tlb.DeviceView(slot, dma, Device.Id, out room);
+                fault = host == null ? "the swiotlb slot is not mapped for this device" : null;
+                return host != null;
             }
         }
         return TranslateWindow(dma, out host, out room, out fault);

@@ -14,11 +14,15 @@ public sealed unsafe class DmaEngine
     private readonly DmaChecker? _checker;
     private DmaFault? _lastFault;
 
+    // A bouncing device's pool: an access into it is found by arithmetic, without the ops' general translation.
+    private readonly Swiotlb? _bounce;
+
     internal DmaEngine(DmaDevice device, DmaOps ops, DmaChecker? checker)
     {
         _device = device;
         _ops = ops;
         _checker = checker;
+        if (ops is DirectOps { NeverBounces: false }) _bounce = device.Platform.Swiotlb;
     }
 
     /// <summary>The last fault the device caused, if any.</summary>
@@ -37,9 +41,29 @@ public sealed unsafe class DmaEngine
         fixed (byte* dst = destination) Access(dmaAddress, dst, destination.Length, false);
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     private void Access(ulong dma, byte* data, int length, bool write)
     {
         _device.ThrowIfDisposed(); // a released device's tables are gone
+        // A burst inside one bounce mapping of this device (what a bouncing device does): one copy. Anything else,
+        // a fault included, takes the general path, which translates again and reports.
+        int slot;
+        if (_bounce is { } tlb && (slot = tlb.SlotOf(dma)) >= 0)
+        {
+            byte* host = tlb.DeviceView(slot, dma, _device.Id, out int room);
+            if (host != null && room >= length)
+            {
+                if (write) BounceCopy.Copy(data, host, length);
+                else BounceCopy.Copy(host, data, length);
+                return;
+            }
+        }
+        AccessTranslated(dma, data, length, write);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private void AccessTranslated(ulong dma, byte* data, int length, bool write)
+    {
         int done = 0;
         while (done < length)
         {

@@ -19,25 +19,37 @@ namespace PagePool.Dma;
 /// sync find it from the bus address by arithmetic, without a table or a lock of the device's.
 /// </remarks>
 /// <remarks>
-/// The memory is taken from the DMA32 zone in 2 MiB blocks when the first device needs it; under Xen each block
-/// is exchanged for machine-contiguous frames below 4 GiB (xen_swiotlb_fixup), so the slot's bus address is its
-/// machine address there.
+/// As Linux's, the pool is one physically contiguous range (the kernel sets it aside at boot), taken from the DMA32
+/// zone in 2 MiB blocks lying one after another in one arena when the first device needs it: a slot's physical
+/// address, its bus address and its place in this process are each the pool's start plus the slot times 2 KiB, and
+/// whether an address is bounce memory is one comparison (is_swiotlb_buffer). Under Xen each block is exchanged for
+/// machine-contiguous frames below 4 GiB (xen_swiotlb_fixup), so bus addresses are machine addresses, contiguous
+/// only within a block: there a table per 2 MiB of bus space maps them back (Linux translates through the M2P).
 /// </remarks>
 internal sealed unsafe class Swiotlb : IDisposable
 {
     internal const int SlotShift = 11, SlotSize = 1 << SlotShift, SegmentSlots = 128;
-    private const int BlockOrder = 9, SlotsPerBlock = (PhysicalMemory.PageSize << BlockOrder) / SlotSize;
+    private const int BlockOrder = PhysicalMemory.MaxOrder, SlotsPerBlock = (PhysicalMemory.PageSize << BlockOrder) / SlotSize;
     private const int BlockShift = PhysicalMemory.PageShift + BlockOrder, BusBlocks = 1 << (32 - BlockShift);
 
     private readonly PhysicalMemory _memory;
     private readonly PageHandle[] _blocks;
-    private readonly byte*[] _host;
-    private readonly ulong[] _bus;
-    private readonly short[] _blockOfBus = new short[BusBlocks]; // per 2 MiB of bus space below 4 GiB: block + 1, or 0
-    private readonly ulong[] _free; // two words per segment: bit (s % 128) set while slot s is free
+    private readonly byte* _host; // slot s is at _host + s * SlotSize
+    private readonly ulong _phys, _bytes; // the pool's physical start (its bus start too, without Xen) and size
+    private readonly bool _xen;
+    private readonly ulong[] _busOfBlock = []; // Xen: each block's machine address
+    private readonly short[] _blockOfBus = []; // Xen: per 2 MiB of bus space below 4 GiB, block + 1, or 0
     private readonly int _slots;
-    private readonly byte[] _slotTable; // pinned (never moves), 64 bytes over: room to start the table on a line
-    private readonly SlotInfo* _slot; // slot s is _slot[s], the table starting on a 64-byte line
+
+    // Native tables (pinned arrays: never moved, freed by the GC with the pool): the free bits, two words a segment,
+    // bit (s % 128) set while slot s is free; what the pool remembers per slot; a 64-byte line per area; and each
+    // segment's area.
+    private readonly ulong* _free;
+    private readonly SlotInfo* _slot;
+    private readonly AreaLine* _areas;
+    private readonly ushort* _areaOfSegment;
+    private readonly int _areaCount, _areaSlots;
+    private readonly Array[] _pinned;
 
     // What the pool remembers per slot, as Linux's io_tlb_slot: 32 bytes, two slots to a cache line, so what a map,
     // a device access, a sync and an unmap of a 4 KiB mapping read or write of it is one line, where five arrays
@@ -52,45 +64,45 @@ internal sealed unsafe class Swiotlb : IDisposable
         internal CachingMode Caching; // at a mapping's first slot: how the CPU's mapping of the buffer stores
         internal nint Orig; // at a mapping's first slot: the CPU address of the buffer it bounces (orig_addr)
     }
-    private readonly Area[] _areas;
-    private readonly int _areaSlots;
-    private readonly Area[] _areaOfSegment; // areas are whole segments
 
     // area->lock is a spinlock in Linux, held for a search or a release only: here too. Uncontended it is one
     // compare-exchange and one store (a Lock costs two atomics and a thread-id read: ~25 ns of a ~60 ns memcpy);
     // a waiter backs off with SpinWait, which yields and sleeps when the holder was preempted (threads > cores).
-    private sealed class Area
+    // An area is a cache line of its own: two CPUs' areas never share one.
+    [StructLayout(LayoutKind.Sequential, Size = 64)]
+    private struct AreaLine
     {
-        private int _held;
+        internal int Held;
         internal int Index; // where the next search starts, relative to the area (see NextIndex)
         internal int Used;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        internal void Enter()
-        {
-            if (Interlocked.CompareExchange(ref _held, 1, 0) != 0) EnterContended();
-        }
-
-        [MethodImpl(MethodImplOptions.NoInlining)]
-        private void EnterContended()
-        {
-            var spin = new SpinWait();
-            do spin.SpinOnce(sleep1Threshold: -1);
-            while (Volatile.Read(ref _held) != 0 || Interlocked.CompareExchange(ref _held, 1, 0) != 0);
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        internal void Exit() => Volatile.Write(ref _held, 0);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Enter(AreaLine* area)
+    {
+        if (Interlocked.CompareExchange(ref area->Held, 1, 0) != 0) EnterContended(area);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void EnterContended(AreaLine* area)
+    {
+        var spin = new SpinWait();
+        do spin.SpinOnce(sleep1Threshold: -1);
+        while (Volatile.Read(ref area->Held) != 0 || Interlocked.CompareExchange(ref area->Held, 1, 0) != 0);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Exit(AreaLine* area) => Volatile.Write(ref area->Held, 0);
+
     internal int Slots => _slots;
+    internal ReadOnlySpan<PageHandle> Blocks => _blocks; // the pool's 2 MiB blocks, low to high (tests)
     internal int AreaSlots => _areaSlots; // slots per area (tests check areas against Linux's walk)
     internal long UsedBytes
     {
         get
         {
             long used = 0; // a diagnostic: each area's count is exact, their sum a moment's view (Linux's mem_used)
-            foreach (var a in _areas) used += Volatile.Read(ref a.Used);
+            for (int a = 0; a < _areaCount; a++) used += Volatile.Read(ref _areas[a].Used);
             return used * SlotSize;
         }
     }
@@ -98,65 +110,103 @@ internal sealed unsafe class Swiotlb : IDisposable
 
     /// <summary>The lowest bus address of the pool and the one past its highest slot (for errors: where the pool lies).</summary>
     internal (ulong Start, ulong End) BusRange
-        => _bus.Length == 0 ? (0, 0) : (_bus.Min(), _bus.Max() + ((ulong)PhysicalMemory.PageSize << BlockOrder));
+        => _slots == 0 ? (0, 0)
+         : _xen ? (_busOfBlock.Min(), _busOfBlock.Max() + ((ulong)PhysicalMemory.PageSize << BlockOrder))
+         : (_phys, _phys + _bytes);
 
     internal Swiotlb(PhysicalMemory memory, long bytes, int cpus)
     {
         _memory = memory;
+        _xen = memory.IsXen;
         int blocks = (int)(bytes / (PhysicalMemory.PageSize << BlockOrder));
-        _blocks = new PageHandle[blocks];
-        _host = new byte*[blocks];
-        _bus = new ulong[blocks];
-        try
+        _blocks = [];
+        if (blocks > 0)
         {
-            for (int b = 0; b < blocks; b++)
+            if (bytes > memory.Options.ArenaBytes)
+                throw new PagePoolException(
+                    $"swiotlb: a bounce pool of {bytes >> 20} MiB does not fit in one arena ({memory.Options.ArenaBytes >> 20} MiB): the pool is one " +
+                    "physically contiguous range, as Linux's, and a range lies inside one arena. Configure ArenaBytes of at least SwiotlbBytes.");
+            if (!memory.TryAllocateRange(Zone.Dma32, blocks, out _blocks))
+                throw new PagePoolException(
+                    $"swiotlb: the DMA32 zone has no {bytes >> 20} MiB free in one range for the bounce pool (every arena it can map " +
+                    "holds allocations). Configure a larger Dma32Bytes or a smaller SwiotlbBytes, or create the first bouncing device " +
+                    "before filling the zone.");
+            try
             {
-                var h = memory.AllocateBlock(Zone.Dma32, BlockOrder);
-                _blocks[b] = h;
-                ulong bus = memory.PhysicalAddress(h);
-                if (memory.IsXen && !memory.TryMakeContiguous(h, uint.MaxValue, out bus))
-                    throw new PagePoolException($"swiotlb: no machine-contiguous 2 MiB below 4 GiB for bounce block {b} of {blocks}; configure a smaller SwiotlbBytes.");
-                fixed (byte* p = memory.GetSpan(h)) _host[b] = p;
-                if (bus >> 32 != 0) // DMA32 memory, or machine frames exchanged below 4 GiB: the table below relies on it
-                    throw new PagePoolException($"swiotlb: bounce block {b} landed at bus 0x{bus:x}, above 4 GiB.");
-                _bus[b] = bus;
-                _blockOfBus[bus >> BlockShift] = (short)(b + 1);
+                _phys = memory.PhysicalAddress(_blocks[0]);
+                fixed (byte* p = memory.GetSpan(_blocks[0])) _host = p;
+                _bytes = (ulong)blocks << BlockShift;
+                if (_phys + _bytes - 1 > uint.MaxValue) // the DMA32 zone lies below 4 GiB: anything else is a broken layout
+                    throw new PagePoolException($"swiotlb: the bounce pool landed at 0x{_phys:x}, above 4 GiB.");
+                if (_xen)
+                {
+                    _busOfBlock = new ulong[blocks];
+                    _blockOfBus = new short[BusBlocks];
+                    for (int b = 0; b < blocks; b++)
+                    {
+                        if (!memory.TryMakeContiguous(_blocks[b], uint.MaxValue, out ulong bus))
+                            throw new PagePoolException($"swiotlb: no machine-contiguous 2 MiB below 4 GiB for bounce block {b} of {blocks}; configure a smaller SwiotlbBytes.");
+                        _busOfBlock[b] = bus;
+                        _blockOfBus[bus >> BlockShift] = (short)(b + 1);
+                    }
+                }
+            }
+            catch
+            {
+                ReleaseBlocks();
+                throw;
             }
         }
-        catch
-        {
-            ReleaseBlocks();
-            throw;
-        }
         _slots = blocks * SlotsPerBlock;
-        _free = new ulong[_slots / 64];
-        Array.Fill(_free, ulong.MaxValue);
-        _slotTable = GC.AllocateArray<byte>(_slots * sizeof(SlotInfo) + 64, pinned: true);
-        fixed (byte* t = _slotTable) _slot = (SlotInfo*)(((nint)t + 63) & ~(nint)63);
         // An area is whole segments: a segment's free bits (two words) and every run in it are under one area's
         // lock, and a search of the area never returns a run that ends in the next one. An odd number of blocks
         // split into more than 8 areas would cut segments (1024 / 16 = 64 slots), so it gets fewer areas.
         int nareas = 1;
         while (nareas * 2 <= cpus && _slots / (nareas * 2) >= SegmentSlots && _slots / (nareas * 2) % SegmentSlots == 0) nareas *= 2;
-        _areas = new Area[Math.Max(1, nareas)];
-        for (int a = 0; a < _areas.Length; a++) _areas[a] = new Area();
-        _areaSlots = _slots / _areas.Length;
-        _areaOfSegment = new Area[_slots / SegmentSlots];
-        for (int g = 0; g < _areaOfSegment.Length; g++) _areaOfSegment[g] = _areas[g * SegmentSlots / _areaSlots];
+        _areaCount = nareas;
+        _areaSlots = _slots / nareas;
+        int segments = _slots / SegmentSlots;
+        var free = GC.AllocateArray<ulong>(Math.Max(1, _slots / 64), pinned: true);
+        Array.Fill(free, _slots == 0 ? 0 : ulong.MaxValue);
+        var slotTable = GC.AllocateArray<byte>(_slots * sizeof(SlotInfo) + 64, pinned: true);
+        var areaTable = GC.AllocateArray<byte>(nareas * sizeof(AreaLine) + 64, pinned: true);
+        var areaOfSegment = GC.AllocateArray<ushort>(Math.Max(1, segments), pinned: true);
+        for (int g = 0; g < segments; g++) areaOfSegment[g] = (ushort)(g * SegmentSlots / _areaSlots);
+        _pinned = [free, slotTable, areaTable, areaOfSegment];
+        _free = (ulong*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(free));
+        _slot = (SlotInfo*)LineAligned(slotTable);
+        _areas = (AreaLine*)LineAligned(areaTable);
+        _areaOfSegment = (ushort*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(areaOfSegment));
     }
 
-    // Slots are never negative: unsigned division and remainder by the power of two are a shift and a mask.
+    // The first 64-byte line of a pinned array that has 64 bytes to spare.
+    private static byte* LineAligned(byte[] pinned)
+        => (byte*)(((nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned)) + 63) & ~(nint)63);
+
+    // Slots are never negative: the unsigned shift makes the arithmetic a shift and an add.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong BusOf(int slot) => _bus[(uint)slot / SlotsPerBlock] + (ulong)((uint)slot % SlotsPerBlock) * SlotSize;
+    internal ulong BusOf(int slot) => _xen ? MachineBusOf(slot) : _phys + ((ulong)(uint)slot << SlotShift);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong MachineBusOf(int slot) => _busOfBlock[(uint)slot / SlotsPerBlock] + (ulong)((uint)slot % SlotsPerBlock) * SlotSize;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal byte* HostOf(int slot) => _host[(uint)slot / SlotsPerBlock] + (nuint)((uint)slot % SlotsPerBlock) * SlotSize;
+    internal byte* HostOf(int slot) => _host + ((nuint)(uint)slot << SlotShift);
 
     /// <summary>The slot a bus address falls in, or -1 when it is not swiotlb memory.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal int SlotOf(ulong bus)
     {
-        // is_swiotlb_buffer + the index arithmetic: Linux's pool is one physical range, ours is 2 MiB blocks that
-        // all lie below 4 GiB, so one table read per 2 MiB of bus space finds the block.
+        if (_xen) return MachineSlotOf(bus);
+        ulong offset = bus - _phys; // is_swiotlb_buffer: below the start wraps to a huge offset
+        return offset < _bytes ? (int)(offset >> SlotShift) : -1;
+    }
+
+    // Under Xen the blocks' machine addresses are contiguous only within each: one table read per 2 MiB of bus
+    // space below 4 GiB (where every block was exchanged to) finds the block.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private int MachineSlotOf(ulong bus)
+    {
         if (bus >> 32 != 0) return -1;
         int b = _blockOfBus[bus >> BlockShift] - 1;
         return b < 0 ? -1 : b * SlotsPerBlock + (int)((bus & ((1UL << BlockShift) - 1)) >> SlotShift);
@@ -173,10 +223,63 @@ internal sealed unsafe class Swiotlb : IDisposable
         int nslots = (size + SlotSize - 1) >> SlotShift;
         if ((uint)(nslots - 1) >= SegmentSlots) return -1; // no run is longer than a segment (nor empty)
         int stride = size >= PhysicalMemory.PageSize ? PhysicalMemory.PageSize / SlotSize : 1;
-        int start = Shim.CurrentCpu() & (_areas.Length - 1);
-        for (int k = 0; k < _areas.Length; k++)
+        int start = _areaCount == 1 ? 0 : Shim.CurrentCpu() & (_areaCount - 1);
+        int slot = TakeAtIndex(start, nslots, stride, size, mask, owner);
+        return slot >= 0 ? slot : AllocateSearching(start, nslots, stride, size, mask, owner);
+    }
+
+    // The walk's first candidate when it lies in the free word the area's index points into (the usual case: the
+    // index sits just past the last allocation, and a light load finds the slots after it free). A run that does not
+    // fit in that word from the index on starts later than any that does, so this is the walk's own answer, found
+    // without the walk; anything else (no such run, the word full, a run crossing into the next word) takes the walk.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int TakeAtIndex(int a, int nslots, int stride, int size, ulong mask, int owner)
+    {
+        var area = _areas + a;
+        Enter(area);
+        int rel = (area->Index + stride - 1) & -stride; // as SearchArea: rounded up to the stride, wrapped at the end
+        if (rel + nslots > _areaSlots) rel = 0;
+        if (_areaSlots - area->Used < nslots) // full (or an empty pool): the walk says so
         {
-            int a = (start + k) & (_areas.Length - 1);
+            Exit(area);
+            return -1;
+        }
+        int at = a * _areaSlots + rel;
+        ulong runs = _free[at >> 6] >> (at & 63); // bit k: slot at + k is free (slots of this word only)
+        if (nslots == 2) runs &= runs >> 1; // up to 4 KiB, the usual case: one step
+        else
+            for (int k = 1; k < nslots && runs != 0;) // bit k: slots at + k .. at + k + nslots - 1 are free
+            {
+                int shift = Math.Min(k, nslots - k);
+                runs &= runs >> shift;
+                k += shift;
+            }
+        if (stride == 2) runs &= 0x5555_5555_5555_5555UL;
+        int i = at + BitOperations.TrailingZeroCount(runs);
+        if (runs == 0 || (i & 63) + nslots > 64 || (mask < uint.MaxValue && BusOf(i) + (ulong)size - 1 > mask))
+        {
+            Exit(area);
+            return -1;
+        }
+        _free[i >> 6] &= ~(RunBits(nslots) << (i & 63));
+        var info = _slot + i;
+        for (int s = 0; s < nslots; s++) { info[s].Owner = owner; info[s].Head = i; }
+        area->Used += nslots;
+        area->Index = NextIndex(i - a * _areaSlots + nslots, area->Used);
+        Exit(area);
+        return i;
+    }
+
+    // The low n bits (1 <= n <= 64).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong RunBits(int n) => ulong.MaxValue >> (64 - n);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private int AllocateSearching(int start, int nslots, int stride, int size, ulong mask, int owner)
+    {
+        for (int k = 0; k < _areaCount; k++)
+        {
+            int a = (start + k) & (_areaCount - 1);
             int slot = SearchArea(a, nslots, stride, size, mask, owner);
             if (slot >= 0) return slot;
         }
@@ -185,28 +288,28 @@ internal sealed unsafe class Swiotlb : IDisposable
 
     private int SearchArea(int a, int nslots, int stride, int size, ulong mask, int owner)
     {
-        var area = _areas[a];
+        var area = _areas + a;
         int first = a * _areaSlots;
-        area.Enter();
+        Enter(area);
         try
         {
-            if (_areaSlots - area.Used < nslots) return -1;
+            if (_areaSlots - area->Used < nslots) return -1;
             // Linux's walk: candidates from the index (rounded up to the stride) to the area's end, then from its
             // start; a run fits when list[i] >= nslots, that is when its slots are free and in one segment.
-            int rel = (area.Index + stride - 1) & -stride; // stride is 1 or 2
+            int rel = (area->Index + stride - 1) & -stride; // stride is 1 or 2
             if (rel + nslots > _areaSlots) rel = 0;
             int i = Find(first + rel, first + _areaSlots, nslots, stride, size, mask);
             if (i < 0 && rel > 0) i = Find(first, first + rel, nslots, stride, size, mask);
             if (i < 0) return -1;
             TakeBits(i, nslots);
             for (int s = i; s < i + nslots; s++) { _slot[s].Owner = owner; _slot[s].Head = i; }
-            area.Used += nslots;
-            area.Index = NextIndex(i - first + nslots, area.Used);
+            area->Used += nslots;
+            area->Index = NextIndex(i - first + nslots, area->Used);
             return i;
         }
         finally
         {
-            area.Exit();
+            Exit(area);
         }
     }
 
@@ -233,7 +336,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     private int Find(int from, int to, int nslots, int stride, int size, ulong mask)
     {
         ulong strideBits = stride == 1 ? ulong.MaxValue : 0x5555_5555_5555_5555UL; // stride is 1 or 2 (a page)
-        fixed (ulong* free = _free)
+        ulong* free = _free;
         {
             for (int seg = from / SegmentSlots, last = (to - 1) / SegmentSlots; seg <= last; seg++)
             {
@@ -318,24 +421,30 @@ internal sealed unsafe class Swiotlb : IDisposable
     internal void Release(int slot, int size)
     {
         var area = AreaOf(slot);
-        area.Enter();
-        try
-        {
-            FreeRun(area, slot, (size + SlotSize - 1) >> SlotShift);
-        }
-        finally
-        {
-            area.Exit();
-        }
+        int nslots = (size + SlotSize - 1) >> SlotShift;
+        Enter(area);
+        bool freed = FreeRun(area, slot, nslots);
+        Exit(area);
+        if (!freed) throw AlreadyFree(slot, nslots);
     }
 
-    // Under the area's lock.
+    // Under the area's lock. False, and nothing changed, when a slot of the run was already free: the caller throws
+    // once it has left the lock.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void FreeRun(Area area, int slot, int nslots)
+    private bool FreeRun(AreaLine* area, int slot, int nslots)
     {
-        if (!GiveBits(slot, nslots)) throw AlreadyFree(slot, nslots);
-        for (int s = slot; s < slot + nslots; s++) _slot[s].Owner = 0;
-        area.Used -= nslots;
+        if ((slot & 63) + nslots <= 64) // the run lies in one word (always, for a mapping of up to 4 KiB)
+        {
+            ulong bits = RunBits(nslots) << (slot & 63);
+            ref ulong word = ref _free[slot >> 6];
+            if ((word & bits) != 0) return false;
+            word |= bits;
+        }
+        else if (!GiveBits(slot, nslots)) return false;
+        var info = _slot + slot;
+        for (int s = 0; s < nslots; s++) info[s].Owner = 0;
+        area->Used -= nslots;
+        return true;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -344,47 +453,51 @@ internal sealed unsafe class Swiotlb : IDisposable
 
     // A table per segment, not a division by the area size: a divide is a few ns, and an unmap made two.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private Area AreaOf(int slot) => _areaOfSegment[(uint)slot / SegmentSlots];
+    private AreaLine* AreaOf(int slot) => _areas + _areaOfSegment[(uint)slot / SegmentSlots];
 
     /// <summary>
-    /// swiotlb_tbl_unmap_single from the bounce side: claim the mapping of <paramref name="owner"/> starting at
-    /// <paramref name="head"/> (true for exactly one caller, while it still maps <paramref name="size"/> bytes), copy the slots back to the buffer
-    /// when <paramref name="bounceBack"/>, and give the slots back. One pass under the area's lock: the claim is a
-    /// plain store there, not an atomic of its own, and the lock is taken before the copy, so it does not wait for
-    /// the copy's stores to drain. A copy into write-combined or uncached memory is slow and made outside the lock.
+    /// swiotlb_tbl_unmap_single from the bounce side: when <paramref name="head"/> starts a live mapping of
+    /// <paramref name="owner"/> of exactly <paramref name="size"/> bytes, claim it (one caller wins), copy the slots
+    /// back to the buffer when <paramref name="bounceBack"/>, give the slots back and return <paramref name="size"/>.
+    /// Otherwise change nothing and return what that device maps there: 0 when nothing (never mapped, unmapped by
+    /// another thread first, or the slots are another device's by now), or the size it really mapped. One pass
+    /// under the area's lock: the checks, the claim (a plain store there) and the release; the lock is taken before
+    /// the copy, so it does not wait for the copy's stores to drain. A copy into write-combined or uncached memory
+    /// is slow and made outside the lock.
     /// </summary>
-    internal bool TryUnmap(int head, int size, int owner, bool bounceBack)
+    internal int Unmap(int head, int size, int owner, bool bounceBack)
     {
         var area = AreaOf(head);
-        area.Enter();
-        bool locked = true;
-        try
+        var info = _slot + head;
+        Enter(area);
+        int mapped = info->Owner == owner ? info->Mapped : 0;
+        if (mapped != size)
         {
-            // Another thread unmapped it first, or released its device: the slots may be another device's mapping
-            // of the same size by now, which the size alone does not tell from this one.
-            if (_slot[head].Mapped != size || _slot[head].Owner != owner) return false;
-            Volatile.Write(ref _slot[head].Mapped, 0); // gone for sync and a second unmap from here
-            if (bounceBack)
-            {
-                byte* bounce = HostOf(head), cpu = (byte*)_slot[head].Orig;
-                if (_slot[head].Caching == CachingMode.WriteBack) BounceCopy.Copy(bounce, cpu, size);
-                else
-                {
-                    area.Exit();
-                    locked = false;
-                    PhysicalMemory.StoreAs(_slot[head].Caching, cpu, bounce, (nuint)size); // the slots stay ours: still in use
-                    area.Enter();
-                    locked = true;
-                }
-            }
-            FreeRun(area, head, (size + SlotSize - 1) >> SlotShift);
-            return true;
+            Exit(area);
+            return mapped;
         }
-        finally
+        Volatile.Write(ref info->Mapped, 0); // gone for sync and a second unmap from here
+        if (bounceBack)
         {
-            if (locked) area.Exit();
+            if (info->Caching == CachingMode.WriteBack) BounceCopy.Copy(HostOf(head), (byte*)info->Orig, size);
+            else StoreBackUnlocked(area, head, size);
         }
+        bool freed = FreeRun(area, head, (size + SlotSize - 1) >> SlotShift);
+        Exit(area);
+        return freed ? size : throw AlreadyFree(head, (size + SlotSize - 1) >> SlotShift);
     }
+
+    // Called and returning with the area's lock held; a throw (none is expected of a copy) leaves it released.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void StoreBackUnlocked(AreaLine* area, int head, int size)
+    {
+        Exit(area); // the slots stay ours meanwhile: still in use, and Mapped 0 keeps every other caller away
+        PhysicalMemory.StoreAs(_slot[head].Caching, (byte*)_slot[head].Orig, HostOf(head), (nuint)size);
+        Enter(area);
+    }
+
+    /// <summary><see cref="Unmap"/>, true when it unmapped.</summary>
+    internal bool TryUnmap(int head, int size, int owner, bool bounceBack) => Unmap(head, size, owner, bounceBack) == size;
 
     /// <summary>
     /// swiotlb_tbl_map_single's bookkeeping: remember, at the first slot of a run from <see cref="Allocate"/>, the
@@ -413,6 +526,43 @@ internal sealed unsafe class Swiotlb : IDisposable
     }
 
     /// <summary>
+    /// What a device access at <paramref name="bus"/> (in <paramref name="slot"/>) reaches: the bounce memory there,
+    /// and in <paramref name="room"/> how many bytes from it the access may touch (see <see cref="RoomAt"/>); null
+    /// when the slot was not given to <paramref name="owner"/> (the access is a fault).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal byte* DeviceView(int slot, ulong bus, int owner, out int room)
+    {
+        if (Volatile.Read(ref _slot[slot].Owner) != owner)
+        {
+            room = 0;
+            return null;
+        }
+        room = RoomAt(slot, bus); // a mapping never leaves its 2 MiB block: its host bytes are contiguous
+        return HostOf(slot) + (bus & (SlotSize - 1));
+    }
+
+    /// <summary>
+    /// For a sync of <paramref name="size"/> bytes at <paramref name="bus"/> (in <paramref name="slot"/>): the bounce
+    /// memory there, and the buffer's bytes it stands for with how the CPU's mapping of them stores; null when no live
+    /// mapping of <paramref name="owner"/> covers the range.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal byte* BounceView(int slot, ulong bus, int size, int owner, out byte* cpu, out CachingMode caching)
+    {
+        cpu = null;
+        caching = default;
+        int head = MappingOf(slot, owner, out int mapped);
+        if (head < 0) return null;
+        // Bytes from the mapping's start: whole slots before this one, and the offset in it.
+        long at = ((long)(slot - head) << SlotShift) + (long)(bus & (SlotSize - 1));
+        if (at + size > mapped) return null;
+        cpu = (byte*)_slot[head].Orig + at;
+        caching = _slot[head].Caching;
+        return HostOf(head) + at; // one mapping never leaves its 2 MiB block
+    }
+
+    /// <summary>
     /// Bytes a device that owns <paramref name="slot"/> may touch from <paramref name="bus"/> in one go: to the end
     /// of the slots of the mapping it is in (one copy per mapping, as a device's burst), at least to the slot's end.
     /// </summary>
@@ -421,9 +571,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     {
         int slotRoom = SlotSize - (int)(bus & (SlotSize - 1));
         int head = Volatile.Read(ref _slot[slot].Head), mapped = Volatile.Read(ref _slot[head].Mapped);
-        if (mapped == 0) return slotRoom;
-        long room = (long)(BusOf(head) + ((ulong)(mapped + SlotSize - 1) & ~(ulong)(SlotSize - 1)) - bus);
-        return room > slotRoom ? (int)room : slotRoom;
+        // From here to the end of the mapping's last slot: its slots after this one, and the rest of this one.
+        int room = (((mapped + SlotSize - 1) >> SlotShift) - (slot - head) - 1) * SlotSize + slotRoom;
+        return room > slotRoom ? room : slotRoom; // also when the mapping is gone (mapped 0) or another's by now
     }
 
     /// <summary>The CPU address of the buffer the mapping starting at <paramref name="head"/> bounces.</summary>
@@ -446,10 +596,10 @@ internal sealed unsafe class Swiotlb : IDisposable
         // before is seen by the walk below, which waits (a few copies' time) until it has either recorded its
         // mapping, released here, or given its slots back. An unmap that has claimed a mapping and copies back
         // outside the lock (mapped 0, slots still held) is waited for the same way: it frees the slots itself.
-        foreach (var area in _areas)
+        for (int a = 0; a < _areaCount; a++)
         {
-            area.Enter();
-            area.Exit();
+            Enter(_areas + a);
+            Exit(_areas + a);
         }
         for (int s = 0; s < _slots; s++)
         {

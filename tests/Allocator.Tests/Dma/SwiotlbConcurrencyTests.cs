@@ -150,26 +150,50 @@ public sealed unsafe class SwiotlbConcurrencyTests
     }
 
     [Fact]
-    public void A_pool_whose_third_block_cannot_be_had_gives_back_the_first_two_and_the_next_device_builds_it_whole()
+    public void A_Xen_pool_whose_third_block_the_hypervisor_will_not_exchange_undoes_the_first_two_and_the_next_device_builds_it_whole()
     {
-        using var m = new DmaTestMachine(checker: false, swiotlb: 8L << 20);
+        using var m = new DmaTestMachine(xen: true, checker: false, swiotlb: 8L << 20);
         long used = m.Memory.UsedBytes(Zone.Dma32);
-        FaultInjector.Arm(FaultPoint.Dma32Zone, skip: 2);
+        FaultInjector.Arm(FaultPoint.XenExchange, skip: 2);
         try
         {
-            Assert.ThrowsAny<PagePoolException>(() => m.Device("sw", DmaOpsKind.Swiotlb)); // the pool is built for the first bouncing device
+            Assert.ThrowsAny<PagePoolException>(() => m.Device("sw", DmaOpsKind.Xen)); // the pool is built for the first bouncing device
         }
         finally
         {
-            FaultInjector.Disarm(FaultPoint.Dma32Zone);
+            FaultInjector.Disarm(FaultPoint.XenExchange);
         }
         Assert.Equal(used, m.Memory.UsedBytes(Zone.Dma32));
-        var dev = m.Device("sw2", DmaOpsKind.Swiotlb);
+        Assert.Equal(0, m.Memory.XenExchangedRegions); // the two exchanged blocks went back to the hypervisor
+        var dev = m.Device("sw2", DmaOpsKind.Xen);
         Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32) - used);
+        Assert.Equal(4, m.Memory.XenExchangedRegions);
         var block = m.Memory.AllocateBlock(Zone.Dma32, 0);
-        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
-        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        ulong dma = dev.MapSingle(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.UnmapSingle(dma, 4096, DmaDirection.Bidirectional);
         m.Memory.FreeBlock(block);
         AssertAllFree(m.Platform.Swiotlb);
     }
+
+    [Fact]
+    public void A_pool_the_DMA32_zone_cannot_hold_in_one_range_is_a_typed_error_that_takes_nothing()
+    {
+        using var m = new DmaTestMachine(checker: false, swiotlb: 8L << 20); // arenas of 8 MiB, four of them
+        var blocks = new PageHandle[16]; // the whole zone, low to high: four 2 MiB blocks in each arena
+        for (int i = 0; i < blocks.Length; i++) blocks[i] = m.Memory.AllocateBlock(Zone.Dma32, PhysicalMemory.MaxOrder);
+        for (int i = 0; i < blocks.Length; i++)
+            if (i % 4 != 1) m.Memory.FreeBlock(blocks[i]); // 24 MiB free, but the second block of every arena held
+        Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32));
+        var e = Assert.ThrowsAny<PagePoolException>(() => m.Device("sw", DmaOpsKind.Swiotlb));
+        Assert.Contains("no 8 MiB free in one range", e.Message);
+        Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32));
+        for (int i = 1; i < blocks.Length; i += 4) m.Memory.FreeBlock(blocks[i]);
+        Assert.Equal(0, m.Memory.UsedBytes(Zone.Dma32));
+        var dev = m.Device("sw2", DmaOpsKind.Swiotlb); // the arenas are whole again: the pool is built in one
+        Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32));
+        var (start, end) = m.Platform.Swiotlb.BusRange;
+        Assert.Equal(8UL << 20, end - start);
+        GC.KeepAlive(dev);
+    }
+
 }

@@ -11,9 +11,49 @@ namespace PagePool.Allocator.Tests.Dma;
 /// </summary>
 public sealed class SwiotlbSlotTests : IDisposable
 {
-    private readonly PhysicalMemory _memory = new(new MemoryOptions { ArenaBytes = 8L << 20, Dma32Bytes = 16L << 20, NormalBytes = 8L << 20 });
+    private readonly PhysicalMemory _memory = new(new MemoryOptions { ArenaBytes = 16L << 20, Dma32Bytes = 32L << 20, NormalBytes = 8L << 20 });
 
     public void Dispose() => _memory.Dispose();
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public unsafe void The_pool_is_one_physical_range_found_by_arithmetic_and_an_address_a_byte_outside_it_is_not_bounce_memory(bool xen)
+    {
+        using var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 16L << 20, Dma32Bytes = 32L << 20, NormalBytes = 8L << 20, Xen = xen, XenSeed = 7 });
+        var held = memory.AllocateBlock(Zone.Dma32, PhysicalMemory.MaxOrder); // the pool starts after it, not at the zone's start
+        using var tlb = new Swiotlb(memory, 6L << 20, cpus: 2);
+        var blocks = tlb.Blocks;
+        Assert.Equal(3, blocks.Length);
+        ulong phys = memory.PhysicalAddress(blocks[0]);
+        for (int b = 0; b < blocks.Length; b++)
+        {
+            int first = b * 1024; // slots per 2 MiB block
+            Assert.Equal(phys + ((ulong)b << 21), memory.PhysicalAddress(blocks[b])); // physically one range
+            fixed (byte* view = memory.GetSpan(blocks[b])) Assert.True(view == tlb.HostOf(first)); // and one range in the view
+            ulong bus = tlb.BusOf(first);
+            Assert.Equal(xen ? memory.MachineAddress(blocks[b]) : memory.PhysicalAddress(blocks[b]), bus);
+            Assert.Equal(first, tlb.SlotOf(bus));
+            Assert.Equal(first + 1023, tlb.SlotOf(bus + (2UL << 20) - 1));
+            Assert.Equal(first + 1, tlb.SlotOf(bus + Swiotlb.SlotSize));
+        }
+        var (start, end) = tlb.BusRange;
+        Assert.Equal(-1, tlb.SlotOf(start - 1));
+        Assert.Equal(-1, tlb.SlotOf(end));
+        Assert.Equal(-1, tlb.SlotOf(memory.MachineAddress(held))); // the DMA32 block just below the pool
+        if (!xen) Assert.Equal(6UL << 20, end - start);
+        memory.FreeBlock(held);
+    }
+
+    [Fact]
+    public void A_pool_larger_than_an_arena_is_a_typed_error_naming_ArenaBytes_and_takes_nothing()
+    {
+        var e = Assert.ThrowsAny<PagePoolException>(() => new Swiotlb(_memory, 18L << 20, cpus: 1)); // arenas of 16 MiB
+        Assert.Contains("does not fit in one arena (16 MiB)", e.Message);
+        Assert.Equal(0, _memory.UsedBytes(Zone.Dma32));
+        using var tlb = new Swiotlb(_memory, 16L << 20, cpus: 1); // a whole arena is fine
+        Assert.Equal(16L << 20, tlb.PoolBytes);
+    }
 
     [Theory]
     [InlineData(1)]
