@@ -89,3 +89,17 @@ int pp_current_cpu(void)
 	}
 	return sched_getcpu();
 }
+
+/*
+ * The address of this thread's rseq cpu_id, or NULL when rseq is not registered: the caller keeps it per thread
+ * and reads the CPU with one load, without a call.
+ */
+const volatile unsigned int *pp_cpu_id_address(void)
+{
+	if (__rseq_size > 0) {
+		const struct rseq *rs = (const struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
+		if ((int)__atomic_load_n(&rs->cpu_id, __ATOMIC_RELAXED) >= 0)
+			return &rs->cpu_id;
+	}
+	return 0;
+}
