@@ -215,8 +215,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     /// <summary>
     /// swiotlb_find_slots: a run of slots for <paramref name="size"/> bytes inside one segment, page aligned when
     /// the mapping is a page or more, whose bus addresses fit <paramref name="mask"/>. Starts in the calling CPU's
-    /// area and tries the others. -1 when none is free.
+    /// area and tries the others. -1 when none is free. Inline in the map path; the walk is out of line.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal int Allocate(int size, ulong mask, int owner)
     {
         if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.SwiotlbSlots)) return -1; // as if every slot were taken
@@ -398,8 +399,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     }
 
     // Give the run's bits back; false (nothing changed) when one of them was already free: a release of slots
-    // nobody holds is a bug of the caller's bookkeeping, never a silent merge.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    // nobody holds is a bug of the caller's bookkeeping, never a silent merge. Out of line: only a run that crosses
+    // a word (a mapping of more than 4 KiB) needs it.
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private bool GiveBits(int slot, int nslots)
     {
         for (int i = slot, n = nslots; n > 0;)
@@ -463,8 +465,9 @@ internal sealed unsafe class Swiotlb : IDisposable
     /// another thread first, or the slots are another device's by now), or the size it really mapped. One pass
     /// under the area's lock: the checks, the claim (a plain store there) and the release; the lock is taken before
     /// the copy, so it does not wait for the copy's stores to drain. A copy into write-combined or uncached memory
-    /// is slow and made outside the lock.
+    /// is slow and made outside the lock. Inline in the unmap path.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal int Unmap(int head, int size, int owner, bool bounceBack)
     {
         var area = AreaOf(head);
