@@ -3,7 +3,12 @@ namespace PagePool.Dma;
 /// <summary>The machine's DMA setup: swiotlb size, IOTLB invalidation policy, and whether the checker runs.</summary>
 public sealed class DmaPlatformOptions
 {
-    /// <summary>Bytes of swiotlb bounce memory, taken from the DMA32 zone when the first device needs it. Default 64 MiB, as Linux.</summary>
+    /// <summary>
+    /// Bytes of swiotlb bounce memory, taken from the DMA32 zone when the first bouncing device is created. Default
+    /// 64 MiB, as Linux. The pool is one physically contiguous range inside one arena, as Linux's is one range: it
+    /// must not exceed <see cref="Memory.MemoryOptions.ArenaBytes"/>, and an arena of the zone must be free enough to
+    /// hold it (creating that device fails with a <see cref="PagePoolException"/> naming the sizes otherwise).
+    /// </summary>
     public long SwiotlbBytes { get; init; } = 64L << 20;
 
     /// <summary>Defer IOTLB invalidation after unmap to a flush queue (iommu.strict=0). Default false (strict).</summary>
