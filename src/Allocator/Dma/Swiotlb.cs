@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -117,8 +118,8 @@ internal sealed unsafe class Swiotlb : IDisposable
     internal Swiotlb(PhysicalMemory memory, long bytes, int cpus)
     {
         _memory = memory;
-        _xen = memory.IsXen;
         int blocks = (int)(bytes / (PhysicalMemory.PageSize << BlockOrder));
+        _xen = memory.IsXen && blocks > 0; // an empty pool has no machine table: its arithmetic finds nothing
         _blocks = [];
         if (blocks > 0)
         {
@@ -146,6 +147,8 @@ internal sealed unsafe class Swiotlb : IDisposable
                     {
                         if (!memory.TryMakeContiguous(_blocks[b], uint.MaxValue, out ulong bus))
                             throw new PagePoolException($"swiotlb: no machine-contiguous 2 MiB below 4 GiB for bounce block {b} of {blocks}; configure a smaller SwiotlbBytes.");
+                        if (bus + (1UL << BlockShift) - 1 > uint.MaxValue) // the table below covers 4 GiB of bus space
+                            throw new PagePoolException($"swiotlb: bounce block {b} was exchanged to machine address 0x{bus:x}, above 4 GiB.");
                         _busOfBlock[b] = bus;
                         _blockOfBus[bus >> BlockShift] = (short)(b + 1);
                     }
@@ -435,6 +438,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool FreeRun(AreaLine* area, int slot, int nslots)
     {
+        Debug.Assert(nslots >= 1, "a run has at least one slot (RunBits(0) would be every bit)");
         if ((slot & 63) + nslots <= 64) // the run lies in one word (always, for a mapping of up to 4 KiB)
         {
             ulong bits = RunBits(nslots) << (slot & 63);
@@ -470,6 +474,7 @@ internal sealed unsafe class Swiotlb : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal int Unmap(int head, int size, int owner, bool bounceBack)
     {
+        if (size <= 0) return 0; // no mapping is empty: nothing to claim (and a run of no slots would free a word)
         var area = AreaOf(head);
         var info = _slot + head;
         Enter(area);

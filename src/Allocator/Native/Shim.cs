@@ -48,11 +48,12 @@ internal static unsafe partial class Shim
     internal static int CurrentCpu()
     {
         nint at = t_cpuIdAddress;
-        return at > 1 ? (int)Volatile.Read(ref *(uint*)at) : CurrentCpuFirst();
+        int cpu;
+        return at > 1 && (cpu = (int)Volatile.Read(ref *(uint*)at)) >= 0 ? cpu : CurrentCpuFirst();
     }
 
     // This thread's rseq cpu_id: 0 until looked up, 1 when rseq is not registered (then every call asks the shim,
-    // which falls back to sched_getcpu).
+    // which falls back to sched_getcpu, as it does when the area reads -1: unregistered since).
     [ThreadStatic] private static nint t_cpuIdAddress;
 
     [MethodImpl(MethodImplOptions.NoInlining)]

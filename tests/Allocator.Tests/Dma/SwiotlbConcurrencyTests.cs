@@ -196,4 +196,26 @@ public sealed unsafe class SwiotlbConcurrencyTests
         GC.KeepAlive(dev);
     }
 
+    [Fact]
+    public void An_unmap_of_no_bytes_claims_nothing_and_frees_nothing_even_at_another_devices_mapping()
+    {
+        using var memory = new PhysicalMemory(new MemoryOptions { ArenaBytes = 8L << 20, Dma32Bytes = 8L << 20, NormalBytes = 8L << 20 });
+        using var tlb = new Swiotlb(memory, 2L << 20, cpus: 1);
+        byte* buffer = stackalloc byte[Swiotlb.SlotSize];
+        var heads = new int[64];
+        for (int i = 0; i < heads.Length; i++)
+        {
+            heads[i] = tlb.Allocate(Swiotlb.SlotSize, ulong.MaxValue, owner: 2);
+            tlb.Record(heads[i], buffer, Swiotlb.SlotSize, CachingMode.WriteBack);
+        }
+        int victim = heads[5];
+        Assert.Equal(0, tlb.Unmap(victim, 0, owner: 1, bounceBack: true)); // another device, no size
+        Assert.Equal(0, tlb.Unmap(victim, 0, owner: 2, bounceBack: true)); // its own, no size
+        Assert.Equal(victim, tlb.MappingOf(victim, 2, out int mapped)); // still mapped, whole
+        Assert.Equal(Swiotlb.SlotSize, mapped);
+        Assert.Equal(0, tlb.ListOf(victim)); // no bit of the word was freed
+        Assert.Equal(64L * Swiotlb.SlotSize, tlb.UsedBytes);
+        tlb.ReleaseAllOf(2); // returns: no mapping was left claimed half way
+        AssertAllFree(tlb);
+    }
 }
