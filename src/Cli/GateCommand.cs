@@ -70,18 +70,25 @@ internal static class GateCommand
         {
             Description = "Compare results measured on different CPUs anyway (exit 4 otherwise: a metric over its floor is not the same ratio on another CPU).",
         };
-        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine };
-        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold) ?? DefaultThresholdPercent, r.GetValue(anyMachine)));
+        var confirms = new Option<string?>("--confirms")
+        {
+            Description = "An earlier bench result of the same tree that this one measures again: exit 1 only for a metric that is a regression in both (a busy neighbour rarely slows the same metric twice).",
+            HelpName = "FILE",
+        };
+        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine, confirms };
+        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold) ?? DefaultThresholdPercent, r.GetValue(anyMachine), r.GetValue(confirms)));
         return cmd;
     }
 
-    private static int Run(string baselinePath, string currentPath, double thresholdPercent, bool anyMachine)
+    private static int Run(string baselinePath, string currentPath, double thresholdPercent, bool anyMachine, string? confirmsPath = null)
     {
         BenchResults before, after;
+        BenchResults? first = null;
         try
         {
             before = BenchResults.Load(baselinePath);
             after = BenchResults.Load(currentPath);
+            if (confirmsPath is not null) first = BenchResults.Load(confirmsPath);
         }
         catch (BenchResultsException e)
         {
@@ -97,8 +104,21 @@ internal static class GateCommand
         }
         var rows = Compare(before, after, thresholdPercent / 100);
         Print(rows, before, after, thresholdPercent);
-        return rows.Any(r => r.Verdict == GateVerdict.Regression) ? ExitCodes.Failed : ExitCodes.Ok;
+        if (first is null) return rows.Any(r => r.Verdict == GateVerdict.Regression) ? ExitCodes.Failed : ExitCodes.Ok;
+        var confirmed = Confirmed(Compare(before, first, thresholdPercent / 100), rows);
+        var again = rows.Where(r => r.Verdict == GateVerdict.Regression).Select(r => r.Metric).Except(confirmed).ToList();
+        Console.WriteLine(confirmed.Count > 0
+            ? $"gate: confirmed (a regression in both runs): {string.Join(", ", confirmed)}."
+            : $"gate: no regression shows in both runs{(again.Count > 0 ? $" ({string.Join(", ", again)} in this one only)" : "")}: not confirmed.");
+        return confirmed.Count > 0 ? ExitCodes.Failed : ExitCodes.Ok;
     }
+
+    /// <summary>The metrics that are regressions in both judgements (of a first run and of its confirming run).</summary>
+    internal static List<string> Confirmed(List<GateRow> first, List<GateRow> again)
+        => again.Where(r => r.Verdict == GateVerdict.Regression)
+                .Select(r => r.Metric)
+                .Where(m => first.Any(f => f.Metric == m && f.Verdict == GateVerdict.Regression))
+                .ToList();
 
     /// <summary>One line of the gate's table. Ratios are the metric over its pair, medians of the samples.</summary>
     internal sealed record GateRow(string Metric, string Over, double? Baseline, double? Current, double? P, GateVerdict Verdict, string? Why = null, double Threshold = 0)

@@ -34,6 +34,31 @@ public sealed class GateTests
     }
 
     [Fact]
+    public void A_confirming_run_fails_only_on_a_metric_that_regressed_in_the_first_run_too()
+    {
+        using var baseline = new BenchFile(Run(1));
+        using var first = new BenchFile(Run(11, hitWb: 70 * 1.6)); // the WB hit slow in the first run
+        using var other = new BenchFile(Run(21, scaling: 0.9)); // scaling low in the second: noise in two places
+        var r = PagepoolProcess.Run("gate", "--baseline", baseline.Path, "--current", other.Path, "--confirms", first.Path);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Matches(@"pool\.scaling\.2t .* REGRESSION", r.Stdout); // still shown
+        Assert.Contains("gate: no regression shows in both runs (pool.scaling.2t in this one only): not confirmed.", r.Stdout);
+
+        using var again = new BenchFile(Run(31, hitWb: 70 * 1.6)); // the WB hit slow again: a regression
+        r = PagepoolProcess.Run("gate", "--baseline", baseline.Path, "--current", again.Path, "--confirms", first.Path);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("gate: confirmed (a regression in both runs): pool.hit.wb.ns.", r.Stdout);
+    }
+
+    [Fact]
+    public void A_confirms_file_that_is_missing_is_bad_input_exit_2()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--confirms", f.Path + ".missing");
+        Assert.Equal(2, r.ExitCode);
+    }
+
+    [Fact]
     public void A_slower_machine_is_not_a_regression_when_the_pair_moves_with_it()
     {
         var before = GateCommand.Compare(Load(Run(1)), Load(Run(11, hitWb: 140, memset: 80)), 0.10);
