@@ -241,14 +241,12 @@ internal sealed unsafe class Swiotlb : IDisposable
     {
         var area = _areas + a;
         Enter(area);
-        int rel = (area->Index + stride - 1) & -stride; // as SearchArea: rounded up to the stride, wrapped at the end
-        if (rel + nslots > _areaSlots) rel = 0;
         if (_areaSlots - area->Used < nslots) // full (or an empty pool): the walk says so
         {
             Exit(area);
             return -1;
         }
-        int at = a * _areaSlots + rel;
+        int at = a * _areaSlots + StartOf(area, nslots, stride);
         ulong runs = _free[at >> 6] >> (at & 63); // bit k: slot at + k is free (slots of this word only)
         if (nslots == 2) runs &= runs >> 1; // up to 4 KiB, the usual case: one step
         else
@@ -265,13 +263,30 @@ internal sealed unsafe class Swiotlb : IDisposable
             Exit(area);
             return -1;
         }
-        _free[i >> 6] &= ~(RunBits(nslots) << (i & 63));
+        Claim(area, a, i, nslots, owner);
+        Exit(area);
+        return i;
+    }
+
+    // Where Linux's walk starts in an area: its index rounded up to the stride, back at the start when no run of
+    // `nslots` fits before the area's end. Under the area's lock.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int StartOf(AreaLine* area, int nslots, int stride)
+    {
+        int rel = (area->Index + stride - 1) & -stride; // stride is 1 or 2
+        return rel + nslots > _areaSlots ? 0 : rel;
+    }
+
+    // Take the free run [i, i + nslots) of area `a` for `owner` and move the area's index past it. Under its lock.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Claim(AreaLine* area, int a, int i, int nslots, int owner)
+    {
+        if ((i & 63) + nslots <= 64) _free[i >> 6] &= ~(RunBits(nslots) << (i & 63)); // one word: up to 4 KiB always
+        else TakeBits(i, nslots);
         var info = _slot + i;
         for (int s = 0; s < nslots; s++) { info[s].Owner = owner; info[s].Head = i; }
         area->Used += nslots;
         area->Index = NextIndex(i - a * _areaSlots + nslots, area->Used);
-        Exit(area);
-        return i;
     }
 
     // The low n bits (1 <= n <= 64).
@@ -300,15 +315,11 @@ internal sealed unsafe class Swiotlb : IDisposable
             if (_areaSlots - area->Used < nslots) return -1;
             // Linux's walk: candidates from the index (rounded up to the stride) to the area's end, then from its
             // start; a run fits when list[i] >= nslots, that is when its slots are free and in one segment.
-            int rel = (area->Index + stride - 1) & -stride; // stride is 1 or 2
-            if (rel + nslots > _areaSlots) rel = 0;
+            int rel = StartOf(area, nslots, stride);
             int i = Find(first + rel, first + _areaSlots, nslots, stride, size, mask);
             if (i < 0 && rel > 0) i = Find(first, first + rel, nslots, stride, size, mask);
             if (i < 0) return -1;
-            TakeBits(i, nslots);
-            for (int s = i; s < i + nslots; s++) { _slot[s].Owner = owner; _slot[s].Head = i; }
-            area->Used += nslots;
-            area->Index = NextIndex(i - first + nslots, area->Used);
+            Claim(area, a, i, nslots, owner);
             return i;
         }
         finally
@@ -341,40 +352,38 @@ internal sealed unsafe class Swiotlb : IDisposable
     {
         ulong strideBits = stride == 1 ? ulong.MaxValue : 0x5555_5555_5555_5555UL; // stride is 1 or 2 (a page)
         ulong* free = _free;
+        for (int seg = from / SegmentSlots, last = (to - 1) / SegmentSlots; seg <= last; seg++)
         {
-            for (int seg = from / SegmentSlots, last = (to - 1) / SegmentSlots; seg <= last; seg++)
+            ulong lo = free[2 * seg], hi = free[2 * seg + 1];
+            if ((lo | hi) == 0) continue;
+            for (int k = 1; k < nslots;)
             {
-                ulong lo = free[2 * seg], hi = free[2 * seg + 1];
-                if ((lo | hi) == 0) continue;
-                for (int k = 1; k < nslots;)
-                {
-                    int shift = Math.Min(k, nslots - k); // 1..64
-                    if (shift == 64) { lo &= hi; hi = 0; }
-                    else { lo &= (lo >> shift) | (hi << (64 - shift)); hi &= hi >> shift; }
-                    k += shift;
-                }
-                lo &= strideBits;
-                hi &= strideBits;
-                int segStart = seg * SegmentSlots;
-                if (from > segStart) // the first segment: from `from` on
-                {
-                    int b = from - segStart;
-                    if (b >= 64) { lo = 0; hi &= ulong.MaxValue << (b - 64); }
-                    else lo &= ulong.MaxValue << b;
-                }
-                if (to < segStart + SegmentSlots) // the last: before `to`
-                {
-                    int e = to - segStart;
-                    if (e <= 64) { hi = 0; lo &= e == 64 ? ulong.MaxValue : (1UL << e) - 1; }
-                    else hi &= (1UL << (e - 64)) - 1;
-                }
-                while ((lo | hi) != 0)
-                {
-                    int i = segStart + (lo != 0 ? BitOperations.TrailingZeroCount(lo) : 64 + BitOperations.TrailingZeroCount(hi));
-                    if (mask >= uint.MaxValue || BusOf(i) + (ulong)size - 1 <= mask) return i; // every slot lies below 4 GiB
-                    if (lo != 0) lo &= lo - 1;
-                    else hi &= hi - 1;
-                }
+                int shift = Math.Min(k, nslots - k); // 1..64
+                if (shift == 64) { lo &= hi; hi = 0; }
+                else { lo &= (lo >> shift) | (hi << (64 - shift)); hi &= hi >> shift; }
+                k += shift;
+            }
+            lo &= strideBits;
+            hi &= strideBits;
+            int segStart = seg * SegmentSlots;
+            if (from > segStart) // the first segment: from `from` on
+            {
+                int b = from - segStart;
+                if (b >= 64) { lo = 0; hi &= ulong.MaxValue << (b - 64); }
+                else lo &= ulong.MaxValue << b;
+            }
+            if (to < segStart + SegmentSlots) // the last: before `to`
+            {
+                int e = to - segStart;
+                if (e <= 64) { hi = 0; lo &= e == 64 ? ulong.MaxValue : (1UL << e) - 1; }
+                else hi &= (1UL << (e - 64)) - 1;
+            }
+            while ((lo | hi) != 0)
+            {
+                int i = segStart + (lo != 0 ? BitOperations.TrailingZeroCount(lo) : 64 + BitOperations.TrailingZeroCount(hi));
+                if (mask >= uint.MaxValue || BusOf(i) + (ulong)size - 1 <= mask) return i; // every slot lies below 4 GiB
+                if (lo != 0) lo &= lo - 1;
+                else hi &= hi - 1;
             }
         }
         return -1;
@@ -389,7 +398,8 @@ internal sealed unsafe class Swiotlb : IDisposable
         return (taken == 64 ? ulong.MaxValue : (1UL << taken) - 1) << b;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    // Out of line: only a run that crosses a word (a mapping of more than 4 KiB) needs it.
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private void TakeBits(int slot, int nslots)
     {
         for (int i = slot, n = nslots; n > 0;)
@@ -583,14 +593,6 @@ internal sealed unsafe class Swiotlb : IDisposable
         int room = (((mapped + SlotSize - 1) >> SlotShift) - (slot - head) - 1) * SlotSize + slotRoom;
         return room > slotRoom ? room : slotRoom; // also when the mapping is gone (mapped 0) or another's by now
     }
-
-    /// <summary>The CPU address of the buffer the mapping starting at <paramref name="head"/> bounces.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal byte* OrigOf(int head) => (byte*)_slot[head].Orig;
-
-    /// <summary>How the CPU's mapping of that buffer stores.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal CachingMode CachingAt(int head) => _slot[head].Caching;
 
     /// <summary>
     /// Claim and release every mapping <paramref name="owner"/> still holds (its device is going away, and is
