@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using PagePool.Dma;
 using PagePool.Faults;
 using PagePool.Memory;
+using PagePool.Native;
 using Xunit;
 
 namespace PagePool.Allocator.Tests.Dma;
@@ -217,5 +218,29 @@ public sealed unsafe class SwiotlbConcurrencyTests
         Assert.Equal(64L * Swiotlb.SlotSize, tlb.UsedBytes);
         tlb.ReleaseAllOf(2); // returns: no mapping was left claimed half way
         AssertAllFree(tlb);
+    }
+
+    [Fact]
+    public void A_pool_whose_arena_cannot_be_mapped_is_a_typed_error_that_maps_nothing_and_the_next_device_builds_it()
+    {
+        using var m = new DmaTestMachine(checker: false, swiotlb: 8L << 20); // nothing of DMA32 mapped yet
+        FaultInjector.Arm(FaultPoint.Mmap); // the fresh arena the range is taken from
+        try
+        {
+            Assert.Throws<NativeCallException>(() => m.Device("sw", DmaOpsKind.Swiotlb));
+        }
+        finally
+        {
+            FaultInjector.Disarm(FaultPoint.Mmap);
+        }
+        Assert.Equal(0, m.Memory.MappedBytes(Zone.Dma32));
+        Assert.Equal(0, m.Memory.UsedBytes(Zone.Dma32));
+        var dev = m.Device("sw2", DmaOpsKind.Swiotlb);
+        Assert.Equal(8L << 20, m.Memory.UsedBytes(Zone.Dma32));
+        var block = m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
+        dev.UnmapPage(dma, 4096, DmaDirection.Bidirectional);
+        m.Memory.FreeBlock(block);
+        AssertAllFree(m.Platform.Swiotlb);
     }
 }
