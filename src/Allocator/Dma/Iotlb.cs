@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace PagePool.Dma;
 
 /// <summary>
@@ -5,69 +7,100 @@ namespace PagePool.Dma;
 /// emptied only by invalidation. Nothing else removes an entry: after an unmap without invalidation (deferred
 /// flush) the device still reaches the old page through it, exactly the window real hardware has.
 /// </summary>
-internal sealed class Iotlb
+/// <remarks>
+/// <para>Each entry is one cache line of a pinned array guarded by its own sequence word (a seqlock): a lookup reads
+/// the entry between two reads of the word and retries if a writer was inside; a fill or an invalidation makes the
+/// word odd by compare-and-swap, writes, and makes it even again. Different translations never share a line or a
+/// lock, so mappers on different CPUs do not serialise on the IOTLB: strict unmaps used to take one domain-wide lock
+/// each, and two CPUs unmapping through one domain ran at a third of one CPU's rate (measured side by side on an AMD
+/// EPYC host).</para>
+/// <para>An invalidation that finds no entry for its page writes nothing. The walk that fills an entry happens
+/// before the fill, outside any lock, as on hardware: a fill racing with an unmap of the same page can leave a stale
+/// entry that a strict invalidation already passed, the window a driver that unmaps memory under in-flight DMA opens
+/// on real hardware too (the checker reports device accesses through it).</para>
+/// </remarks>
+internal sealed unsafe class Iotlb
 {
     private const int Size = 256;
-    private readonly ulong[] _tag = new ulong[Size];    // pfn + 1; 0 = empty
-    private readonly ulong[] _pte = new ulong[Size];
-    private readonly ulong[] _host = new ulong[Size];
-    private readonly ulong[] _block = new ulong[Size];
-    private readonly ulong[] _epochOf = new ulong[Size]; // the flush epoch an entry was filled in
-    private readonly Lock _lock = new();
-    private ulong _epoch = 1; // a full flush starts a new one: every older entry is gone at once
-    private long _invalidations;
+    private const int Stride = 8; // ulongs an entry: one 64-byte line
+    private const int Seq = 0, Tag = 1, Pte = 2, Host = 3, Block = 4, Epoch = 5; // Tag: pfn + 1, 0 = empty
 
-    internal long Invalidations => Volatile.Read(ref _invalidations);
+    private readonly ulong[] _lines = GC.AllocateArray<ulong>(Size * Stride + Stride, pinned: true);
+    private readonly ulong* _entries; // the first 64-byte boundary inside _lines
+    private ulong _epoch = 1; // a full flush starts a new one: every entry filled before it is gone at once
+
+    internal Iotlb()
+    {
+        ulong* p = (ulong*)Unsafe.AsPointer(ref _lines[0]); // pinned: the address never changes
+        _entries = (ulong*)(((nuint)p + 63) & ~(nuint)63);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong* Entry(ulong pfn) => _entries + (int)(pfn & (Size - 1)) * Stride;
 
     internal bool TryLookup(ulong pfn, out ulong pte, out ulong host, out ulong block)
     {
-        int i = (int)(pfn & (Size - 1));
-        lock (_lock)
+        ulong* e = Entry(pfn);
+        var spin = new SpinWait();
+        while (true)
         {
-            if (_tag[i] == pfn + 1 && _epochOf[i] == _epoch)
+            ulong s = Volatile.Read(ref e[Seq]);
+            if ((s & 1) == 0)
             {
-                pte = _pte[i]; host = _host[i]; block = _block[i];
-                return true;
+                // Volatile reads keep the second read of the word after the entry's fields.
+                bool hit = Volatile.Read(ref e[Tag]) == pfn + 1 && Volatile.Read(ref e[Epoch]) == Volatile.Read(ref _epoch);
+                pte = Volatile.Read(ref e[Pte]);
+                host = Volatile.Read(ref e[Host]);
+                block = Volatile.Read(ref e[Block]);
+                if (Volatile.Read(ref e[Seq]) == s)
+                {
+                    if (hit) return true;
+                    pte = host = block = 0;
+                    return false;
+                }
             }
+            spin.SpinOnce(-1);
         }
-        pte = host = block = 0;
-        return false;
     }
 
     internal void Fill(ulong pfn, ulong pte, ulong host, ulong block)
     {
-        int i = (int)(pfn & (Size - 1));
-        lock (_lock)
-        {
-            _tag[i] = pfn + 1; _pte[i] = pte; _host[i] = host; _block[i] = block; _epochOf[i] = _epoch;
-        }
+        ulong* e = Entry(pfn);
+        ulong s = Enter(e);
+        e[Tag] = pfn + 1;
+        e[Pte] = pte;
+        e[Host] = host;
+        e[Block] = block;
+        e[Epoch] = Volatile.Read(ref _epoch);
+        Volatile.Write(ref e[Seq], s + 2);
     }
 
-    /// <summary>Invalidate the translations of a range of pfns (a strict unmap's iotlb_sync).</summary>
     internal void Invalidate(ulong pfn, ulong pages)
     {
-        lock (_lock)
+        for (ulong p = pfn; p < pfn + pages; p++)
         {
-            for (ulong p = pfn; p < pfn + pages; p++)
-            {
-                int i = (int)(p & (Size - 1));
-                if (_tag[i] == p + 1) _tag[i] = 0; // whatever its epoch: an old entry no longer matches anyway
-            }
-            _invalidations++;
+            ulong* e = Entry(p);
+            if (Volatile.Read(ref e[Tag]) != p + 1 && (Volatile.Read(ref e[Seq]) & 1) == 0)
+                continue; // no entry for this page and no writer inside: nothing to drop, nothing written
+            ulong s = Enter(e);
+            if (e[Tag] == p + 1) e[Tag] = 0; // whatever its epoch: an old entry no longer matches anyway
+            Volatile.Write(ref e[Seq], s + 2);
         }
     }
 
-    /// <summary>
-    /// Invalidate everything (flush_iotlb_all, what a flush queue does): a new epoch, in which no entry filled before
-    /// matches. Clearing the 2 KiB of tags instead made every flush of a CPU take those 32 lines from the CPU that
-    /// flushed last: with two threads unmapping on one device, a flush each 250 unmaps per CPU.
-    /// </summary>
-    internal void InvalidateAll()
+    /// <summary>Drop every entry at once (a flush-queue flush): entries filled before now no longer match.</summary>
+    internal void InvalidateAll() => Interlocked.Increment(ref _epoch);
+
+    // Make the entry's word odd (this writer inside); returns the even value it had.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Enter(ulong* e)
     {
-        lock (_lock)
+        var spin = new SpinWait();
+        while (true)
         {
-            _epoch++;
-            _invalidations++;
+            ulong s = Volatile.Read(ref e[Seq]);
+            if ((s & 1) == 0 && Interlocked.CompareExchange(ref e[Seq], s + 1, s) == s) return s;
+            spin.SpinOnce(-1);
         }
     }
 }
