@@ -8,24 +8,30 @@ namespace PagePool.Cli.Bench;
 /// Two threads over one: the throughput of an operation on two threads at once divided by its throughput on one.
 /// </summary>
 /// <remarks>
-/// <para>Each repetition alternates <see cref="Blocks"/> one-thread and two-thread blocks and divides the best
-/// two-thread block by the best one-thread block, as a time metric counts its fastest block: on a machine of two CPUs
-/// shared with other work, a block in which another process took a CPU measures that process, not the code, and
-/// short blocks make a clean one likely even while neighbours are busy.</para>
+/// <para>Each repetition runs <see cref="Blocks"/> pairs of blocks, a one-thread block and then a two-thread block,
+/// and takes the median over the pairs of each pair's two-thread over one-thread throughput. The two blocks of a pair
+/// run within a millisecond of each other, so they see the same machine; the median leaves out pairs in which another
+/// process took a CPU from either block. (Dividing the fastest two-thread block by the fastest one-thread block, as
+/// this did before, compares different moments: a lone thread is fast whenever its CPU's neighbour is idle, two
+/// threads only when both CPUs' neighbours are idle at once, so on a shared host the fastest one-thread block came
+/// from a calmer moment than any two-thread block. In 14 repetitions of one process on an AMD EPYC host, the IOMMU
+/// map/unmap read 1.13-1.90 (median 1.62) that way and 1.48-1.95 (median 1.73) by pairs; the ceiling 1.45-1.93
+/// (median 1.75) against 1.76-1.92 (median 1.87).)</para>
 /// <para>Every block runs on threads of its own, thread t pinned to CPU t (one-thread blocks alternate between the
 /// two CPUs): left to the scheduler, two threads of a short block often share one CPU for all of it. A block starts
 /// when all its threads are running (they spin until the clock starts) and ends when the last one finishes, so
 /// thread start and wake-up are outside the time.</para>
 /// <para>Each repetition also measures, in blocks interleaved with the operation's, the machine's own ceiling (two
-/// threads clearing private pages), and only the repetitions whose ceiling reached <see cref="KeepFraction"/> of its
-/// best in the measurement count (and never fewer than <see cref="MinCounted"/>, those of the highest ceilings). For minutes at a time these VMs run both virtual CPUs as one physical core (the
+/// threads clearing private pages, the same median of pairs), and only the repetitions whose ceiling reached
+/// <see cref="KeepFraction"/> of its best in the measurement count (and never fewer than <see cref="MinCounted"/>,
+/// those of the highest ceilings). For minutes at a time these VMs run both virtual CPUs as one physical core (the
 /// ceiling falls from 1.95 to 1.1-1.5); a repetition taken then measures the host, as a block that lost its CPU does.
 /// The repetitions left out are named in a note. A machine whose CPUs never scale keeps every repetition (its best is
 /// its usual), so the ratio stays what the machine gives.</para>
 /// </remarks>
 internal static unsafe class TwoThreadScaling
 {
-    /// <summary>One-thread and two-thread blocks per repetition (each of both kinds).</summary>
+    /// <summary>Pairs of a one-thread and a two-thread block per repetition.</summary>
     internal const int Blocks = 16;
 
     /// <summary>A repetition counts when the machine's ceiling beside it was at least this fraction of the best one.</summary>
@@ -99,16 +105,31 @@ internal static unsafe class TwoThreadScaling
         return new Samples(byCeiling.Take(keep).Select(r => r.Ratio));
     }
 
-    // One repetition: the best two-thread block over the best one-thread block, alternating.
+    // One repetition: the median of Blocks pairs of a one-thread block and a two-thread block.
     private static double Ratio(Action[] op, int block)
     {
-        double one = 0, two = 0;
+        Span<double> one = stackalloc double[Blocks], two = stackalloc double[Blocks];
         for (int k = 0; k < Blocks; k++)
         {
-            one = Math.Max(one, Throughput(op, 1, block, firstCpu: k));
-            two = Math.Max(two, Throughput(op, 2, block));
+            one[k] = Throughput(op, 1, block, firstCpu: k);
+            two[k] = Throughput(op, 2, block);
         }
-        return two / one;
+        return PairedRatio(one, two);
+    }
+
+    /// <summary>
+    /// The median over pairs of <paramref name="two"/>[k] / <paramref name="one"/>[k] (throughputs of blocks run
+    /// back to back); with an even count, the mean of the middle two.
+    /// </summary>
+    internal static double PairedRatio(ReadOnlySpan<double> one, ReadOnlySpan<double> two)
+    {
+        if (one.Length != two.Length || one.Length == 0)
+            throw new ArgumentException($"{one.Length} one-thread and {two.Length} two-thread blocks: pairs need the same non-zero count.", nameof(two));
+        Span<double> ratios = stackalloc double[one.Length];
+        for (int k = 0; k < one.Length; k++) ratios[k] = two[k] / one[k];
+        ratios.Sort();
+        int mid = ratios.Length / 2;
+        return ratios.Length % 2 == 1 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
     }
 
     // Operations per second of `threads` threads (thread t runs op[t]), from the moment all run to the last one's end.

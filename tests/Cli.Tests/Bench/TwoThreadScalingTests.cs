@@ -39,4 +39,28 @@ public sealed class TwoThreadScalingTests
         Assert.Equal(1.10, counted.Median);
         Assert.Null(note);
     }
+
+    [Fact]
+    public void A_lone_thread_block_from_a_calmer_moment_does_not_set_the_ratio_each_pair_is_compared_with_itself()
+    {
+        // Every pair scales 1.8; one lone-thread block ran while the other CPU's neighbours were idle (30 M/s).
+        double[] one = [15, 16, 30, 15, 16], two = [27, 28.8, 33, 27, 28.8];
+
+        double ratio = TwoThreadScaling.PairedRatio(one, two);
+
+        Assert.Equal(1.8, ratio, 9); // the fastest over the fastest would be 33 / 30 = 1.1
+    }
+
+    [Fact]
+    public void An_even_number_of_pairs_takes_the_mean_of_the_middle_two()
+    {
+        Assert.Equal(1.5, TwoThreadScaling.PairedRatio([10, 10, 10, 10], [12, 14, 16, 19]), 9);
+    }
+
+    [Fact]
+    public void Pairs_need_as_many_one_thread_blocks_as_two_thread_blocks()
+    {
+        var e = Assert.Throws<ArgumentException>(() => TwoThreadScaling.PairedRatio([10, 10], [18]));
+        Assert.Contains("2 one-thread and 1 two-thread blocks", e.Message);
+    }
 }
