@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 
 namespace PagePool.Dma;
@@ -14,7 +15,7 @@ namespace PagePool.Dma;
 /// lock, so mappers on different CPUs do not serialise on the IOTLB: strict unmaps used to take one domain-wide lock
 /// each, and two CPUs unmapping through one domain ran at a third of one CPU's rate (measured side by side on an AMD
 /// EPYC host).</para>
-/// <para>An invalidation that finds no entry for its page writes nothing. The walk that fills an entry happens
+/// <para>An invalidation that finds no entry for its page (and no writer inside its slot) writes nothing. The walk that fills an entry happens
 /// before the fill, outside any lock, as on hardware: a fill racing with an unmap of the same page can leave a stale
 /// entry that a strict invalidation already passed, the window a driver that unmaps memory under in-flight DMA opens
 /// on real hardware too (the checker reports device accesses through it).</para>
@@ -33,6 +34,7 @@ internal sealed unsafe class Iotlb
     {
         ulong* p = (ulong*)Unsafe.AsPointer(ref _lines[0]); // pinned: the address never changes
         _entries = (ulong*)(((nuint)p + 63) & ~(nuint)63);
+        Debug.Assert(_entries + Size * Stride <= p + _lines.Length, "the aligned entries fit the array");
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -59,7 +61,7 @@ internal sealed unsafe class Iotlb
                     return false;
                 }
             }
-            spin.SpinOnce(-1);
+            spin.SpinOnce();
         }
     }
 
@@ -75,6 +77,10 @@ internal sealed unsafe class Iotlb
         Volatile.Write(ref e[Seq], s + 2);
     }
 
+    /// <summary>
+    /// Drop the entries of <paramref name="pages"/> pages from <paramref name="pfn"/> (a strict unmap). A slot that
+    /// holds another page, and has no writer inside, is left untouched: nothing is written to its line.
+    /// </summary>
     internal void Invalidate(ulong pfn, ulong pages)
     {
         for (ulong p = pfn; p < pfn + pages; p++)
@@ -88,7 +94,10 @@ internal sealed unsafe class Iotlb
         }
     }
 
-    /// <summary>Drop every entry at once (a flush-queue flush): entries filled before now no longer match.</summary>
+    /// <summary>
+    /// Drop every entry at once (a flush-queue flush): entries filled before now no longer match. One increment, not
+    /// 256 tag writes: a flush would otherwise pull every line of the table to the flushing CPU.
+    /// </summary>
     internal void InvalidateAll() => Interlocked.Increment(ref _epoch);
 
     // Make the entry's word odd (this writer inside); returns the even value it had.
@@ -100,7 +109,7 @@ internal sealed unsafe class Iotlb
         {
             ulong s = Volatile.Read(ref e[Seq]);
             if ((s & 1) == 0 && Interlocked.CompareExchange(ref e[Seq], s + 1, s) == s) return s;
-            spin.SpinOnce(-1);
+            spin.SpinOnce();
         }
     }
 }

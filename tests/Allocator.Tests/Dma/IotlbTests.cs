@@ -50,8 +50,8 @@ public sealed class IotlbTests
     [Fact]
     public void Concurrent_fills_invalidations_and_lookups_never_see_a_half_written_entry()
     {
-        // Four threads on two CPUs: two refill and invalidate the same 16 slots with entries whose fields are all
-        // derived from one value, two look them up. A hit must return the fields of one fill, never a mix of two.
+        // Four threads on two CPUs: two refill and invalidate the same 16 slots (and now and then the whole IOTLB)
+        // with entries whose fields are all derived from one value, two look them up. A hit must return the fields of one fill, never a mix of two.
         var tlb = new Iotlb();
         const int Rounds = 200_000;
         long hits = 0, torn = 0;
@@ -68,7 +68,8 @@ public sealed class IotlbTests
                     if (me < 2)
                     {
                         ulong v = (ulong)rng.NextInt64(1, long.MaxValue >> 16);
-                        if ((i & 7) == 7) tlb.Invalidate(pfn, 1);
+                        if ((i & 1023) == 1023 && me == 0) tlb.InvalidateAll();
+                        else if ((i & 7) == 7) tlb.Invalidate(pfn, 1);
                         else tlb.Fill(pfn, (v << 12) | 3, v * 3, v ^ pfn);
                     }
                     else if (tlb.TryLookup(pfn, out ulong pte, out ulong host, out ulong block))
