@@ -8,20 +8,17 @@ namespace PagePool.Cli.Bench;
 /// Two threads over one: the throughput of an operation on two threads at once divided by its throughput on one.
 /// </summary>
 /// <remarks>
-/// <para>Each repetition runs <see cref="Blocks"/> pairs of blocks, a one-thread block and then a two-thread block,
-/// and takes the median over the pairs of each pair's two-thread over one-thread throughput. The two blocks of a pair
-/// run within a millisecond of each other, so they see the same machine; the median leaves out pairs in which another
-/// process took a CPU from either block. (Dividing the fastest two-thread block by the fastest one-thread block, as
-/// this did before, compares different moments: a lone thread is fast whenever its CPU's neighbour is idle, two
-/// threads only when both CPUs' neighbours are idle at once, so on a shared host the fastest one-thread block came
-/// from a calmer moment than any two-thread block. In 14 repetitions of one process on an AMD EPYC host, the IOMMU
-/// map/unmap read 1.13-1.90 (median 1.62) that way and 1.48-1.95 (median 1.73) by pairs; the ceiling 1.45-1.93
-/// (median 1.75) against 1.76-1.92 (median 1.87).)</para>
-/// <para>Every block runs on threads of its own, thread t pinned to CPU t (one-thread blocks alternate between the
-/// two CPUs): left to the scheduler, two threads of a short block often share one CPU for all of it. A block starts
-/// when all its threads are running (they spin until the clock starts) and ends when the last one finishes, so
-/// thread start and wake-up are outside the time.</para>
-/// <para>Each repetition also measures, in blocks interleaved with the operation's, the machine's own ceiling (two
+/// <para>Each repetition runs <see cref="Blocks"/> pairs of blocks, a one-thread block and right after it a two-thread
+/// block, and takes the median over the pairs of each pair's two-thread over one-thread throughput: the two blocks of
+/// a pair follow each other within a few milliseconds and so see much the same machine, and the median leaves out
+/// pairs in which another process took a CPU from either block, as long as fewer than half are hit. Dividing the
+/// fastest two-thread block by the fastest one-thread block compares different moments instead (a lone thread is fast
+/// whenever its CPU's neighbour is idle, two threads only when both are) and reads low on a shared host.</para>
+/// <para>Every block runs on threads of its own, thread t pinned to CPU t (one-thread blocks cycle through the CPUs):
+/// left to the scheduler, two threads of a short block often share one CPU for all of it. A block starts when all its
+/// threads are running (they spin until the clock starts) and ends when the last one finishes, so thread start and
+/// wake-up are outside the time.</para>
+/// <para>Each repetition also measures, right after the operation's pairs, the machine's own ceiling (two
 /// threads clearing private pages, the same median of pairs), and only the repetitions whose ceiling reached
 /// <see cref="KeepFraction"/> of its best in the measurement count (and never fewer than <see cref="MinCounted"/>,
 /// those of the highest ceilings). For minutes at a time these VMs run both virtual CPUs as one physical core (the
@@ -125,8 +122,13 @@ internal static unsafe class TwoThreadScaling
     {
         if (one.Length != two.Length || one.Length == 0)
             throw new ArgumentException($"{one.Length} one-thread and {two.Length} two-thread blocks: pairs need the same non-zero count.", nameof(two));
-        Span<double> ratios = stackalloc double[one.Length];
-        for (int k = 0; k < one.Length; k++) ratios[k] = two[k] / one[k];
+        Span<double> ratios = one.Length <= 64 ? stackalloc double[one.Length] : new double[one.Length];
+        for (int k = 0; k < one.Length; k++)
+        {
+            if (!double.IsFinite(one[k]) || !double.IsFinite(two[k]) || one[k] <= 0 || two[k] <= 0)
+                throw new ArgumentException($"Pair {k}: throughputs {one[k]} and {two[k]}; a block's throughput is a finite positive number (a block timed at 0 ticks is too short to measure).", nameof(one));
+            ratios[k] = two[k] / one[k];
+        }
         ratios.Sort();
         int mid = ratios.Length / 2;
         return ratios.Length % 2 == 1 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;

@@ -41,7 +41,7 @@ public sealed class TwoThreadScalingTests
     }
 
     [Fact]
-    public void A_lone_thread_block_from_a_calmer_moment_does_not_set_the_ratio_each_pair_is_compared_with_itself()
+    public void A_lone_thread_block_from_a_calmer_moment_does_not_set_the_ratio()
     {
         // Every pair scales 1.8; one lone-thread block ran while the other CPU's neighbours were idle (30 M/s).
         double[] one = [15, 16, 30, 15, 16], two = [27, 28.8, 33, 27, 28.8];
@@ -52,9 +52,19 @@ public sealed class TwoThreadScalingTests
     }
 
     [Fact]
-    public void An_even_number_of_pairs_takes_the_mean_of_the_middle_two()
+    public void An_even_number_of_pairs_takes_the_mean_of_the_middle_two_ratios_in_order()
     {
-        Assert.Equal(1.5, TwoThreadScaling.PairedRatio([10, 10, 10, 10], [12, 14, 16, 19]), 9);
+        Assert.Equal(1.5, TwoThreadScaling.PairedRatio([10, 10, 10, 10], [19, 14, 12, 16]), 9); // ratios 1.2 1.4 1.6 1.9
+    }
+
+    [Theory]
+    [InlineData(0.0, 18.0)]
+    [InlineData(10.0, double.PositiveInfinity)]
+    [InlineData(double.NaN, 18.0)]
+    public void A_block_without_a_finite_positive_throughput_is_refused_not_sorted_into_the_median(double one, double two)
+    {
+        var e = Assert.Throws<ArgumentException>(() => TwoThreadScaling.PairedRatio([10, one, 10], [18, two, 18]));
+        Assert.StartsWith("Pair 1: throughputs", e.Message);
     }
 
     [Fact]
