@@ -75,20 +75,31 @@ internal static class GateCommand
             Description = "An earlier bench result of the same tree that this one measures again: exit 1 only for a metric that is a regression in both (a busy neighbour rarely slows the same metric twice).",
             HelpName = "FILE",
         };
-        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine, confirms };
-        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold) ?? DefaultThresholdPercent, r.GetValue(anyMachine), r.GetValue(confirms)));
+        var confirmsBaseline = new Option<string?>("--confirms-baseline")
+        {
+            Description = "The baseline the --confirms result was judged against, when it is not --baseline (a baseline commit measured again beside each run).",
+            HelpName = "FILE",
+        };
+        var cmd = new Command("gate", "Compare two bench results, metric over its same-run baseline; exit 1 on a regression.") { baseline, current, threshold, anyMachine, confirms, confirmsBaseline };
+        cmd.SetAction(r => Run(r.GetValue(baseline)!, r.GetValue(current)!, r.GetValue(threshold) ?? DefaultThresholdPercent, r.GetValue(anyMachine), r.GetValue(confirms), r.GetValue(confirmsBaseline)));
         return cmd;
     }
 
-    private static int Run(string baselinePath, string currentPath, double thresholdPercent, bool anyMachine, string? confirmsPath = null)
+    private static int Run(string baselinePath, string currentPath, double thresholdPercent, bool anyMachine, string? confirmsPath, string? confirmsBaselinePath)
     {
         BenchResults before, after;
-        BenchResults? first = null;
+        BenchResults? first = null, firstBefore = null;
+        if (confirmsBaselinePath is not null && confirmsPath is null)
+        {
+            Console.Error.WriteLine("pagepool: gate: --confirms-baseline names the baseline of a --confirms result; give --confirms too.");
+            return ExitCodes.BadArguments;
+        }
         try
         {
             before = BenchResults.Load(baselinePath);
             after = BenchResults.Load(currentPath);
             if (confirmsPath is not null) first = BenchResults.Load(confirmsPath);
+            if (confirmsBaselinePath is not null) firstBefore = BenchResults.Load(confirmsBaselinePath);
         }
         catch (BenchResultsException e)
         {
@@ -105,7 +116,7 @@ internal static class GateCommand
         var rows = Compare(before, after, thresholdPercent / 100);
         Print(rows, before, after, thresholdPercent);
         if (first is null) return rows.Any(r => r.Verdict == GateVerdict.Regression) ? ExitCodes.Failed : ExitCodes.Ok;
-        var confirmed = Confirmed(Compare(before, first, thresholdPercent / 100), rows);
+        var confirmed = Confirmed(Compare(firstBefore ?? before, first, thresholdPercent / 100), rows);
         var again = rows.Where(r => r.Verdict == GateVerdict.Regression).Select(r => r.Metric).Except(confirmed).ToList();
         Console.WriteLine(confirmed.Count > 0
             ? $"gate: confirmed (a regression in both runs): {string.Join(", ", confirmed)}."

@@ -51,6 +51,33 @@ public sealed class GateTests
     }
 
     [Fact]
+    public void A_confirming_round_with_its_own_baseline_judges_the_first_run_against_the_first_baseline()
+    {
+        // Another CPU: each round measures the baseline commit beside the tree. Round one's baseline was slow in
+        // the WB hit, so against it the WB hit of the first run is no regression; against round two's it would be.
+        using var base1 = new BenchFile(Run(1, hitWb: 70 * 1.6));
+        using var first = new BenchFile(Run(11, hitWb: 70 * 1.6));
+        using var base2 = new BenchFile(Run(21));
+        using var again = new BenchFile(Run(31, hitWb: 70 * 1.6));
+
+        var r = PagepoolProcess.Run("gate", "--baseline", base2.Path, "--current", again.Path, "--confirms", first.Path, "--confirms-baseline", base1.Path);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("gate: no regression shows in both runs (pool.hit.wb.ns in this one only): not confirmed.", r.Stdout);
+
+        r = PagepoolProcess.Run("gate", "--baseline", base2.Path, "--current", again.Path, "--confirms", first.Path);
+        Assert.Equal(1, r.ExitCode); // judged against round two's baseline, the first run looks slow too
+    }
+
+    [Fact]
+    public void A_confirms_baseline_without_a_confirms_file_is_bad_input_exit_2()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--confirms-baseline", f.Path);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--confirms-baseline names the baseline of a --confirms result", r.Stderr);
+    }
+
+    [Fact]
     public void A_confirms_file_that_is_missing_is_bad_input_exit_2()
     {
         using var f = new BenchFile(Run(1));
