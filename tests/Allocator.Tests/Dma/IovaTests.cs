@@ -61,7 +61,7 @@ public sealed class IovaTests
     {
         if (Environment.ProcessorCount < 2) return; // one CPU has no other CPU's magazine to be handed
         var iova = new IovaAllocator(1, 2);
-        const int Count = 3 * IovaRcache.MagazineSize; // loaded + previous full, the third magazine to the depot
+        const int Count = 4 * IovaRcache.MagazineSize; // loaded, previous and parked full, the fourth to the depot
         List<ulong> mine = [], theirs = [];
         Pinned.Run(0, () => { for (int i = 0; i < Count; i++) mine.Add(iova.AllocFast(1, 0xFFFFF)); });
         Pinned.Run(1, () => { for (int i = 0; i < Count; i++) theirs.Add(iova.AllocFast(1, 0xFFFFF)); });
@@ -76,12 +76,65 @@ public sealed class IovaTests
     }
 
     [Fact]
+    public void A_cpu_parks_one_full_magazine_of_its_own_before_the_depot_and_takes_it_back_before_popping_the_depot()
+    {
+        var iova = new IovaAllocator(1, 1);
+        var pfns = new List<ulong>();
+        for (int i = 0; i < 3 * IovaRcache.MagazineSize; i++) pfns.Add(iova.AllocFast(1, 0xFFFFF));
+        long used = iova.UsedPages;
+
+        foreach (var p in pfns) iova.FreeFast(p, 1); // loaded and previous full, the third magazine parked
+
+        Assert.Equal(0, iova.DepotMagazines);
+        Assert.Equal(pfns.Count, iova.CachedRanges);
+        var again = new HashSet<ulong>();
+        for (int i = 0; i < pfns.Count; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+        Assert.True(again.SetEquals(pfns));
+        Assert.Equal(used, iova.UsedPages); // every range came from the cache, none from the tree
+    }
+
+    [Fact]
+    public void A_flush_queue_cycle_on_a_cpu_holding_more_ranges_than_two_magazines_never_touches_the_depot()
+    {
+        // 280 ranges on one CPU against flush batches of 250: the pair of magazines (254) overflows on every batch.
+        var iova = new IovaAllocator(1, 1);
+        var all = Enumerable.Range(0, 280).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToArray();
+        foreach (var p in all) iova.FreeFast(p, 1);
+        var ones = Enumerable.Repeat(1UL, 250).ToArray();
+        int depotSeen = 0;
+        for (int cycle = 0; cycle < 20; cycle++)
+        {
+            var batch = Enumerable.Range(0, 250).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToArray();
+            iova.FreeFastBatch(batch, ones);
+            depotSeen = Math.Max(depotSeen, iova.DepotMagazines);
+        }
+        Assert.Equal(0, depotSeen);
+        Assert.Equal(280, iova.CachedRanges);
+    }
+
+    [Fact]
+    public void A_flush_of_the_caches_gives_the_parked_magazine_back_to_the_tree_too()
+    {
+        var iova = new IovaAllocator(1, 1);
+        var pfns = Enumerable.Range(0, 3 * IovaRcache.MagazineSize).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToList();
+        foreach (var p in pfns) iova.FreeFast(p, 1);
+
+        iova.FlushCaches();
+
+        Assert.Equal(0, iova.UsedPages);
+        Assert.Equal(0, iova.CachedRanges);
+        Assert.All(pfns, p => Assert.False(iova.IsAllocated(p)));
+        var again = Enumerable.Range(0, pfns.Count).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToHashSet(); // caches still work
+        Assert.Equal(pfns.Count, again.Count);
+    }
+
+    [Fact]
     public void A_request_below_every_cached_range_goes_to_the_tree_and_leaves_the_cached_ranges_where_they_are()
     {
         var iova = new IovaAllocator(1, 1);
         var high = new List<ulong>();
-        for (int i = 0; i < 3 * IovaRcache.MagazineSize; i++) high.Add(iova.AllocFast(1, 0xFFFFF));
-        foreach (var p in high) iova.FreeFast(p, 1); // loaded and previous full, one magazine in the depot
+        for (int i = 0; i < 4 * IovaRcache.MagazineSize; i++) high.Add(iova.AllocFast(1, 0xFFFFF));
+        foreach (var p in high) iova.FreeFast(p, 1); // loaded, previous and parked full, one magazine in the depot
 
         ulong low = iova.AllocFast(1, 0x100); // every cached range lies above this limit: the tree's turn
         Assert.InRange(low, 1UL, 0x100UL);
@@ -103,7 +156,7 @@ public sealed class IovaTests
     public void Magazines_going_to_the_depot_and_back_allocate_no_memory_once_warm()
     {
         var iova = new IovaAllocator(1, 1);
-        var pfns = new ulong[3 * IovaRcache.MagazineSize];
+        var pfns = new ulong[4 * IovaRcache.MagazineSize];
         long allocated = -1;
         int depot = 0;
         Pinned.Run(0, () =>
