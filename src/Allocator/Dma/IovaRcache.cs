@@ -8,8 +8,9 @@ namespace PagePool.Dma;
 /// <summary>
 /// The IOVA range cache of iova.c: for each size 2^0..2^5 pages, per-CPU pairs of magazines (loaded and previous,
 /// 127 ranges each, IOVA_MAG_SIZE) and a depot of full magazines. A hit pops or pushes one pfn in the CPU's loaded
-/// magazine; swapping loaded and previous absorbs alternating alloc/free at a boundary; only a full or empty pair
-/// touches the depot.
+/// magazine; swapping loaded and previous absorbs alternating alloc/free at a boundary; a full pair parks one full
+/// magazine with its CPU first (see below), and only a full pair with one parked, or an empty pair with none, touches
+/// the depot.
 /// </summary>
 /// <remarks>
 /// Lock-free on the hit path as PagePool's page pool is: a thread takes its CPU's cache out of the slot with one
@@ -20,8 +21,9 @@ namespace PagePool.Dma;
 /// Each CPU parks one full magazine of its own before it pushes to the depot, and takes it back before it pops: a
 /// flush queue of 250 entries against a CPU's 254 cached ranges makes a CPU holding a few more ranges than a flush
 /// returns push one magazine and pop one on every flush, and with one depot for all CPUs each push and pop moved the
-/// depot's lock and lists between the CPUs (two threads mapping through one domain scaled 0.1 to 0.2 below two
-/// threads on two domains, side by side; with the parked magazine the same, AMD EPYC). A CPU popping the depot gets
+/// depot's lock and lists between the CPUs (in one process on an AMD EPYC host, two threads mapping through one
+/// domain scaled 0.1 to 0.2 below two threads on two domains in most repetitions, and the same with the parked
+/// magazine; whole bench runs showed no change above the host's noise). A CPU popping the depot gets
 /// back a magazine it pushed itself when one is near the top (the IOVAs in it were last mapped by this CPU, so their
 /// page-table lines are in its cache, not the other CPU's). Emptied magazines are kept as spares for the next push
 /// instead of being freed and allocated again (no garbage on the depot path). A full flush of the caches empties the
@@ -143,8 +145,9 @@ internal sealed class IovaRcache
             if (cc is null) return 0;
         }
         // __iova_rcache_get: only an empty loaded magazine is replaced, by the previous one, else this CPU's parked
-        // one, else a full one from the depot. A loaded magazine whose ranges all lie above the limit stays loaded and the caller goes to the
-        // tree: replacing it would drop (or recycle as a spare) a magazine that still holds ranges.
+        // one, else a full one from the depot. A loaded magazine whose ranges all lie above the limit stays loaded
+        // and the caller goes to the tree: replacing it would drop (or recycle as a spare) a magazine that still
+        // holds ranges.
         if (cc.Loaded.Count == 0)
         {
             if (cc.Previous.Count > 0) (cc.Loaded, cc.Previous) = (cc.Previous, cc.Loaded);

@@ -80,15 +80,19 @@ public sealed class IovaTests
     {
         var iova = new IovaAllocator(1, 1);
         var pfns = new List<ulong>();
-        for (int i = 0; i < 3 * IovaRcache.MagazineSize; i++) pfns.Add(iova.AllocFast(1, 0xFFFFF));
+        for (int i = 0; i < 4 * IovaRcache.MagazineSize; i++) pfns.Add(iova.AllocFast(1, 0xFFFFF));
         long used = iova.UsedPages;
 
-        foreach (var p in pfns) iova.FreeFast(p, 1); // loaded and previous full, the third magazine parked
-
+        foreach (var p in pfns.Take(3 * IovaRcache.MagazineSize)) iova.FreeFast(p, 1); // loaded, previous, parked
         Assert.Equal(0, iova.DepotMagazines);
-        Assert.Equal(pfns.Count, iova.CachedRanges);
+        foreach (var p in pfns.Skip(3 * IovaRcache.MagazineSize)) iova.FreeFast(p, 1); // the fourth: the depot
+        Assert.Equal(1, iova.DepotMagazines);
+
         var again = new HashSet<ulong>();
-        for (int i = 0; i < pfns.Count; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+        for (int i = 0; i < 3 * IovaRcache.MagazineSize; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+        Assert.Equal(1, iova.DepotMagazines); // three magazines handed out: the parked one came before the depot's
+        for (int i = 0; i < IovaRcache.MagazineSize; i++) again.Add(iova.AllocFast(1, 0xFFFFF));
+        Assert.Equal(0, iova.DepotMagazines);
         Assert.True(again.SetEquals(pfns));
         Assert.Equal(used, iova.UsedPages); // every range came from the cache, none from the tree
     }
@@ -124,8 +128,13 @@ public sealed class IovaTests
         Assert.Equal(0, iova.UsedPages);
         Assert.Equal(0, iova.CachedRanges);
         Assert.All(pfns, p => Assert.False(iova.IsAllocated(p)));
-        var again = Enumerable.Range(0, pfns.Count).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToHashSet(); // caches still work
-        Assert.Equal(pfns.Count, again.Count);
+        // The magazines a flush emptied serve again: three magazines' worth cached and handed back, none from the tree.
+        var fresh = Enumerable.Range(0, pfns.Count).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToList();
+        foreach (var p in fresh) iova.FreeFast(p, 1);
+        long used = iova.UsedPages;
+        var again = Enumerable.Range(0, fresh.Count).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToHashSet();
+        Assert.True(again.SetEquals(fresh));
+        Assert.Equal(used, iova.UsedPages);
     }
 
     [Fact]
