@@ -113,6 +113,12 @@ internal static class GateCommand
                 + "commit on this machine and gate against that (.ci/run does), or pass --any-machine to compare anyway.");
             if (!anyMachine) return ExitCodes.OtherMachine;
         }
+        if (first?.Machine is { } then && !then.ComparableWith((firstBefore ?? before).Machine))
+        {
+            Console.Error.WriteLine($"pagepool: gate: the --confirms result was measured on {then}, its baseline on {(firstBefore ?? before).Machine}: "
+                + "a first run must be judged against a baseline from its own CPU (give it with --confirms-baseline), or pass --any-machine.");
+            if (!anyMachine) return ExitCodes.OtherMachine;
+        }
         var rows = Compare(before, after, thresholdPercent / 100);
         Print(rows, before, after, thresholdPercent);
         if (first is null) return rows.Any(r => r.Verdict == GateVerdict.Regression) ? ExitCodes.Failed : ExitCodes.Ok;

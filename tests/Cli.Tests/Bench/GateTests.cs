@@ -78,6 +78,27 @@ public sealed class GateTests
     }
 
     [Fact]
+    public void A_confirms_result_from_another_cpu_than_its_baseline_is_exit_4_naming_both()
+    {
+        using var baseline = new BenchFile(Run(1), cpu: "AuthenticAMD family 25 model 17 (AMD EPYC)");
+        using var first = new BenchFile(Run(11), cpu: "GenuineIntel family 6 model 85 (Intel Xeon)");
+        using var again = new BenchFile(Run(21), cpu: "AuthenticAMD family 25 model 17 (AMD EPYC)");
+
+        var r = PagepoolProcess.Run("gate", "--baseline", baseline.Path, "--current", again.Path, "--confirms", first.Path);
+
+        Assert.Equal(4, r.ExitCode);
+        Assert.Contains("the --confirms result was measured on GenuineIntel family 6 model 85", r.Stderr);
+    }
+
+    [Fact]
+    public void A_confirms_baseline_file_that_is_missing_is_bad_input_exit_2()
+    {
+        using var f = new BenchFile(Run(1));
+        var r = PagepoolProcess.Run("gate", "--baseline", f.Path, "--current", f.Path, "--confirms", f.Path, "--confirms-baseline", f.Path + ".missing");
+        Assert.Equal(2, r.ExitCode);
+    }
+
+    [Fact]
     public void A_confirms_file_that_is_missing_is_bad_input_exit_2()
     {
         using var f = new BenchFile(Run(1));
