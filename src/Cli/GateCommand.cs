@@ -113,16 +113,17 @@ internal static class GateCommand
                 + "commit on this machine and gate against that (.ci/run does), or pass --any-machine to compare anyway.");
             if (!anyMachine) return ExitCodes.OtherMachine;
         }
-        if (first?.Machine is { } then && !then.ComparableWith((firstBefore ?? before).Machine))
+        var firstBaseline = firstBefore ?? before; // what the --confirms result was judged against
+        if (first?.Machine is { } then && !then.ComparableWith(firstBaseline.Machine))
         {
-            Console.Error.WriteLine($"pagepool: gate: the --confirms result was measured on {then}, its baseline on {(firstBefore ?? before).Machine}: "
+            Console.Error.WriteLine($"pagepool: gate: the --confirms result was measured on {then}, its baseline on {firstBaseline.Machine}: "
                 + "a first run must be judged against a baseline from its own CPU (give it with --confirms-baseline), or pass --any-machine.");
             if (!anyMachine) return ExitCodes.OtherMachine;
         }
         var rows = Compare(before, after, thresholdPercent / 100);
         Print(rows, before, after, thresholdPercent);
         if (first is null) return rows.Any(r => r.Verdict == GateVerdict.Regression) ? ExitCodes.Failed : ExitCodes.Ok;
-        var confirmed = Confirmed(Compare(firstBefore ?? before, first, thresholdPercent / 100), rows);
+        var confirmed = Confirmed(Compare(firstBaseline, first, thresholdPercent / 100), rows);
         var again = rows.Where(r => r.Verdict == GateVerdict.Regression).Select(r => r.Metric).Except(confirmed).ToList();
         Console.WriteLine(confirmed.Count > 0
             ? $"gate: confirmed (a regression in both runs): {string.Join(", ", confirmed)}."

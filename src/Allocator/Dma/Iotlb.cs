@@ -15,10 +15,10 @@ namespace PagePool.Dma;
 /// lock, so mappers on different CPUs do not serialise on the IOTLB: strict unmaps used to take one domain-wide lock
 /// each, and two CPUs unmapping through one domain ran at a third of one CPU's rate (measured side by side on an AMD
 /// EPYC host).</para>
-/// <para>An invalidation that finds no entry for its page (and no writer inside its slot) writes nothing. The walk that fills an entry happens
-/// before the fill, outside any lock, as on hardware: a fill racing with an unmap of the same page can leave a stale
-/// entry that a strict invalidation already passed, the window a driver that unmaps memory under in-flight DMA opens
-/// on real hardware too (the checker reports device accesses through it).</para>
+/// <para>An invalidation that finds no entry for its page (and no writer inside its slot) writes nothing. The walk
+/// that fills an entry happens before the fill, outside any lock, as on hardware: a fill racing with an unmap of the
+/// same page can leave a stale entry that a strict invalidation already passed, the window a driver that unmaps
+/// memory under in-flight DMA opens on real hardware too (the checker reports device accesses through it).</para>
 /// </remarks>
 internal sealed unsafe class Iotlb
 {

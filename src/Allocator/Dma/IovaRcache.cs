@@ -23,11 +23,11 @@ namespace PagePool.Dma;
 /// returns push one magazine and pop one on every flush, and with one depot for all CPUs each push and pop moved the
 /// depot's lock and lists between the CPUs (in one process on an AMD EPYC host, two threads mapping through one
 /// domain scaled 0.1 to 0.2 below two threads on two domains in most repetitions, and the same with the parked
-/// magazine; whole bench runs showed no change above the host's noise). A CPU popping the depot gets
-/// back a magazine it pushed itself when one is near the top (the IOVAs in it were last mapped by this CPU, so their
-/// page-table lines are in its cache, not the other CPU's). Emptied magazines are kept as spares for the next push
-/// instead of being freed and allocated again (no garbage on the depot path). A full flush of the caches empties the
-/// parked magazines too, so no range is held back from an allocation that would otherwise fail.
+/// magazine; whole bench runs showed no change above the host's noise). A CPU popping the depot gets back a magazine
+/// it pushed itself when one is near the top (the IOVAs in it were last mapped by this CPU, so their page-table lines
+/// are in its cache, not the other CPU's). Emptied magazines are kept as spares for the next push instead of being
+/// freed and allocated again (no garbage on the depot path). A full flush of the caches empties the parked magazines
+/// too, so no range is held back from an allocation that would otherwise fail.
 /// </remarks>
 internal sealed class IovaRcache
 {
