@@ -15,16 +15,27 @@ namespace PagePool.Dma;
 /// </remarks>
 public sealed class DmaChecker
 {
-    private readonly Lock _lock = new();
+    // Four kinds of state, each under its own locks, so devices on different CPUs do not serialise on one: the
+    // reports; per device, its mappings (a table of its own, as dma-debug's hash buckets each have a lock); the
+    // cache lines writable mappings hold, striped by page; and the bounced mappings written and not yet synced.
+    // Lock order: a device's table, then the dirty set.
+    private readonly Lock _reportLock = new();
     private readonly List<DmaCheckReport> _reports = new();
-    private readonly Dictionary<DmaDevice, Dictionary<ulong, Entry>> _entries = new();
-    private readonly Dictionary<ulong, int> _activeLines = new(); // physical cache line -> active writable mappings
+    private readonly LineStripe[] _lines = new LineStripe[LineStripes];
+    private readonly Lock _dirtyLock = new();
+    private readonly HashSet<Entry> _dirty = new(); // bounced mappings the device wrote since the CPU last synced
     private readonly PhysicalMemory _memory;
 
-    internal DmaChecker(PhysicalMemory memory) => _memory = memory;
-
-    private sealed class Entry
+    internal DmaChecker(PhysicalMemory memory)
     {
+        _memory = memory;
+        for (int i = 0; i < _lines.Length; i++) _lines[i] = new LineStripe();
+    }
+
+    internal sealed class Entry(DmaDevice device, ulong start)
+    {
+        internal readonly DmaDevice Device = device;
+        internal readonly ulong Start = start; // the DMA address the mapping was made at (the unmap's key)
         internal DmaMapKind Kind;
         internal PageHandle Block;
         internal int Offset, Size, Nents;
@@ -33,54 +44,189 @@ public sealed class DmaChecker
         internal bool Bounced, ErrorChecked, DeviceDirty;
         internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
 
-        // The end of the part of this mapping (starting at `start`) that holds `dma`: the mapping's end, or its
-        // segment's for a scatterlist whose entries do not follow each other; 0 when none holds it.
-        internal ulong EndHolding(ulong start, ulong dma)
+        // The end of the part of this mapping that holds `dma`: the mapping's end, or its segment's for a
+        // scatterlist whose entries do not follow each other; 0 when none holds it.
+        internal ulong EndHolding(ulong dma)
         {
-            if (Segments is null) return dma >= start && dma < start + (ulong)Size ? start + (ulong)Size : 0;
+            if (Segments is null) return dma >= Start && dma < Start + (ulong)Size ? Start + (ulong)Size : 0;
             foreach (var (a, n) in Segments)
                 if (dma >= a && dma < a + (ulong)n) return a + (ulong)n;
             return 0;
         }
 
-        // Does a device access of [dma, dma+length) touch this mapping, which starts at `start`?
-        internal bool Touches(ulong start, ulong dma, int length)
+        // Does a device access of [dma, dma+length) touch this mapping?
+        internal bool Touches(ulong dma, int length)
         {
-            if (Segments is null) return dma < start + (ulong)Size && dma + (ulong)length > start;
+            if (Segments is null) return dma < Start + (ulong)Size && dma + (ulong)length > Start;
             foreach (var (a, n) in Segments)
                 if (dma < a + (ulong)n && dma + (ulong)length > a) return true;
             return false;
         }
+
+        // The DMA ranges the mapping covers: the whole, or each segment.
+        internal int RangeCount => Segments?.Length ?? 1;
+        internal (ulong Dma, int Length) Range(int i) => Segments is null ? (Start, Size) : Segments[i];
     }
+
+    // One device's mappings: by start address (unmap, the mapping-error check), and by the 8 KiB DMA buckets they
+    // cover (dma-debug's HASH_FN_SHIFT), so a sync or a device access looks at the mappings near its address instead
+    // of all of them. A mapping spanning more than MaxIndexedBuckets buckets (a large coherent block or
+    // scatterlist: few) is kept in a short list every lookup reads instead of being put in each bucket.
+    internal sealed class DeviceTable
+    {
+        internal readonly Lock Lock = new();
+        private readonly Dictionary<ulong, Entry> Starts = new();
+        private readonly Dictionary<ulong, List<Entry>> Buckets = new();
+        private readonly List<Entry> Large = new();
+        private readonly Stack<List<Entry>> _spare = new(); // emptied bucket lists, reused: a map allocates its entry only
+
+        internal int Count => Starts.Count;
+
+        internal bool TryGet(ulong dma, out Entry e) => Starts.TryGetValue(dma, out e!);
+
+        internal bool TryRemove(ulong dma, out Entry e)
+        {
+            if (!Starts.Remove(dma, out e!)) return false;
+            Unindex(e);
+            return true;
+        }
+
+        // Every mapping, and the table emptied (the device is released).
+        internal Entry[] TakeAll()
+        {
+            var all = Starts.Values.ToArray();
+            Starts.Clear();
+            Buckets.Clear();
+            Large.Clear();
+            return all;
+        }
+
+        internal void Add(Entry e)
+        {
+            if (Starts.Remove(e.Start, out var old)) Unindex(old);
+            Starts[e.Start] = e;
+            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Add(e); return; }
+            for (int r = 0; r < e.RangeCount; r++)
+            {
+                var (dma, length) = e.Range(r);
+                for (ulong b = dma >> BucketShift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift; b++)
+                {
+                    if (!Buckets.TryGetValue(b, out var list)) Buckets[b] = list = _spare.Count > 0 ? _spare.Pop() : new List<Entry>(2);
+                    if (!list.Contains(e)) list.Add(e); // two segments may share a bucket
+                }
+            }
+        }
+
+        private void Unindex(Entry e)
+        {
+            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Remove(e); return; }
+            for (int r = 0; r < e.RangeCount; r++)
+            {
+                var (dma, length) = e.Range(r);
+                for (ulong b = dma >> BucketShift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift; b++)
+                    if (Buckets.TryGetValue(b, out var list) && list.Remove(e) && list.Count == 0)
+                    {
+                        Buckets.Remove(b);
+                        if (_spare.Count < MaxSpareLists) _spare.Push(list);
+                    }
+            }
+        }
+
+        // Every mapping that may hold a byte of [dma, dma + length): those in its buckets, and the large ones.
+        internal void Near(ulong dma, int length, List<Entry> into)
+        {
+            into.Clear();
+            into.AddRange(Large);
+            ulong first = dma >> BucketShift, end = dma + (ulong)Math.Max(length, 1) - 1;
+            ulong last = end < dma ? ulong.MaxValue >> BucketShift : end >> BucketShift; // a range that wraps: to the top
+            if (first == last) // a sync, or an access inside one bucket: its list has each mapping once
+            {
+                if (Buckets.TryGetValue(first, out var only)) into.AddRange(only);
+                return;
+            }
+            if (last - first >= (ulong)Buckets.Count)
+            {
+                // A long access over few mappings: read the buckets there are rather than every one it spans.
+                foreach (var (b, list) in Buckets)
+                    if (b >= first && b <= last) AddNew(list, into);
+                return;
+            }
+            for (ulong b = first; b <= last; b++)
+                if (Buckets.TryGetValue(b, out var list)) AddNew(list, into);
+        }
+
+        private static void AddNew(List<Entry> list, List<Entry> into)
+        {
+            foreach (var e in list)
+                if (!into.Contains(e)) into.Add(e); // a mapping in two of the buckets is one candidate
+        }
+
+        private static ulong BucketSpan(Entry e)
+        {
+            ulong total = 0;
+            for (int r = 0; r < e.RangeCount; r++)
+            {
+                var (dma, length) = e.Range(r);
+                total += ((dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift) - (dma >> BucketShift) + 1;
+            }
+            return total;
+        }
+    }
+
+    private const int BucketShift = 13, MaxIndexedBuckets = 64, MaxSpareLists = 64;
+
+    // Cache lines held by writable mappings, in stripes by page: the lines of one 4 KiB mapping are under one lock.
+    private sealed class LineStripe
+    {
+        internal readonly Lock Lock = new();
+        internal readonly Dictionary<ulong, int> Active = new(); // physical cache line -> active writable mappings
+    }
+
+    private const int LineStripes = 64;
+
+    private LineStripe StripeOf(ulong line) => _lines[(int)((line >> 6) * 0x9E3779B97F4A7C15UL >> 58)];
+
+    // A scratch list per thread for the candidates of a lookup (a sync or a device access allocates none).
+    [ThreadStatic] private static List<Entry>? t_near;
+
+    /// <summary>The mappings this thread's last sync or device access looked at (tests: the lookup stays local).</summary>
+    [ThreadStatic] internal static int LastCandidates;
 
     /// <summary>Every report so far, oldest first (a snapshot).</summary>
     public IReadOnlyList<DmaCheckReport> Reports
     {
-        get { lock (_lock) return _reports.ToArray(); }
+        get { lock (_reportLock) return _reports.ToArray(); }
     }
 
     /// <summary>How many reports were made (cheaper than <see cref="Reports"/>).</summary>
     public int ReportCount
     {
-        get { lock (_lock) return _reports.Count; }
+        get { lock (_reportLock) return _reports.Count; }
     }
 
     /// <summary>How many reports of one class were made.</summary>
     public int CountOf(DmaCheckClass c)
     {
-        lock (_lock) return _reports.Count(r => r.Class == c);
+        lock (_reportLock) return _reports.Count(r => r.Class == c);
     }
 
     /// <summary>Forget the reports made so far (tracked mappings stay).</summary>
     public void ClearReports()
     {
-        lock (_lock) _reports.Clear();
+        lock (_reportLock) _reports.Clear();
     }
 
     /// <summary>Mappings the checker tracks for a device now.</summary>
     public int ActiveMappings(DmaDevice device)
     {
-        lock (_lock) return _entries.TryGetValue(device, out var e) ? e.Count : 0;
+        var t = Of(device);
+        lock (t.Lock) return t.Count;
+    }
+
+    /// <summary>Bounced mappings the device wrote that the CPU has not synced since (tests).</summary>
+    internal int DirtyMappings
+    {
+        get { lock (_dirtyLock) return _dirty.Count; }
     }
 
     internal void Report(DmaCheckClass c, DmaDevice d, ulong address, long size, DmaDirection dir, string message)
@@ -89,15 +235,12 @@ public sealed class DmaChecker
     private void Report(DmaCheckClass c, string device, ulong address, long size, DmaDirection dir, string message)
     {
         var r = new DmaCheckReport(c, device, address, size, dir, message);
-        lock (_lock) _reports.Add(r);
+        lock (_reportLock) _reports.Add(r);
         if (Diagnostics.PagePoolEventSource.DmaOn) Diagnostics.PagePoolEventSource.Log.DmaCheckReported(device, (long)c, (long)address, size);
     }
 
-    private Dictionary<ulong, Entry> Of(DmaDevice d)
-    {
-        if (!_entries.TryGetValue(d, out var e)) _entries[d] = e = new Dictionary<ulong, Entry>();
-        return e;
-    }
+    // Each device carries its table from creation (DmaDevice.CheckerTable): no lookup of the device on any call.
+    private static DeviceTable Of(DmaDevice d) => d.CheckerTable!;
 
     // A mapping the device can write holds its cache lines; two such on one line race with the CPU (debug.c active_cacheline).
     private const int LineShift = 6;
@@ -106,36 +249,49 @@ public sealed class DmaChecker
     private static bool Tracked(DmaMapKind kind, DmaDirection dir) =>
         dir != DmaDirection.ToDevice && kind is DmaMapKind.Page or DmaMapKind.Single;
 
+    // Take (+1) or give back (-1) the lines of a tracked mapping; true when a line was already held by another.
+    private bool HoldLines(Entry e, int delta)
+    {
+        bool overlap = false;
+        ulong first = e.CpuPhys >> LineShift, last = (e.CpuPhys + (ulong)e.Size - 1) >> LineShift;
+        for (ulong line = first; line <= last;)
+        {
+            var stripe = StripeOf(line);
+            ulong pageEnd = Math.Min(last, line | 63); // the lines of this page share a stripe
+            lock (stripe.Lock)
+                for (; line <= pageEnd; line++)
+                {
+                    stripe.Active.TryGetValue(line, out int n);
+                    if (delta > 0 && n > 0) overlap = true;
+                    n += delta;
+                    if (n <= 0) stripe.Active.Remove(line);
+                    else stripe.Active[line] = n;
+                }
+        }
+        return overlap;
+    }
+
     internal void OnMap(DmaDevice d, DmaMapKind kind, ulong dma, PageHandle block, int offset, int size, DmaDirection dir, bool bounced, int nents,
                         (ulong Dma, int Length)[]? segments = null)
     {
-        ulong cpu = _memory.PhysicalAddress(block) + (ulong)offset;
-        bool overlap = false;
-        lock (_lock)
+        var e = new Entry(d, dma)
         {
-            Of(d)[dma] = new Entry
-            {
-                Kind = kind, Block = block, Offset = offset, Size = size, Nents = nents, CpuPhys = cpu,
-                Direction = dir, Bounced = bounced, ErrorChecked = kind is DmaMapKind.Coherent or DmaMapKind.Scatterlist, // dma-debug asks the check of map_page/map_single only
-                Segments = segments,
-            };
-            if (Tracked(kind, dir))
-                for (ulong line = cpu >> LineShift; line <= (cpu + (ulong)size - 1) >> LineShift; line++)
-                {
-                    _activeLines.TryGetValue(line, out int n);
-                    if (n > 0) overlap = true;
-                    _activeLines[line] = n + 1;
-                }
-        }
-        if (overlap)
+            Kind = kind, Block = block, Offset = offset, Size = size, Nents = nents, CpuPhys = _memory.PhysicalAddress(block) + (ulong)offset,
+            Direction = dir, Bounced = bounced, ErrorChecked = kind is DmaMapKind.Coherent or DmaMapKind.Scatterlist, // dma-debug asks the check of map_page/map_single only
+            Segments = segments,
+        };
+        var t = Of(d);
+        lock (t.Lock) t.Add(e);
+        if (Tracked(kind, dir) && HoldLines(e, +1))
             Report(DmaCheckClass.OverlappingCacheline, d, dma, size, dir,
-                $"the buffer at physical 0x{cpu:x} shares a cache line with another active mapping the device may write; overlapping mappings are not supported");
+                $"the buffer at physical 0x{e.CpuPhys:x} shares a cache line with another active mapping the device may write; overlapping mappings are not supported");
     }
 
     internal void OnMappingErrorChecked(DmaDevice d, ulong dma)
     {
-        lock (_lock)
-            if (Of(d).TryGetValue(dma, out var e)) e.ErrorChecked = true;
+        var t = Of(d);
+        lock (t.Lock)
+            if (t.TryGet(dma, out var e)) e.ErrorChecked = true;
     }
 
     /// <summary>dma-debug check_unmap: every mismatch between the unmap call and the mapping it names.</summary>
@@ -145,19 +301,17 @@ public sealed class DmaChecker
     /// </remarks>
     internal object? OnUnmap(DmaDevice d, DmaMapKind kind, ulong dma, long size, DmaDirection dir, int nents, PageHandle block)
     {
-        Entry? e;
-        lock (_lock)
-        {
-            if (!Of(d).Remove(dma, out e)) e = null;
-            else if (Tracked(e.Kind, e.Direction))
-                for (ulong line = e.CpuPhys >> LineShift; line <= (e.CpuPhys + (ulong)e.Size - 1) >> LineShift; line++)
-                    if (_activeLines.TryGetValue(line, out int n)) { if (n <= 1) _activeLines.Remove(line); else _activeLines[line] = n - 1; }
-        }
+        Entry? e = null;
+        var t = Of(d);
+        lock (t.Lock)
+            if (t.TryRemove(dma, out e) && e.DeviceDirty)
+                lock (_dirtyLock) _dirty.Remove(e);
         if (e is null)
         {
             Report(DmaCheckClass.NeverMapped, d, dma, size, dir, $"{Verb(kind)} of memory the device never mapped (or already unmapped)");
             return null;
         }
+        if (Tracked(e.Kind, e.Direction)) HoldLines(e, -1);
         if (e.Kind != kind)
             Report(DmaCheckClass.WrongFunction, d, dma, size, dir, $"mapped with {Verb(e.Kind, true)} but undone with {Verb(kind)}");
         if (kind != DmaMapKind.Scatterlist && e.Size != size)
@@ -177,40 +331,49 @@ public sealed class DmaChecker
     internal void Restore(DmaDevice d, ulong dma, object? entry)
     {
         if (entry is not Entry e) return;
-        lock (_lock)
+        var t = Of(d);
+        lock (t.Lock)
         {
-            Of(d)[dma] = e;
-            if (Tracked(e.Kind, e.Direction))
-                for (ulong line = e.CpuPhys >> LineShift; line <= (e.CpuPhys + (ulong)e.Size - 1) >> LineShift; line++)
-                    _activeLines[line] = _activeLines.GetValueOrDefault(line) + 1;
+            t.Add(e);
+            if (e.DeviceDirty)
+                lock (_dirtyLock) _dirty.Add(e);
         }
+        if (Tracked(e.Kind, e.Direction)) HoldLines(e, +1);
     }
 
     /// <summary>dma-debug check_sync, and the end of a device write the CPU has not seen yet.</summary>
     internal void OnSync(DmaDevice d, ulong dma, int size, DmaDirection dir, bool forCpu)
     {
         Entry? e = null;
-        ulong start = 0;
         bool outOfRange = false;
-        lock (_lock)
+        var t = Of(d);
+        var near = t_near ??= new List<Entry>();
+        lock (t.Lock)
         {
             // Of the mappings holding the start, the one that best matches the call, as dma-debug's
-            // __hash_bucket_find does: one covering the whole range, then one of the same direction. With overlapping
-            // mappings the first found may be another one, and a correct sync would be reported.
+            // __hash_bucket_find does: one covering the whole range, then one of the same direction. With
+            // overlapping mappings the first found may be another one, and a correct sync would be reported.
+            t.Near(dma, 1, near);
+            LastCandidates = near.Count;
             int best = -1;
-            foreach (var (a, x) in Of(d))
+            foreach (var x in near)
             {
-                ulong end = x.EndHolding(a, dma);
-                if (end == 0) continue;
-                bool covers = dma + (ulong)size <= end;
+                ulong holding = x.EndHolding(dma);
+                if (holding == 0) continue;
+                bool covers = dma + (ulong)size <= holding;
                 int score = (covers ? 2 : 0) + (x.Direction == dir ? 1 : 0);
                 if (score <= best) continue;
                 best = score;
-                e = x; start = a;
+                e = x;
                 outOfRange = !covers;
             }
-            if (e is not null && forCpu && !outOfRange) e.DeviceDirty = false;
+            if (e is { DeviceDirty: true } && forCpu && !outOfRange)
+            {
+                e.DeviceDirty = false;
+                lock (_dirtyLock) _dirty.Remove(e);
+            }
         }
+        near.Clear();
         string fn = forCpu ? "sync_for_cpu" : "sync_for_device";
         if (e is null)
         {
@@ -218,29 +381,39 @@ public sealed class DmaChecker
             return;
         }
         if (outOfRange)
-            Report(DmaCheckClass.SyncOutOfRange, d, dma, size, dir, $"{fn} runs past the mapping at 0x{start:x} of {e.Size} bytes");
+            Report(DmaCheckClass.SyncOutOfRange, d, dma, size, dir, $"{fn} runs past the mapping at 0x{e.Start:x} of {e.Size} bytes");
         if (e.Direction != DmaDirection.Bidirectional && e.Direction != dir)
             Report(DmaCheckClass.SyncWrongDirection, d, dma, size, dir, $"{fn} with {dir} of a mapping made {e.Direction}");
     }
 
     internal void OnDeviceWrite(DmaDevice d, ulong dma, int length)
     {
-        lock (_lock)
-            foreach (var (a, x) in Of(d))
-                if (x.Bounced && x.Touches(a, dma, length)) x.DeviceDirty = true;
+        var t = Of(d);
+        var near = t_near ??= new List<Entry>();
+        lock (t.Lock)
+        {
+            t.Near(dma, length, near);
+            LastCandidates = near.Count;
+            foreach (var x in near)
+                if (x.Bounced && !x.DeviceDirty && x.Touches(dma, length))
+                {
+                    x.DeviceDirty = true;
+                    lock (_dirtyLock) _dirty.Add(x);
+                }
+        }
+        near.Clear();
     }
 
     internal void OnCpuRead(PageHandle block, int offset, int length)
     {
-        List<(DmaDevice, ulong, Entry)>? stale = null;
-        lock (_lock)
-            foreach (var (d, map) in _entries)
-                foreach (var (a, x) in map)
-                    if (x.DeviceDirty && x.Block == block && offset < x.Offset + x.Size && offset + length > x.Offset)
-                        (stale ??= new()).Add((d, a, x));
+        List<Entry>? stale = null;
+        lock (_dirtyLock)
+            foreach (var x in _dirty) // only mappings the device wrote and the CPU has not synced: few
+                if (x.Block == block && offset < x.Offset + x.Size && offset + length > x.Offset)
+                    (stale ??= new()).Add(x);
         if (stale is null) return;
-        foreach (var (d, a, x) in stale)
-            Report(DmaCheckClass.MissingSyncForCpu, d, a, x.Size, x.Direction,
+        foreach (var x in stale)
+            Report(DmaCheckClass.MissingSyncForCpu, x.Device, x.Start, x.Size, x.Direction,
                 "the CPU read a bounced buffer after the device wrote it, without sync_for_cpu: it sees the old data; " +
                 "call SyncForCpu (or unmap) before reading, or use coherent memory");
     }
@@ -259,18 +432,20 @@ public sealed class DmaChecker
 
     internal void OnRelease(DmaDevice d)
     {
-        List<(ulong, Entry)> pending;
-        lock (_lock)
+        var t = Of(d);
+        Entry[] pending;
+        lock (t.Lock)
         {
-            if (!_entries.Remove(d, out var map)) return;
-            pending = map.Select(kv => (kv.Key, kv.Value)).ToList();
-            foreach (var (_, e) in pending)
-                if (Tracked(e.Kind, e.Direction))
-                    for (ulong line = e.CpuPhys >> LineShift; line <= (e.CpuPhys + (ulong)e.Size - 1) >> LineShift; line++)
-                        if (_activeLines.TryGetValue(line, out int n)) { if (n <= 1) _activeLines.Remove(line); else _activeLines[line] = n - 1; }
+            pending = t.TakeAll();
+            lock (_dirtyLock)
+                foreach (var e in pending)
+                    if (e.DeviceDirty) _dirty.Remove(e);
         }
-        foreach (var (a, e) in pending)
-            Report(DmaCheckClass.PendingAtRelease, d, a, e.Size, e.Direction, $"still mapped ({Verb(e.Kind, true)}) when the device was released");
+        foreach (var e in pending)
+        {
+            if (Tracked(e.Kind, e.Direction)) HoldLines(e, -1);
+            Report(DmaCheckClass.PendingAtRelease, d, e.Start, e.Size, e.Direction, $"still mapped ({Verb(e.Kind, true)}) when the device was released");
+        }
     }
 
     private static string Verb(DmaMapKind k, bool map = false) => (k, map) switch

@@ -26,6 +26,7 @@ public sealed unsafe class DmaDevice : IDisposable
     private int _disposed;
     internal long CacheMaintenanceCount;
     internal long FaultCount, StaleAccessCount;
+    internal readonly DmaChecker.DeviceTable? CheckerTable; // the checker's record of this device's mappings
 
     internal DmaDevice(DmaPlatform platform, DmaDeviceOptions options, int id)
     {
@@ -41,6 +42,7 @@ public sealed unsafe class DmaDevice : IDisposable
         OpsKind = options.OpsKind;
         _memory = platform.Memory;
         _checker = platform.Checker;
+        if (_checker is not null) CheckerTable = new DmaChecker.DeviceTable();
         int cpus = Environment.ProcessorCount;
         _ops = OpsKind switch
         {

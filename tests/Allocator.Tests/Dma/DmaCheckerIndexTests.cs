@@ -1,0 +1,230 @@
+using PagePool.Dma;
+using PagePool.Memory;
+using Xunit;
+
+namespace PagePool.Allocator.Tests.Dma;
+
+/// <summary>
+/// The checker's index: each device's mappings by start address and by the 8 KiB DMA buckets they cover (large ones
+/// on a short list), and the set of bounced mappings the device wrote and the CPU has not synced. A lookup looks at
+/// the mappings near its address, whatever the number active; these tests hold it to the same answers at every edge
+/// of that index.
+/// </summary>
+public sealed class DmaCheckerIndexTests : IDisposable
+{
+    private readonly DmaTestMachine _m = new();
+
+    public void Dispose() => _m.Dispose();
+
+    [Fact]
+    public void With_ten_thousand_mappings_active_a_sync_and_a_device_write_look_only_at_the_mappings_near_their_address()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Iommu);
+        var page = _m.Memory.AllocateBlock(Zone.Normal, 0);
+        var held = new ulong[10_000];
+        for (int i = 0; i < held.Length; i++)
+        {
+            held[i] = dev.MapPage(page, 0, 4096, DmaDirection.ToDevice);
+            dev.MappingError(held[i]);
+        }
+        ulong mid = held[5_000];
+        dev.SyncForCpu(mid + 100, 64, DmaDirection.ToDevice);
+        Assert.InRange(DmaChecker.LastCandidates, 1, 2); // its own 8 KiB bucket: itself and the neighbouring IOVA
+        var other = _m.Memory.AllocateBlock(Zone.Normal, 0);
+        ulong written = dev.MapPage(other, 0, 4096, DmaDirection.Bidirectional);
+        dev.MappingError(written);
+        dev.Engine.Write(written, new byte[4096]);
+        Assert.InRange(DmaChecker.LastCandidates, 1, 2);
+        dev.UnmapPage(written, 4096, DmaDirection.Bidirectional);
+        foreach (var d in held) dev.UnmapPage(d, 4096, DmaDirection.ToDevice);
+        Assert.Empty(_m.Checker.Reports);
+        Assert.Equal(0, _m.Checker.ActiveMappings(dev));
+        Assert.Throws<DmaMappingException>(() => dev.SyncForCpu(mid, 64, DmaDirection.ToDevice)); // gone from its bucket too
+        Assert.Equal(DmaCheckClass.SyncUnmapped, Assert.Single(_m.Checker.Reports).Class);
+    }
+
+    [Fact]
+    public void A_mapping_larger_than_the_buckets_hold_is_found_from_anywhere_inside_it_and_not_past_its_end()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct);
+        var checker = _m.Checker;
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 8);
+        const ulong start = 0x10_0000;
+        const int size = 1 << 20; // 128 buckets of 8 KiB: on the large list
+        checker.OnMap(dev, DmaMapKind.Page, start, block, 0, size, DmaDirection.ToDevice, bounced: false, nents: 1);
+        checker.OnMappingErrorChecked(dev, start);
+        checker.OnSync(dev, start + (900 << 10), 4096, DmaDirection.ToDevice, forCpu: true);
+        checker.OnSync(dev, start, size, DmaDirection.ToDevice, forCpu: false);
+        Assert.Empty(checker.Reports);
+        checker.OnSync(dev, start + size - 100, 200, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(DmaCheckClass.SyncOutOfRange, Assert.Single(checker.Reports).Class);
+        checker.ClearReports();
+        checker.OnSync(dev, start + size, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(DmaCheckClass.SyncUnmapped, Assert.Single(checker.Reports).Class);
+        checker.ClearReports();
+        Assert.NotNull(checker.OnUnmap(dev, DmaMapKind.Page, start, size, DmaDirection.ToDevice, 1, default));
+        checker.OnSync(dev, start + (900 << 10), 4096, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(DmaCheckClass.SyncUnmapped, Assert.Single(checker.Reports).Class);
+    }
+
+    [Fact]
+    public void A_mapping_that_straddles_two_buckets_is_found_from_both_and_ends_where_it_ends()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct);
+        var checker = _m.Checker;
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
+        const ulong start = 0x3800; // 2 KiB before the bucket at 0x4000
+        checker.OnMap(dev, DmaMapKind.Single, start, block, 0, 4096, DmaDirection.ToDevice, bounced: false, nents: 1);
+        checker.OnMappingErrorChecked(dev, start);
+        checker.OnSync(dev, start, 64, DmaDirection.ToDevice, forCpu: true);
+        checker.OnSync(dev, 0x4700, 256, DmaDirection.ToDevice, forCpu: true);
+        Assert.Empty(checker.Reports);
+        checker.OnSync(dev, 0x4800, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(DmaCheckClass.SyncUnmapped, Assert.Single(checker.Reports).Class);
+        checker.ClearReports();
+        checker.OnUnmap(dev, DmaMapKind.Single, start, 4096, DmaDirection.ToDevice, 1, default);
+        Assert.Empty(checker.Reports);
+    }
+
+    // Three bounced mappings far apart; device writes reach them through each way the index is read: a write
+    // spanning more buckets than the device has (the buckets there are), one spanning two, one inside one.
+    [Fact]
+    public void A_device_write_marks_each_bounced_mapping_it_touches_and_no_other()
+    {
+        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var checker = _m.Checker;
+        var blocks = new[] { _m.Memory.AllocateBlock(Zone.Dma32, 0), _m.Memory.AllocateBlock(Zone.Dma32, 0), _m.Memory.AllocateBlock(Zone.Dma32, 0) };
+        ulong[] at = [0x1_0000, 0x3_0000, 0x9_0000];
+        for (int i = 0; i < 3; i++)
+        {
+            checker.OnMap(sw, DmaMapKind.Page, at[i], blocks[i], 0, 4096, DmaDirection.FromDevice, bounced: true, nents: 1);
+            checker.OnMappingErrorChecked(sw, at[i]);
+        }
+        bool[] Stale()
+        {
+            checker.ClearReports();
+            var stale = new bool[3];
+            for (int i = 0; i < 3; i++)
+            {
+                _m.Platform.CpuRead(blocks[i], 0, new byte[8]);
+                stale[i] = checker.ReportCount > 0;
+                checker.ClearReports();
+            }
+            return stale;
+        }
+        void SyncAll()
+        {
+            for (int i = 0; i < 3; i++) checker.OnSync(sw, at[i], 4096, DmaDirection.FromDevice, forCpu: true);
+        }
+
+        checker.OnDeviceWrite(sw, at[0] + 4000, (int)(at[1] - at[0])); // 16+ buckets: the first two mappings
+        Assert.Equal([true, true, false], Stale());
+        SyncAll();
+        checker.OnDeviceWrite(sw, at[2] - 0x1000, 0x1001); // two buckets, ending on the third's first byte
+        Assert.Equal([false, false, true], Stale());
+        SyncAll();
+        checker.OnDeviceWrite(sw, at[1] + 4096, 64); // just past the second: nothing
+        checker.OnDeviceWrite(sw, at[1] - 64, 64);   // just before it: nothing
+        Assert.Equal([false, false, false], Stale());
+        Assert.Equal(0, checker.DirtyMappings);
+        for (int i = 0; i < 3; i++) checker.OnUnmap(sw, DmaMapKind.Page, at[i], 4096, DmaDirection.FromDevice, 1, default);
+        Assert.Empty(checker.Reports);
+    }
+
+    [Fact]
+    public void An_unmap_the_ops_refuse_keeps_the_mapping_and_its_unsynced_device_write()
+    {
+        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong d = sw.MapPage(block, 0, 512, DmaDirection.FromDevice);
+        sw.MappingError(d);
+        sw.Engine.Write(d, new byte[512]);
+        Assert.Throws<DmaMappingException>(() => sw.UnmapPage(d, 1024, DmaDirection.FromDevice));
+        Assert.Equal(DmaCheckClass.WrongSize, Assert.Single(_m.Checker.Reports).Class);
+        _m.Checker.ClearReports();
+        Assert.Equal(1, _m.Checker.ActiveMappings(sw));
+        _m.Platform.CpuRead(block, 0, new byte[8]);
+        Assert.Equal(DmaCheckClass.MissingSyncForCpu, Assert.Single(_m.Checker.Reports).Class);
+        _m.Checker.ClearReports();
+        sw.SyncForCpu(d, 512, DmaDirection.FromDevice);
+        _m.Platform.CpuRead(block, 0, new byte[8]);
+        sw.UnmapPage(d, 512, DmaDirection.FromDevice);
+        Assert.Empty(_m.Checker.Reports);
+        Assert.Equal(0, _m.Checker.DirtyMappings);
+    }
+
+    [Fact]
+    public void Releasing_a_device_reports_its_written_mapping_once_and_forgets_it()
+    {
+        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        ulong d = sw.MapPage(block, 0, 256, DmaDirection.FromDevice);
+        sw.MappingError(d);
+        sw.Engine.Write(d, new byte[256]);
+        Assert.Equal(1, _m.Checker.DirtyMappings);
+        sw.Dispose();
+        Assert.Equal(DmaCheckClass.PendingAtRelease, Assert.Single(_m.Checker.Reports).Class);
+        Assert.Equal(0, _m.Checker.DirtyMappings);
+        _m.Platform.CpuRead(block, 0, new byte[8]);
+        Assert.Single(_m.Checker.Reports);
+    }
+
+    // The lines a writable mapping holds are kept in stripes by page: a mapping over two pages holds lines in two.
+    [Fact]
+    public void A_writable_mapping_over_two_pages_holds_the_lines_of_both_and_gives_both_back()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
+        ulong both = dev.MapPage(block, 2048, 4096, DmaDirection.FromDevice);
+        dev.MappingError(both);
+        ulong second = dev.MapPage(block, 6080, 64, DmaDirection.FromDevice); // the last line of the first mapping
+        dev.MappingError(second);
+        Assert.Equal(DmaCheckClass.OverlappingCacheline, Assert.Single(_m.Checker.Reports).Class);
+        _m.Checker.ClearReports();
+        dev.UnmapPage(second, 64, DmaDirection.FromDevice);
+        dev.UnmapPage(both, 4096, DmaDirection.FromDevice);
+        second = dev.MapPage(block, 6080, 64, DmaDirection.FromDevice); // free again
+        dev.MappingError(second);
+        dev.UnmapPage(second, 64, DmaDirection.FromDevice);
+        Assert.Empty(_m.Checker.Reports);
+    }
+
+    // More threads than cores, two devices of two kinds, every call the checker sees: at the end nothing is
+    // tracked, nothing is marked written, and every cache line a writable mapping held is free again.
+    [Fact]
+    public void Eight_threads_on_two_devices_leave_the_checker_empty_and_every_cache_line_free()
+    {
+        var devices = new[] { _m.Device("iommu", DmaOpsKind.Iommu), _m.Device("sw", DmaOpsKind.Swiotlb) };
+        var pages = Enumerable.Range(0, 8).Select(_ => _m.Memory.AllocateBlock(Zone.Dma32, 0)).ToArray();
+        using var start = new Barrier(8);
+        var threads = Enumerable.Range(0, 8).Select(t => new Thread(() =>
+        {
+            var dev = devices[t & 1];
+            var data = DmaTestMachine.Pattern(1024, t);
+            var back = new byte[1024];
+            start.SignalAndWait();
+            for (int i = 0; i < 1500; i++)
+            {
+                int offset = (i & 3) * 1024;
+                ulong d = dev.MapPage(pages[t], offset, 1024, DmaDirection.Bidirectional);
+                dev.MappingError(d);
+                dev.Engine.Write(d, data);
+                dev.SyncForCpu(d, 1024, DmaDirection.Bidirectional);
+                _m.Platform.CpuRead(pages[t], offset, back);
+                dev.UnmapPage(d, 1024, DmaDirection.Bidirectional);
+            }
+        })).ToArray();
+        foreach (var th in threads) th.Start();
+        foreach (var th in threads) th.Join();
+        Assert.Empty(_m.Checker.Reports);
+        Assert.All(devices, d => Assert.Equal(0, _m.Checker.ActiveMappings(d)));
+        Assert.Equal(0, _m.Checker.DirtyMappings);
+        foreach (var p in pages) // each page's lines held once more: no overlap is left from the run
+        {
+            ulong d = devices[0].MapPage(p, 0, 4096, DmaDirection.FromDevice);
+            devices[0].MappingError(d);
+            devices[0].UnmapPage(d, 4096, DmaDirection.FromDevice);
+        }
+        Assert.Empty(_m.Checker.Reports);
+    }
+}
