@@ -216,9 +216,13 @@ public sealed class DmaChecker
         lock (_reportLock) _reports.Clear();
     }
 
-    /// <summary>Mappings the checker tracks for a device now.</summary>
+    /// <summary>Mappings the checker tracks for a device of its platform now.</summary>
+    /// <exception cref="ArgumentException">The device is on another platform (or one without a checker).</exception>
     public int ActiveMappings(DmaDevice device)
     {
+        ArgumentNullException.ThrowIfNull(device);
+        if (device.Platform.Checker != this)
+            throw new ArgumentException($"Device '{device.Name}' is on another DMA platform, or one without a checker: this checker tracks none of its mappings.", nameof(device));
         var t = Of(device);
         lock (t.Lock) return t.Count;
     }

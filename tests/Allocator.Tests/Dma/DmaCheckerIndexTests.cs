@@ -169,6 +169,18 @@ public sealed class DmaCheckerIndexTests : IDisposable
         Assert.Single(_m.Checker.Reports);
     }
 
+    [Fact]
+    public void Active_mappings_of_no_device_or_of_another_platforms_device_is_a_typed_error()
+    {
+        using var other = new DmaTestMachine();
+        var foreign = other.Device("elsewhere", DmaOpsKind.Iommu);
+        Assert.Throws<ArgumentNullException>(() => _m.Checker.ActiveMappings(null!));
+        var e = Assert.Throws<ArgumentException>(() => _m.Checker.ActiveMappings(foreign));
+        Assert.Contains("elsewhere", e.Message);
+        using var unchecked_ = new DmaTestMachine(checker: false);
+        Assert.Throws<ArgumentException>(() => _m.Checker.ActiveMappings(unchecked_.Device("plain", DmaOpsKind.Direct)));
+    }
+
     // The lines a writable mapping holds are kept in stripes by page: a mapping over two pages holds lines in two.
     [Fact]
     public void A_writable_mapping_over_two_pages_holds_the_lines_of_both_and_gives_both_back()
