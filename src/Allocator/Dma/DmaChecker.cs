@@ -42,6 +42,7 @@ public sealed class DmaChecker
         internal ulong CpuPhys;
         internal DmaDirection Direction;
         internal bool Bounced, ErrorChecked, DeviceDirty;
+        internal int Seen; // the table's lookup stamp when a lookup last took it as a candidate (under the table's lock)
         internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
 
         // The end of the part of this mapping that holds `dma`: the mapping's end, or its segment's for a
@@ -101,11 +102,14 @@ public sealed class DmaChecker
             return all;
         }
 
-        internal void Add(Entry e)
+        // Index a mapping; returns the one it replaces at the same start (the caller gives back its lines and its
+        // written mark), or null.
+        internal Entry? Add(Entry e)
         {
-            if (Starts.Remove(e.Start, out var old)) Unindex(old);
+            Entry? replaced = Starts.Remove(e.Start, out var old) ? old : null;
+            if (replaced is not null) Unindex(replaced);
             Starts[e.Start] = e;
-            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Add(e); return; }
+            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Add(e); return replaced; }
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
@@ -115,6 +119,7 @@ public sealed class DmaChecker
                     if (!list.Contains(e)) list.Add(e); // two segments may share a bucket
                 }
             }
+            return replaced;
         }
 
         private void Unindex(Entry e)
@@ -132,33 +137,36 @@ public sealed class DmaChecker
             }
         }
 
-        // Every mapping that may hold a byte of [dma, dma + length): those in its buckets, and the large ones.
+        // Every mapping that may hold a byte of [dma, dma + length): those in its buckets, and the large ones, each
+        // once (a mapping in several of the buckets is stamped when first taken: no search of the list).
         internal void Near(ulong dma, int length, List<Entry> into)
         {
             into.Clear();
-            into.AddRange(Large);
+            int stamp = ++_stamp;
+            AddNew(Large, into, stamp);
             ulong first = dma >> BucketShift, end = dma + (ulong)Math.Max(length, 1) - 1;
             ulong last = end < dma ? ulong.MaxValue >> BucketShift : end >> BucketShift; // a range that wraps: to the top
-            if (first == last) // a sync, or an access inside one bucket: its list has each mapping once
-            {
-                if (Buckets.TryGetValue(first, out var only)) into.AddRange(only);
-                return;
-            }
             if (last - first >= (ulong)Buckets.Count)
             {
                 // A long access over few mappings: read the buckets there are rather than every one it spans.
                 foreach (var (b, list) in Buckets)
-                    if (b >= first && b <= last) AddNew(list, into);
+                    if (b >= first && b <= last) AddNew(list, into, stamp);
                 return;
             }
             for (ulong b = first; b <= last; b++)
-                if (Buckets.TryGetValue(b, out var list)) AddNew(list, into);
+                if (Buckets.TryGetValue(b, out var list)) AddNew(list, into, stamp);
         }
 
-        private static void AddNew(List<Entry> list, List<Entry> into)
+        private int _stamp;
+
+        private static void AddNew(List<Entry> list, List<Entry> into, int stamp)
         {
             foreach (var e in list)
-                if (!into.Contains(e)) into.Add(e); // a mapping in two of the buckets is one candidate
+                if (e.Seen != stamp)
+                {
+                    e.Seen = stamp;
+                    into.Add(e);
+                }
         }
 
         private static ulong BucketSpan(Entry e)
@@ -285,8 +293,13 @@ public sealed class DmaChecker
             Segments = segments,
         };
         var t = Of(d);
-        lock (t.Lock) t.Add(e);
-        if (Tracked(kind, dir) && HoldLines(e, +1))
+        bool overlap;
+        lock (t.Lock)
+        {
+            Forget(t.Add(e));
+            overlap = Tracked(kind, dir) && HoldLines(e, +1); // under the table's lock: an unmap of it gives back what it took
+        }
+        if (overlap)
             Report(DmaCheckClass.OverlappingCacheline, d, dma, size, dir,
                 $"the buffer at physical 0x{e.CpuPhys:x} shares a cache line with another active mapping the device may write; overlapping mappings are not supported");
     }
@@ -308,14 +321,17 @@ public sealed class DmaChecker
         Entry? e = null;
         var t = Of(d);
         lock (t.Lock)
-            if (t.TryRemove(dma, out e) && e.DeviceDirty)
-                lock (_dirtyLock) _dirty.Remove(e);
+            if (t.TryRemove(dma, out e))
+            {
+                if (e.DeviceDirty)
+                    lock (_dirtyLock) _dirty.Remove(e); // the flag stays: a refused unmap restores the mark with it
+                if (Tracked(e.Kind, e.Direction)) HoldLines(e, -1);
+            }
         if (e is null)
         {
             Report(DmaCheckClass.NeverMapped, d, dma, size, dir, $"{Verb(kind)} of memory the device never mapped (or already unmapped)");
             return null;
         }
-        if (Tracked(e.Kind, e.Direction)) HoldLines(e, -1);
         if (e.Kind != kind)
             Report(DmaCheckClass.WrongFunction, d, dma, size, dir, $"mapped with {Verb(e.Kind, true)} but undone with {Verb(kind)}");
         if (kind != DmaMapKind.Scatterlist && e.Size != size)
@@ -338,11 +354,23 @@ public sealed class DmaChecker
         var t = Of(d);
         lock (t.Lock)
         {
-            t.Add(e);
+            Forget(t.Add(e));
             if (e.DeviceDirty)
                 lock (_dirtyLock) _dirty.Add(e);
+            if (Tracked(e.Kind, e.Direction)) HoldLines(e, +1);
         }
-        if (Tracked(e.Kind, e.Direction)) HoldLines(e, +1);
+    }
+
+    // Under the table's lock: a mapping no longer in it gives back its cache lines and its written mark.
+    private void Forget(Entry? gone)
+    {
+        if (gone is null) return;
+        if (gone.DeviceDirty)
+        {
+            gone.DeviceDirty = false;
+            lock (_dirtyLock) _dirty.Remove(gone);
+        }
+        if (Tracked(gone.Kind, gone.Direction)) HoldLines(gone, -1);
     }
 
     /// <summary>dma-debug check_sync, and the end of a device write the CPU has not seen yet.</summary>
@@ -355,7 +383,7 @@ public sealed class DmaChecker
         lock (t.Lock)
         {
             // Of the mappings holding the start, the one that best matches the call, as dma-debug's
-            // __hash_bucket_find does: one covering the whole range, then one of the same direction. With
+            // __hash_bucket_find does: one covering the whole range, then one whose direction allows the call. With
             // overlapping mappings the first found may be another one, and a correct sync would be reported.
             t.Near(dma, 1, near);
             LastCandidates = near.Count;
@@ -365,7 +393,7 @@ public sealed class DmaChecker
                 ulong holding = x.EndHolding(dma);
                 if (holding == 0) continue;
                 bool covers = dma + (ulong)size <= holding;
-                int score = (covers ? 2 : 0) + (x.Direction == dir ? 1 : 0);
+                int score = (covers ? 2 : 0) + (x.Direction == dir || x.Direction == DmaDirection.Bidirectional ? 1 : 0);
                 if (score <= best) continue;
                 best = score;
                 e = x;
@@ -441,13 +469,10 @@ public sealed class DmaChecker
         lock (t.Lock)
         {
             pending = t.TakeAll();
-            lock (_dirtyLock)
-                foreach (var e in pending)
-                    if (e.DeviceDirty) _dirty.Remove(e);
+            foreach (var e in pending) Forget(e);
         }
         foreach (var e in pending)
         {
-            if (Tracked(e.Kind, e.Direction)) HoldLines(e, -1);
             Report(DmaCheckClass.PendingAtRelease, d, e.Start, e.Size, e.Direction, $"still mapped ({Verb(e.Kind, true)}) when the device was released");
         }
     }
