@@ -131,14 +131,21 @@ public sealed class DmaCheckerIndexTests : IDisposable
         Assert.Empty(checker.Reports);
     }
 
-    [Fact]
-    public void An_unmap_the_ops_refuse_keeps_the_mapping_and_its_unsynced_device_write()
+    // A bouncing device's FromDevice mapping of a fresh page, written by the device and not synced.
+    private (DmaDevice Sw, PageHandle Block, ulong Dma) WrittenBounce(int size)
     {
         var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
         var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
-        ulong d = sw.MapPage(block, 0, 512, DmaDirection.FromDevice);
+        ulong d = sw.MapPage(block, 0, size, DmaDirection.FromDevice);
         sw.MappingError(d);
-        sw.Engine.Write(d, new byte[512]);
+        sw.Engine.Write(d, new byte[size]);
+        return (sw, block, d);
+    }
+
+    [Fact]
+    public void An_unmap_the_ops_refuse_keeps_the_mapping_and_its_unsynced_device_write()
+    {
+        var (sw, block, d) = WrittenBounce(512);
         Assert.Throws<DmaMappingException>(() => sw.UnmapPage(d, 1024, DmaDirection.FromDevice));
         Assert.Equal(DmaCheckClass.WrongSize, Assert.Single(_m.Checker.Reports).Class);
         _m.Checker.ClearReports();
@@ -156,11 +163,7 @@ public sealed class DmaCheckerIndexTests : IDisposable
     [Fact]
     public void Releasing_a_device_reports_its_written_mapping_once_and_forgets_it()
     {
-        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
-        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
-        ulong d = sw.MapPage(block, 0, 256, DmaDirection.FromDevice);
-        sw.MappingError(d);
-        sw.Engine.Write(d, new byte[256]);
+        var (sw, block, _) = WrittenBounce(256);
         Assert.Equal(1, _m.Checker.DirtyMappings);
         sw.Dispose();
         Assert.Equal(DmaCheckClass.PendingAtRelease, Assert.Single(_m.Checker.Reports).Class);
