@@ -16,23 +16,26 @@ public sealed class DmaCheckerIndexTests : IDisposable
 
     public void Dispose() => _m.Dispose();
 
+    // A map whose address the driver checks, as the checker requires.
+    private static ulong Mapped(DmaDevice dev, PageHandle block, int offset, int size, DmaDirection dir)
+    {
+        ulong d = dev.MapPage(block, offset, size, dir);
+        dev.MappingError(d);
+        return d;
+    }
+
     [Fact]
     public void With_ten_thousand_mappings_active_a_sync_and_a_device_write_look_only_at_the_mappings_near_their_address()
     {
         var dev = _m.Device("gpu", DmaOpsKind.Iommu);
         var page = _m.Memory.AllocateBlock(Zone.Normal, 0);
         var held = new ulong[10_000];
-        for (int i = 0; i < held.Length; i++)
-        {
-            held[i] = dev.MapPage(page, 0, 4096, DmaDirection.ToDevice);
-            dev.MappingError(held[i]);
-        }
+        for (int i = 0; i < held.Length; i++) held[i] = Mapped(dev, page, 0, 4096, DmaDirection.ToDevice);
         ulong mid = held[5_000];
         dev.SyncForCpu(mid + 100, 64, DmaDirection.ToDevice);
         Assert.InRange(DmaChecker.LastCandidates, 1, 2); // its own 8 KiB bucket: itself and the neighbouring IOVA
         var other = _m.Memory.AllocateBlock(Zone.Normal, 0);
-        ulong written = dev.MapPage(other, 0, 4096, DmaDirection.Bidirectional);
-        dev.MappingError(written);
+        ulong written = Mapped(dev, other, 0, 4096, DmaDirection.Bidirectional);
         dev.Engine.Write(written, new byte[4096]);
         Assert.InRange(DmaChecker.LastCandidates, 1, 2);
         dev.UnmapPage(written, 4096, DmaDirection.Bidirectional);
@@ -136,8 +139,7 @@ public sealed class DmaCheckerIndexTests : IDisposable
     {
         var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
         var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
-        ulong d = sw.MapPage(block, 0, size, DmaDirection.FromDevice);
-        sw.MappingError(d);
+        ulong d = Mapped(sw, block, 0, size, DmaDirection.FromDevice);
         sw.Engine.Write(d, new byte[size]);
         return (sw, block, d);
     }
@@ -257,10 +259,8 @@ public sealed class DmaCheckerIndexTests : IDisposable
     {
         var dev = _m.Device("gpu", DmaOpsKind.Direct);
         var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
-        ulong whole = dev.MapPage(block, 0, 4096, DmaDirection.ToDevice);
-        dev.MappingError(whole);
-        ulong inner = dev.MapPage(block, 64, 64, DmaDirection.Bidirectional);
-        dev.MappingError(inner);
+        ulong whole = Mapped(dev, block, 0, 4096, DmaDirection.ToDevice);
+        ulong inner = Mapped(dev, block, 64, 64, DmaDirection.Bidirectional);
         dev.SyncForDevice(inner, 64, DmaDirection.FromDevice);
         dev.SyncForCpu(inner + 8, 32, DmaDirection.FromDevice); // neither starts there: the direction decides
         Assert.Empty(_m.Checker.Reports);
@@ -275,18 +275,15 @@ public sealed class DmaCheckerIndexTests : IDisposable
     {
         var dev = _m.Device("gpu", DmaOpsKind.Direct);
         var block = _m.Memory.AllocateBlock(Zone.Dma32, 1);
-        ulong both = dev.MapPage(block, 2048, 4096, DmaDirection.FromDevice);
-        dev.MappingError(both);
-        ulong second = dev.MapPage(block, 6080, 64, DmaDirection.FromDevice); // the last line of the first mapping
-        dev.MappingError(second);
+        ulong both = Mapped(dev, block, 2048, 4096, DmaDirection.FromDevice);
+        ulong second = Mapped(dev, block, 6080, 64, DmaDirection.FromDevice); // the last line of the first mapping
         Assert.Equal(DmaCheckClass.OverlappingCacheline, Assert.Single(_m.Checker.Reports).Class);
         _m.Checker.ClearReports();
         dev.UnmapPage(second, 64, DmaDirection.FromDevice);
         dev.UnmapPage(both, 4096, DmaDirection.FromDevice);
         foreach (int offset in new[] { 2048, 6080 }) // a line of each page: free again
         {
-            second = dev.MapPage(block, offset, 64, DmaDirection.FromDevice);
-            dev.MappingError(second);
+            second = Mapped(dev, block, offset, 64, DmaDirection.FromDevice);
             dev.UnmapPage(second, 64, DmaDirection.FromDevice);
         }
         Assert.Empty(_m.Checker.Reports);
@@ -310,8 +307,7 @@ public sealed class DmaCheckerIndexTests : IDisposable
             for (int i = 0; i < 1500; i++)
             {
                 int offset = (i & 3) * 1024;
-                ulong d = dev.MapPage(pages[t], offset, 1024, DmaDirection.Bidirectional);
-                dev.MappingError(d);
+                ulong d = Mapped(dev, pages[t], offset, 1024, DmaDirection.Bidirectional);
                 dev.Engine.Write(d, data);
                 if ((i & 7) == 0) // written and unmapped without a sync: the unmap takes the mark away
                 {
@@ -330,8 +326,7 @@ public sealed class DmaCheckerIndexTests : IDisposable
         Assert.Equal(0, _m.Checker.DirtyMappings);
         foreach (var p in pages) // each page's lines held once more: no overlap is left from the run
         {
-            ulong d = devices[0].MapPage(p, 0, 4096, DmaDirection.FromDevice);
-            devices[0].MappingError(d);
+            ulong d = Mapped(devices[0], p, 0, 4096, DmaDirection.FromDevice);
             devices[0].UnmapPage(d, 4096, DmaDirection.FromDevice);
         }
         Assert.Empty(_m.Checker.Reports);
