@@ -42,6 +42,7 @@ public sealed class DmaChecker
         internal ulong CpuPhys;
         internal DmaDirection Direction;
         internal bool Bounced, ErrorChecked, DeviceDirty;
+        internal int Level; // the level of buckets its table indexes it at, or -1 when on the unbucketed list
         internal int Seen; // the table's lookup stamp when a lookup last took it as a candidate (under the table's lock)
         internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
 
@@ -69,19 +70,26 @@ public sealed class DmaChecker
         internal (ulong Dma, int Length) Range(int i) => Segments is null ? (Start, Size) : Segments[i];
     }
 
-    // One device's mappings: by start address (unmap, the mapping-error check), and by the 8 KiB DMA buckets they
-    // cover (dma-debug's HASH_FN_SHIFT), so a sync or a device access looks at the mappings near its address instead
-    // of all of them. A mapping spanning more than MaxIndexedBuckets buckets (a large coherent block or
-    // scatterlist: few) is kept in a short list every lookup reads instead of being put in each bucket.
+    // One device's mappings: by start address (unmap, the mapping-error check), and by the DMA buckets they cover
+    // (dma-debug hashes by 8 KiB, HASH_FN_SHIFT), so a sync or a device access looks at the mappings near its address
+    // instead of all of them. Buckets come in levels, each 64 times the one below (8 KiB, 512 KiB, 32 MiB): a mapping
+    // is indexed at the first level where it spans at most MaxIndexedBuckets buckets, so it is in at most 64 lists,
+    // and a lookup reads the few buckets its range spans at each level that holds a mapping. Only a mapping of more
+    // than 64 buckets of 32 MiB (2 GiB, or a scatterlist whose entries are as far apart) goes on the list every lookup
+    // reads.
     internal sealed class DeviceTable
     {
         internal readonly Lock Lock = new();
         private readonly Dictionary<ulong, Entry> Starts = new();
-        private readonly Dictionary<ulong, List<Entry>> Buckets = new();
-        private readonly List<Entry> Large = new();
+        private readonly Dictionary<ulong, List<Entry>>[] Buckets = [new(), new(), new()];
+        private readonly int[] _atLevel = new int[Levels]; // mappings indexed at each level (a lookup skips an empty one)
+        private readonly List<Entry> Unbucketed = new(); // mappings too spread for every level: every lookup reads them
         private readonly Stack<List<Entry>> _spare = new(); // emptied bucket lists, reused: a map allocates its entry only
 
         internal int Count => Starts.Count;
+
+        /// <summary>Mappings indexed at each level of buckets, then on the list every lookup reads (tests).</summary>
+        internal (int Level0, int Level1, int Level2, int Unbucketed) Shape => (_atLevel[0], _atLevel[1], _atLevel[2], Unbucketed.Count);
 
         internal bool TryGet(ulong dma, out Entry e) => Starts.TryGetValue(dma, out e!);
 
@@ -97,8 +105,9 @@ public sealed class DmaChecker
         {
             var all = Starts.Values.ToArray();
             Starts.Clear();
-            Buckets.Clear();
-            Large.Clear();
+            foreach (var level in Buckets) level.Clear();
+            Array.Clear(_atLevel);
+            Unbucketed.Clear();
             return all;
         }
 
@@ -109,13 +118,17 @@ public sealed class DmaChecker
             Entry? replaced = Starts.Remove(e.Start, out var old) ? old : null;
             if (replaced is not null) Unindex(replaced);
             Starts[e.Start] = e;
-            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Add(e); return replaced; }
+            e.Level = LevelOf(e);
+            if (e.Level < 0) { Unbucketed.Add(e); return replaced; }
+            _atLevel[e.Level]++;
+            var buckets = Buckets[e.Level];
+            int shift = ShiftOf(e.Level);
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
-                for (ulong b = dma >> BucketShift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift; b++)
+                for (ulong b = dma >> shift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> shift; b++)
                 {
-                    if (!Buckets.TryGetValue(b, out var list)) Buckets[b] = list = _spare.Count > 0 ? _spare.Pop() : new List<Entry>(2);
+                    if (!buckets.TryGetValue(b, out var list)) buckets[b] = list = _spare.Count > 0 ? _spare.Pop() : new List<Entry>(2);
                     if (!list.Contains(e)) list.Add(e); // two segments may share a bucket
                 }
             }
@@ -124,37 +137,48 @@ public sealed class DmaChecker
 
         private void Unindex(Entry e)
         {
-            if (BucketSpan(e) > MaxIndexedBuckets) { Large.Remove(e); return; }
+            if (e.Level < 0) { Unbucketed.Remove(e); return; }
+            _atLevel[e.Level]--;
+            var buckets = Buckets[e.Level];
+            int shift = ShiftOf(e.Level);
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
-                for (ulong b = dma >> BucketShift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift; b++)
-                    if (Buckets.TryGetValue(b, out var list) && list.Remove(e) && list.Count == 0)
+                for (ulong b = dma >> shift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> shift; b++)
+                    if (buckets.TryGetValue(b, out var list) && list.Remove(e) && list.Count == 0)
                     {
-                        Buckets.Remove(b);
+                        buckets.Remove(b);
                         if (_spare.Count < MaxSpareLists) _spare.Push(list);
                     }
             }
         }
 
-        // Every mapping that may hold a byte of [dma, dma + length): those in its buckets, and the large ones, each
-        // once (a mapping in several of the buckets is stamped when first taken: no search of the list).
+        // Every mapping that may hold a byte of [dma, dma + length): those in its buckets at each level, and the
+        // unbucketed ones, each once (a mapping in several of the buckets is stamped when first taken: no search of
+        // the list).
         internal void Near(ulong dma, int length, List<Entry> into)
         {
             into.Clear();
             int stamp = ++_stamp;
-            AddNew(Large, into, stamp);
-            ulong first = dma >> BucketShift, end = dma + (ulong)Math.Max(length, 1) - 1;
-            ulong last = end < dma ? ulong.MaxValue >> BucketShift : end >> BucketShift; // a range that wraps: to the top
-            if (last - first >= (ulong)Buckets.Count)
+            AddNew(Unbucketed, into, stamp);
+            ulong end = dma + (ulong)Math.Max(length, 1) - 1;
+            if (end < dma) end = ulong.MaxValue; // a range that wraps: to the top
+            for (int level = 0; level < Levels; level++)
             {
-                // A long access over few mappings: read the buckets there are rather than every one it spans.
-                foreach (var (b, list) in Buckets)
-                    if (b >= first && b <= last) AddNew(list, into, stamp);
-                return;
+                if (_atLevel[level] == 0) continue;
+                var buckets = Buckets[level];
+                int shift = ShiftOf(level);
+                ulong first = dma >> shift, last = end >> shift;
+                if (last - first >= (ulong)buckets.Count)
+                {
+                    // A long access over few mappings: read the buckets there are rather than every one it spans.
+                    foreach (var (b, list) in buckets)
+                        if (b >= first && b <= last) AddNew(list, into, stamp);
+                    continue;
+                }
+                for (ulong b = first; b <= last; b++)
+                    if (buckets.TryGetValue(b, out var list)) AddNew(list, into, stamp);
             }
-            for (ulong b = first; b <= last; b++)
-                if (Buckets.TryGetValue(b, out var list)) AddNew(list, into, stamp);
         }
 
         private int _stamp;
@@ -169,19 +193,29 @@ public sealed class DmaChecker
                 }
         }
 
-        private static ulong BucketSpan(Entry e)
+        private static int ShiftOf(int level) => BucketShift + level * LevelShift;
+
+        // The first level at which the mapping spans at most MaxIndexedBuckets buckets, or -1 (unbucketed).
+        private static int LevelOf(Entry e)
+        {
+            for (int level = 0; level < Levels; level++)
+                if (BucketSpan(e, ShiftOf(level)) <= MaxIndexedBuckets) return level;
+            return -1;
+        }
+
+        private static ulong BucketSpan(Entry e, int shift)
         {
             ulong total = 0;
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
-                total += ((dma + (ulong)Math.Max(length, 1) - 1) >> BucketShift) - (dma >> BucketShift) + 1;
+                total += ((dma + (ulong)Math.Max(length, 1) - 1) >> shift) - (dma >> shift) + 1;
             }
             return total;
         }
     }
 
-    private const int BucketShift = 13, MaxIndexedBuckets = 64, MaxSpareLists = 64;
+    private const int BucketShift = 13, LevelShift = 6, Levels = 3, MaxIndexedBuckets = 64, MaxSpareLists = 64;
 
     // Cache lines held by writable mappings, in stripes by page: the lines of one 4 KiB mapping are under one lock.
     private sealed class LineStripe

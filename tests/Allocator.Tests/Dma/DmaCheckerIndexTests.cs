@@ -5,10 +5,10 @@ using Xunit;
 namespace PagePool.Allocator.Tests.Dma;
 
 /// <summary>
-/// The checker's index: each device's mappings by start address and by the 8 KiB DMA buckets they cover (large ones
-/// on a short list), and the set of bounced mappings the device wrote and the CPU has not synced. A lookup looks at
-/// the mappings near its address, whatever the number active; these tests hold it to the same answers at every edge
-/// of that index.
+/// The checker's index: each device's mappings by start address and by the DMA buckets they cover (8 KiB, or 512 KiB
+/// or 32 MiB for large ones, and a list for the rare mapping too spread for those), and the set of bounced mappings
+/// the device wrote and the CPU has not synced. A lookup looks at the mappings near its address, whatever the number
+/// active; these tests hold it to the same answers at every edge of that index.
 /// </summary>
 public sealed class DmaCheckerIndexTests : IDisposable
 {
@@ -53,7 +53,7 @@ public sealed class DmaCheckerIndexTests : IDisposable
         var checker = _m.Checker;
         var block = _m.Memory.AllocateBlock(Zone.Dma32, 8);
         const ulong start = 0x10_0000;
-        const int size = 1 << 20; // 128 buckets of 8 KiB: on the large list
+        const int size = 1 << 20; // 128 buckets of 8 KiB: indexed by 512 KiB
         checker.OnMap(dev, DmaMapKind.Page, start, block, 0, size, DmaDirection.ToDevice, bounced: false, nents: 1);
         checker.OnMappingErrorChecked(dev, start);
         checker.OnSync(dev, start + (900 << 10), 4096, DmaDirection.ToDevice, forCpu: true);
@@ -186,27 +186,78 @@ public sealed class DmaCheckerIndexTests : IDisposable
         Assert.Throws<ArgumentException>(() => _m.Checker.ActiveMappings(unchecked_.Device("plain", DmaOpsKind.Direct)));
     }
 
-    // A mapping of exactly 64 buckets is indexed in each; one of 65 goes on the large list: both are found from
-    // their last byte, and neither is found once unmapped (an unmap that took it for the other kind would leave it).
+    // A mapping is indexed at the first level of buckets (8 KiB, 512 KiB, 32 MiB) where it spans at most 64 of them:
+    // at each edge it is found from its first and last byte while mapped, and from neither once unmapped (an unmap
+    // that looked for it at another level would leave it).
     [Theory]
-    [InlineData(64)]
-    [InlineData(65)]
-    public void A_mapping_at_the_edge_of_the_large_list_is_found_while_mapped_and_gone_once_unmapped(int buckets)
+    [InlineData(64L << 13, 0)]             // 64 buckets of 8 KiB
+    [InlineData(65L << 13, 1)]             // one more: 2 of 512 KiB
+    [InlineData(64L << 19, 1)]             // 64 buckets of 512 KiB (32 MiB)
+    [InlineData((64L << 19) + (1 << 13), 2)] // past them: 2 of 32 MiB
+    public void A_mapping_at_the_edge_of_a_level_of_buckets_is_indexed_there_found_while_mapped_and_gone_once_unmapped(long size, int level)
     {
         var dev = _m.Device("gpu", DmaOpsKind.Direct);
         var checker = _m.Checker;
-        var block = _m.Memory.AllocateBlock(Zone.Dma32, 8);
-        const ulong start = 0x40_0000;
-        int size = buckets << 13;
-        checker.OnMap(dev, DmaMapKind.Page, start, block, 0, size, DmaDirection.ToDevice, bounced: false, nents: 1);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        const ulong start = 0x4000_0000; // aligned to every level's bucket
+        checker.OnMap(dev, DmaMapKind.Page, start, block, 0, (int)size, DmaDirection.ToDevice, bounced: false, nents: 1);
         checker.OnMappingErrorChecked(dev, start);
+        var shape = dev.CheckerTable!.Shape;
+        Assert.Equal(level, new[] { shape.Level0, shape.Level1, shape.Level2 }.ToList().IndexOf(1));
+        Assert.Equal(0, shape.Unbucketed);
         checker.OnSync(dev, start + (ulong)size - 1, 1, DmaDirection.ToDevice, forCpu: true);
+        checker.OnSync(dev, start, 1, DmaDirection.ToDevice, forCpu: true);
         Assert.Empty(checker.Reports);
         checker.OnUnmap(dev, DmaMapKind.Page, start, size, DmaDirection.ToDevice, 1, default);
+        Assert.Equal((0, 0, 0, 0), dev.CheckerTable!.Shape);
         checker.OnSync(dev, start + (ulong)size - 1, 1, DmaDirection.ToDevice, forCpu: true);
         checker.OnSync(dev, start, 1, DmaDirection.ToDevice, forCpu: true);
         Assert.All(checker.Reports, r => Assert.Equal(DmaCheckClass.SyncUnmapped, r.Class));
         Assert.Equal(2, checker.ReportCount);
+    }
+
+    // A large mapping is in its level's buckets only: a lookup far from it does not look at it (before the levels,
+    // every mapping of more than 64 buckets of 8 KiB was read by every lookup on its device).
+    [Fact]
+    public void A_large_mapping_is_not_a_candidate_of_a_lookup_far_from_it()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct);
+        var checker = _m.Checker;
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        const ulong large = 0x4000_0000, small = 0x5000_0000;
+        checker.OnMap(dev, DmaMapKind.Page, large, block, 0, 16 << 20, DmaDirection.ToDevice, bounced: false, nents: 1);
+        checker.OnMap(dev, DmaMapKind.Page, small, block, 0, 4096, DmaDirection.ToDevice, bounced: false, nents: 1);
+        checker.OnSync(dev, small, 64, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(1, DmaChecker.LastCandidates);
+        checker.OnSync(dev, large + (15 << 20), 64, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(1, DmaChecker.LastCandidates);
+        checker.OnDeviceWrite(dev, large + (8 << 20), 8 << 20); // across half its buckets: still itself alone
+        Assert.Equal(1, DmaChecker.LastCandidates);
+        checker.OnDeviceWrite(dev, large - (16 << 20), 64 << 20); // more buckets than its level holds: read those there are
+        Assert.Equal(1, DmaChecker.LastCandidates);
+        Assert.Empty(checker.Reports);
+    }
+
+    // A scatterlist whose 65 entries lie in 65 buckets of 32 MiB fits no level: it goes on the list every lookup
+    // reads, is found from each entry and not between them, and leaves the list when unmapped.
+    [Fact]
+    public void A_scatterlist_spread_over_more_than_64_of_the_largest_buckets_is_on_the_unbucketed_list_and_found_from_each_entry()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct);
+        var checker = _m.Checker;
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        var segments = Enumerable.Range(0, 65).Select(i => (0x1_0000_0000UL + ((ulong)i << 26), 4096)).ToArray();
+        ulong start = segments[0].Item1;
+        checker.OnMap(dev, DmaMapKind.Scatterlist, start, block, 0, 65 * 4096, DmaDirection.ToDevice, bounced: false, nents: 65, segments);
+        Assert.Equal((0, 0, 0, 1), dev.CheckerTable!.Shape);
+        foreach (var (dma, _) in segments) checker.OnSync(dev, dma + 4095, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Empty(checker.Reports);
+        checker.OnSync(dev, segments[1].Item1 + 4096, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(DmaCheckClass.SyncUnmapped, Assert.Single(checker.Reports).Class);
+        checker.ClearReports();
+        checker.OnUnmap(dev, DmaMapKind.Scatterlist, start, 65 * 4096, DmaDirection.ToDevice, 65, default);
+        Assert.Empty(checker.Reports);
+        Assert.Equal((0, 0, 0, 0), dev.CheckerTable!.Shape);
     }
 
     // A device write over 2,000 neighbouring mappings takes each once, also those in two of its buckets.
