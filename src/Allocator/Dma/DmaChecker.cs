@@ -43,7 +43,7 @@ public sealed class DmaChecker
         internal DmaDirection Direction;
         internal bool Bounced, ErrorChecked, DeviceDirty;
         internal int Level; // the level of buckets its table indexes it at, or -1 when on the unbucketed list
-        internal int Seen; // the table's lookup stamp when a lookup last took it as a candidate (under the table's lock)
+        internal long Seen; // the table's lookup stamp when a lookup last took it as a candidate (under the table's lock)
         internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
 
         // The end of the part of this mapping that holds `dma`: the mapping's end, or its segment's for a
@@ -159,7 +159,7 @@ public sealed class DmaChecker
         internal void Near(ulong dma, int length, List<Entry> into)
         {
             into.Clear();
-            int stamp = ++_stamp;
+            long stamp = ++_stamp; // 64 bits: never wraps back to the 0 of a mapping no lookup has taken yet
             AddNew(Unbucketed, into, stamp);
             ulong end = dma + (ulong)Math.Max(length, 1) - 1;
             if (end < dma) end = ulong.MaxValue; // a range that wraps: to the top
@@ -181,9 +181,9 @@ public sealed class DmaChecker
             }
         }
 
-        private int _stamp;
+        private long _stamp;
 
-        private static void AddNew(List<Entry> list, List<Entry> into, int stamp)
+        private static void AddNew(List<Entry> list, List<Entry> into, long stamp)
         {
             foreach (var e in list)
                 if (e.Seen != stamp)
@@ -203,13 +203,18 @@ public sealed class DmaChecker
             return -1;
         }
 
+        // The buckets the mapping's ranges cover, a bucket shared with the range before counted once (a scatterlist
+        // of neighbouring entries, one per page, covers its span's buckets, not one per entry); stops past the limit.
         private static ulong BucketSpan(Entry e, int shift)
         {
-            ulong total = 0;
-            for (int r = 0; r < e.RangeCount; r++)
+            ulong total = 0, previousLast = 0;
+            for (int r = 0; r < e.RangeCount && total <= MaxIndexedBuckets; r++)
             {
                 var (dma, length) = e.Range(r);
-                total += ((dma + (ulong)Math.Max(length, 1) - 1) >> shift) - (dma >> shift) + 1;
+                ulong first = dma >> shift, last = (dma + (ulong)Math.Max(length, 1) - 1) >> shift;
+                if (r > 0 && first == previousLast) first++; // follows on in the bucket the range before ended in
+                if (last >= first) total += last - first + 1;
+                previousLast = last;
             }
             return total;
         }

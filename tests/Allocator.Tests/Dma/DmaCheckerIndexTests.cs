@@ -210,10 +210,36 @@ public sealed class DmaCheckerIndexTests : IDisposable
         Assert.Empty(checker.Reports);
         checker.OnUnmap(dev, DmaMapKind.Page, start, size, DmaDirection.ToDevice, 1, default);
         Assert.Equal((0, 0, 0, 0), dev.CheckerTable!.Shape);
+        // Another mapping at the same level, 4 GiB away, makes the level read again: nothing of the first is left in it.
+        checker.OnMap(dev, DmaMapKind.Page, start + 0x1_0000_0000, block, 0, (int)size, DmaDirection.ToDevice, bounced: false, nents: 1);
         checker.OnSync(dev, start + (ulong)size - 1, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(0, DmaChecker.LastCandidates);
         checker.OnSync(dev, start, 1, DmaDirection.ToDevice, forCpu: true);
+        Assert.Equal(0, DmaChecker.LastCandidates);
         Assert.All(checker.Reports, r => Assert.Equal(DmaCheckClass.SyncUnmapped, r.Class));
         Assert.Equal(2, checker.ReportCount);
+    }
+
+    // A scatterlist of 128 neighbouring 4 KiB entries covers 64 buckets of 8 KiB, not 128: it is indexed there (one
+    // bucket per entry counted it past every level, onto the list every lookup reads).
+    [Fact]
+    public void A_scatterlist_of_neighbouring_page_entries_is_indexed_by_the_buckets_its_span_covers()
+    {
+        var dev = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var checker = _m.Checker;
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        const ulong start = 0x4000_0000;
+        var segments = Enumerable.Range(0, 128).Select(i => (start + (ulong)i * 4096, 4096)).ToArray();
+        checker.OnMap(dev, DmaMapKind.Scatterlist, start, block, 0, 128 * 4096, DmaDirection.ToDevice, bounced: true, nents: 128, segments);
+        Assert.Equal((1, 0, 0, 0), dev.CheckerTable!.Shape);
+        checker.OnMap(dev, DmaMapKind.Page, 0x8000_0000, block, 0, 4096, DmaDirection.ToDevice, bounced: true, nents: 1);
+        checker.OnDeviceWrite(dev, 0x8000_0000, 4096);
+        Assert.Equal(1, DmaChecker.LastCandidates); // the scatterlist is not read by a write elsewhere
+        checker.OnDeviceWrite(dev, start + 127 * 4096, 4096);
+        Assert.Equal(1, DmaChecker.LastCandidates);
+        Assert.Equal(2, checker.DirtyMappings);
+        checker.OnUnmap(dev, DmaMapKind.Scatterlist, start, 128 * 4096, DmaDirection.ToDevice, 128, default);
+        Assert.Equal((1, 0, 0, 0), dev.CheckerTable!.Shape); // the page mapping only
     }
 
     // A large mapping is in its level's buckets only: a lookup far from it does not look at it (before the levels,
