@@ -106,6 +106,14 @@ internal static class BenchCommand
             svg.Stream.Write(System.Text.Encoding.UTF8.GetBytes(BenchChart.Draw(ctx.Metrics, ctx.Reps)));
             svg.Commit();
         }
+        var unapplied = slowdown.Unapplied.ToList();
+        if (unapplied.Count > 0)
+        {
+            Console.Error.WriteLine($"pagepool: bench: {BenchSlowdown.Variable} named {string.Join(", ", unapplied)}, but no operation this run "
+                + "timed was measured for it (a metric timed by a loop of its own or computed from others, misspelt, or in a group not run): "
+                + "nothing was slowed for it.");
+            return ExitCodes.BadArguments;
+        }
         return ExitCodes.Ok;
     }
 

@@ -55,7 +55,8 @@ internal static class GateCommand
         // The DMA layer (issue 10's targets). An IOVA cache hit is cache-resident CPU work; a map + unmap is read
         // over the IOVA allocation + free inside it (its own page-table and flush-queue work), because over memset it
         // was bimodal from run to run (0.6 or 1.2 page clears in 12 runs of one binary) and the IOVA hit moves with it.
-        // Minimums from 25 quick runs (600 ordered pairs): 0 false alarms at 75% and 100%, 8 and 1 one step below.
+        // Minimums chosen from 12 quick runs, checked on 12 more and the committed baseline (600 ordered pairs): 0
+        // false alarms at 75% and 100%, 8 and 1 one step below (50% and 75%).
         ("iova.alloc_free.ns", "baseline.memset_4k.ns", 75),
         ("iommu.map_unmap.ns", "iova.alloc_free.ns", 100),
         // Two CPUs mapping: over the pool hit's scaling of the same run rather than the compute loop's, which on

@@ -41,10 +41,19 @@ internal sealed class BenchSlowdown
     /// <summary>The metrics a slowdown was asked for (bench says so on standard error, so no one is misled).</summary>
     internal IEnumerable<KeyValuePair<string, int>> Factors => _factors;
 
+    private readonly HashSet<string> _applied = new();
+
+    /// <summary>
+    /// The metrics asked for that no operation of the run was wrapped for (a metric timed by a loop of its own, computed
+    /// from others, misspelt, or in a group not run): nothing was slowed for them, which bench reports as an error.
+    /// </summary>
+    internal IEnumerable<string> Unapplied => _factors.Keys.Where(m => !_applied.Contains(m));
+
     /// <summary><paramref name="op"/> itself, or a delegate running it FACTOR times when a slowdown is asked for <paramref name="metric"/>.</summary>
     internal Action Wrap(string metric, Action op)
     {
-        int factor = FactorOf(metric);
+        if (!_factors.TryGetValue(metric, out int factor)) return op;
+        lock (_applied) _applied.Add(metric);
         if (factor == 1) return op;
         return () =>
         {

@@ -339,6 +339,15 @@ public sealed class GateTests
         Assert.Empty(GateCommand.Pairs.Select(p => p.Metric).Intersect(GateCommand.NotGated.Select(n => n.Metric)));
     }
 
+    // The gate reads "worse" from the unit in the name: these are the pairs where more is better, and no other (a
+    // lower-is-better ratio such as pool.miss_while_pooled.ratio put in the table would be judged backwards).
+    [Fact]
+    public void The_pairs_judged_higher_is_better_are_the_scalings_and_the_swap_throughput()
+    {
+        string[] expected = ["iommu.scaling.2t", "pool.scaling.2t", "pool.scaling.2t.noclear", "swap.roundtrip.gbps"];
+        Assert.Equal(expected, GateCommand.Pairs.Select(p => p.Metric).Where(MetricUnit.HigherIsBetter).Order());
+    }
+
     public static TheoryData<string, string, double> TablePairs()
     {
         var data = new TheoryData<string, string, double>();

@@ -57,6 +57,28 @@ public sealed class SlowdownGateTests
         Assert.Equal(1, runs);
     }
 
+    [Fact]
+    public void A_metric_no_operation_was_wrapped_for_is_unapplied_and_one_wrapped_is_not_even_at_factor_1()
+    {
+        var slowdown = BenchSlowdown.Parse("pool.hit.wb.ns:3, baseline.memset_4k.ns:1, swap.roundtrip.gbps:2");
+        slowdown.Wrap("pool.hit.wb.ns", () => { });
+        slowdown.Wrap("baseline.memset_4k.ns", () => { });
+        slowdown.Wrap("pool.hit.wc.ns", () => { });
+        Assert.Equal(["swap.roundtrip.gbps"], slowdown.Unapplied);
+        Assert.Empty(BenchSlowdown.None.Unapplied);
+    }
+
+    // A slowdown asked for a metric the run never times through the harness (memorypool's loops are their own) would
+    // measure nothing slowed and exit 0: a gate test built on it could not fail. bench says so and exits 2.
+    [Fact]
+    public void A_slowdown_of_a_metric_the_run_does_not_wrap_exits_2_naming_it()
+    {
+        var r = SlowedPagepool.Run("memorypool.rent_return_4k.ns:4", "bench", "--quick", "--only", "memorypool", "--repeat", "1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("pagepool: bench: PAGEPOOL_BENCH_SLOWDOWN named memorypool.rent_return_4k.ns, but no operation", r.Stderr);
+        Assert.Contains("memorypool.rent_return_4k.ns", r.Stdout); // the honest measurement is still shown
+    }
+
     [Theory]
     [InlineData("pool.hit.wb.ns")]
     [InlineData(":3")]
