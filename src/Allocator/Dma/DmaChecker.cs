@@ -126,7 +126,7 @@ public sealed class DmaChecker
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
-                for (ulong b = dma >> shift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> shift; b++)
+                for (ulong b = dma >> shift; b <= LastByte(dma, length) >> shift; b++)
                 {
                     if (!buckets.TryGetValue(b, out var list)) buckets[b] = list = _spare.Count > 0 ? _spare.Pop() : new List<Entry>(2);
                     if (!list.Contains(e)) list.Add(e); // two segments may share a bucket
@@ -144,7 +144,7 @@ public sealed class DmaChecker
             for (int r = 0; r < e.RangeCount; r++)
             {
                 var (dma, length) = e.Range(r);
-                for (ulong b = dma >> shift; b <= (dma + (ulong)Math.Max(length, 1) - 1) >> shift; b++)
+                for (ulong b = dma >> shift; b <= LastByte(dma, length) >> shift; b++)
                     if (buckets.TryGetValue(b, out var list) && list.Remove(e) && list.Count == 0)
                     {
                         buckets.Remove(b);
@@ -161,7 +161,7 @@ public sealed class DmaChecker
             into.Clear();
             long stamp = ++_stamp; // 64 bits: never wraps back to the 0 of a mapping no lookup has taken yet
             AddNew(Unbucketed, into, stamp);
-            ulong end = dma + (ulong)Math.Max(length, 1) - 1;
+            ulong end = LastByte(dma, length);
             if (end < dma) end = ulong.MaxValue; // a range that wraps: to the top
             for (int level = 0; level < Levels; level++)
             {
@@ -195,6 +195,9 @@ public sealed class DmaChecker
 
         private static int ShiftOf(int level) => BucketShift + level * LevelShift;
 
+        // The last DMA address of a range; a 0-length range counts as its first byte.
+        private static ulong LastByte(ulong dma, int length) => dma + (ulong)Math.Max(length, 1) - 1;
+
         // The first level at which the mapping spans at most MaxIndexedBuckets buckets, or -1 (unbucketed).
         private static int LevelOf(Entry e)
         {
@@ -211,7 +214,7 @@ public sealed class DmaChecker
             for (int r = 0; r < e.RangeCount && total <= MaxIndexedBuckets; r++)
             {
                 var (dma, length) = e.Range(r);
-                ulong first = dma >> shift, last = (dma + (ulong)Math.Max(length, 1) - 1) >> shift;
+                ulong first = dma >> shift, last = LastByte(dma, length) >> shift;
                 if (r > 0 && first == previousLast) first++; // follows on in the bucket the range before ended in
                 if (last >= first) total += last - first + 1;
                 previousLast = last;

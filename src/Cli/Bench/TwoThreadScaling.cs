@@ -122,16 +122,14 @@ internal static unsafe class TwoThreadScaling
     {
         if (one.Length != two.Length || one.Length == 0)
             throw new ArgumentException($"{one.Length} one-thread and {two.Length} two-thread blocks: pairs need the same non-zero count.", nameof(two));
-        Span<double> ratios = one.Length <= 64 ? stackalloc double[one.Length] : new double[one.Length];
+        var ratios = new double[one.Length];
         for (int k = 0; k < one.Length; k++)
         {
             if (!double.IsFinite(one[k]) || !double.IsFinite(two[k]) || one[k] <= 0 || two[k] <= 0)
                 throw new ArgumentException($"Pair {k}: throughputs {one[k]} and {two[k]}; a block's throughput is a finite positive number (a block timed at 0 ticks is too short to measure).", nameof(one));
             ratios[k] = two[k] / one[k];
         }
-        ratios.Sort();
-        int mid = ratios.Length / 2;
-        return ratios.Length % 2 == 1 ? ratios[mid] : (ratios[mid - 1] + ratios[mid]) / 2;
+        return new Samples(ratios).Median;
     }
 
     // Operations per second of `threads` threads (thread t runs op[t]), from the moment all run to the last one's end.
