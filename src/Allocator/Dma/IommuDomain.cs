@@ -7,12 +7,13 @@ namespace PagePool.Dma;
 internal sealed class IommuDomain : IDisposable
 {
     internal readonly IoPageTable Table = new();
-    internal readonly Iotlb Iotlb = new();
+    internal readonly Iotlb Iotlb;
     internal readonly IovaAllocator Iova;
     internal readonly FlushQueue? Queue;
 
     internal IommuDomain(DmaPlatformOptions options, int cpus)
     {
+        Iotlb = new Iotlb(cpus);
         Iova = new IovaAllocator(1, cpus); // IOVA page 0 is never handed out: address 0 stays a bug
         if (options.DeferredFlush) Queue = new FlushQueue(this, cpus, options.FlushQueueEntries, options.FlushTimeout);
     }

@@ -24,14 +24,23 @@ internal sealed unsafe class Iotlb
 {
     private const int Size = 256;
     private const int Stride = 8; // ulongs an entry: one 64-byte line
+    private const int CountStride = 16; // longs between two CPUs' flush counters: 128 bytes
     private const int Seq = 0, Tag = 1, Pte = 2, Host = 3, Block = 4, Epoch = 5; // Tag: pfn + 1, 0 = empty
 
     private readonly ulong[] _lines = GC.AllocateArray<ulong>(Size * Stride + Stride, pinned: true);
     private readonly ulong* _entries; // the first 64-byte boundary inside _lines
-    private ulong _epoch = 1; // a full flush starts a new one: every entry filled before it is gone at once
+    // A full flush starts a new epoch: every entry filled before it is gone at once. The epoch is the sum of one
+    // counter per CPU, each on a 128-byte line of its own, so CPUs flushing their queues never write one line
+    // between them (one shared counter moved to the flushing CPU on every flush, and was read there by the other).
+    private readonly long[] _flushCounts;
+    private readonly int _cpuMask;
 
-    internal Iotlb()
+    internal Iotlb(int cpus)
     {
+        int slots = 1;
+        while (slots < cpus) slots <<= 1;
+        _cpuMask = slots - 1;
+        _flushCounts = new long[(slots + 1) * CountStride];
         ulong* p = (ulong*)Unsafe.AsPointer(ref _lines[0]); // pinned: the address never changes
         _entries = (ulong*)(((nuint)p + 63) & ~(nuint)63);
         Debug.Assert(_entries + Size * Stride <= p + _lines.Length, "the aligned entries fit the array");
@@ -50,7 +59,7 @@ internal sealed unsafe class Iotlb
             if ((s & 1) == 0)
             {
                 // Volatile reads keep the second read of the word after the entry's fields.
-                bool hit = Volatile.Read(ref e[Tag]) == pfn + 1 && Volatile.Read(ref e[Epoch]) == Volatile.Read(ref _epoch);
+                bool hit = Volatile.Read(ref e[Tag]) == pfn + 1 && Volatile.Read(ref e[Epoch]) == CurrentEpoch();
                 pte = Volatile.Read(ref e[Pte]);
                 host = Volatile.Read(ref e[Host]);
                 block = Volatile.Read(ref e[Block]);
@@ -73,7 +82,7 @@ internal sealed unsafe class Iotlb
         e[Pte] = pte;
         e[Host] = host;
         e[Block] = block;
-        e[Epoch] = Volatile.Read(ref _epoch);
+        e[Epoch] = CurrentEpoch();
         Volatile.Write(ref e[Seq], s + 2);
     }
 
@@ -95,10 +104,19 @@ internal sealed unsafe class Iotlb
     }
 
     /// <summary>
-    /// Drop every entry at once (a flush-queue flush): entries filled before now no longer match. One increment, not
-    /// 256 tag writes: a flush would otherwise pull every line of the table to the flushing CPU.
+    /// Drop every entry at once (a flush-queue flush, by the queue of <paramref name="cpu"/>): entries filled before
+    /// now no longer match. One increment of that CPU's counter, not 256 tag writes: a flush would otherwise pull
+    /// every line of the table to the flushing CPU.
     /// </summary>
-    internal void InvalidateAll() => Interlocked.Increment(ref _epoch);
+    internal void InvalidateAll(int cpu) => Interlocked.Increment(ref _flushCounts[((cpu & _cpuMask) + 1) * CountStride]);
+
+    // The sum of the CPUs' flush counters: it only grows, so an entry filled before any flush never matches again.
+    private ulong CurrentEpoch()
+    {
+        long sum = 1; // entries start at 0 (empty), never equal to an epoch
+        for (int c = 0; c <= _cpuMask; c++) sum += Volatile.Read(ref _flushCounts[(c + 1) * CountStride]);
+        return (ulong)sum;
+    }
 
     // Make the entry's word odd (this writer inside); returns the even value it had.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

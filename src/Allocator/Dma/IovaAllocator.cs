@@ -108,8 +108,11 @@ public sealed class IovaAllocator
         if (!_rcache.TryInsert(pfn, size)) Free(pfn);
     }
 
-    /// <summary>free_iova_fast for a batch of ranges (a flush queue's), with one visit to each size's CPU cache.</summary>
-    internal void FreeFastBatch(ReadOnlySpan<ulong> pfns, ReadOnlySpan<ulong> pages) => _rcache.InsertBatch(pfns, pages);
+    /// <summary>
+    /// free_iova_fast for a batch of ranges (a flush queue's) into the cache of <paramref name="cpu"/>, the CPU that
+    /// unmapped them, with one visit to each size's cache.
+    /// </summary>
+    internal void FreeFastBatch(ReadOnlySpan<ulong> pfns, ReadOnlySpan<ulong> pages, int cpu) => _rcache.InsertBatch(pfns, pages, cpu);
 
     /// <summary>alloc_iova with size_aligned: the highest free range of <paramref name="size"/> aligned to its power of two.</summary>
     internal ulong Alloc(ulong size, ulong limitPfn)

@@ -29,7 +29,7 @@ namespace PagePool.Dma;
 /// freed and allocated again (no garbage on the depot path). A full flush of the caches empties the parked magazines
 /// too, so no range is held back from an allocation that would otherwise fail.
 /// </remarks>
-internal sealed class IovaRcache
+internal sealed unsafe class IovaRcache
 {
     /// <summary>IOVA_MAG_SIZE: 127 pfns, so a magazine with its count fits 1 KiB in Linux.</summary>
     internal const int MagazineSize = 127;
@@ -38,41 +38,70 @@ internal sealed class IovaRcache
 
     private readonly IovaAllocator _owner;
     private readonly SizeCache[] _sizes = new SizeCache[IovaAllocator.RangeCacheMaxSize];
+    private readonly RoomArena[] _rooms; // per CPU slot: where the magazines that CPU creates keep their ranges
     private readonly int _slotMask;
 
     // Per-CPU objects keep their fields 64 bytes away from both ends (explicit layout, 192 bytes): a magazine's
     // count is written on every hit, and the GC may place another CPU's magazine or cache right beside it.
     [StructLayout(LayoutKind.Explicit, Size = 192)]
-    internal sealed class Magazine
+    internal sealed class Magazine(RoomArena rooms)
     {
-        [FieldOffset(64)] internal readonly ulong[] Pfns = new ulong[MagazineSize];
+        [FieldOffset(64)] internal readonly ulong* Pfns = rooms.Take(); // MagazineSize of them
         [FieldOffset(72)] internal int Count;
         [FieldOffset(76)] internal int PushedBy; // the CPU slot that put it in the depot
         [FieldOffset(184)] private readonly long _end; // the JIT ignores Size on a class: a last field makes the room
     }
 
-    [StructLayout(LayoutKind.Explicit, Size = 192)]
-    internal sealed class CpuCache
+    /// <summary>
+    /// Rooms for one CPU's magazines: 1 KiB each, carved from pages that hold nothing but this CPU's rooms
+    /// (<see cref="PagePrivate"/>). A flush pushes 250 ranges in a row and the maps pop them in a row: prefetchers
+    /// follow such runs to the end of the page, and with the magazines in ordinary arrays, allocated one CPU after
+    /// the other, that was often into the next CPU's magazine. A magazine keeps its room wherever the depot takes
+    /// it; rooms are never given back (empty magazines are kept as spares), so the arena only grows with the depot.
+    /// </summary>
+    internal sealed class RoomArena
     {
-        [FieldOffset(64)] internal Magazine Loaded = new();
-        [FieldOffset(72)] internal Magazine Previous = new();
+        private const int RoomUlongs = 128, RoomsPerChunk = 16; // 16 KiB of rooms a chunk
+        private readonly List<PagePrivate> _chunks = [];
+        private readonly Lock _lock = new();
+        private int _used = RoomsPerChunk;
+
+        internal ulong* Take()
+        {
+            lock (_lock)
+            {
+                if (_used == RoomsPerChunk)
+                {
+                    _chunks.Add(new PagePrivate(RoomsPerChunk * RoomUlongs));
+                    _used = 0;
+                }
+                return _chunks[^1].Start + _used++ * RoomUlongs;
+            }
+        }
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
+    internal sealed class CpuCache(RoomArena rooms)
+    {
+        [FieldOffset(64)] internal Magazine Loaded = new(rooms);
+        [FieldOffset(72)] internal Magazine Previous = new(rooms);
         [FieldOffset(80)] internal Magazine? Parked; // full, or null: this CPU's own overflow, before the depot
         [FieldOffset(88)] internal Magazine? Spare;  // empty, or null: the magazine the parked one replaced
         [FieldOffset(184)] private readonly long _end;
     }
 
-    private sealed class SizeCache(int slots)
+    private sealed class SizeCache(RoomArena[] rooms)
     {
-        internal readonly CpuCache?[] Slots = new CpuCache?[(slots + 1) * SlotStride];
-        internal readonly CpuCache[] All = CreateAll(slots);
+        internal readonly CpuCache?[] Slots = new CpuCache?[(rooms.Length + 1) * SlotStride];
+        internal readonly CpuCache[] All = CreateAll(rooms);
         internal readonly List<Magazine> Depot = new(4);  // full magazines, the newest last
         internal readonly Stack<Magazine> Spare = new(4); // emptied ones, for the next push
         internal readonly Lock DepotLock = new();
 
-        private static CpuCache[] CreateAll(int n)
+        private static CpuCache[] CreateAll(RoomArena[] rooms)
         {
-            var a = new CpuCache[n];
-            for (int i = 0; i < n; i++) a[i] = new CpuCache();
+            var a = new CpuCache[rooms.Length];
+            for (int i = 0; i < a.Length; i++) a[i] = new CpuCache(rooms[i]);
             return a;
         }
     }
@@ -83,9 +112,11 @@ internal sealed class IovaRcache
         int slots = 1;
         while (slots < cpus) slots <<= 1;
         _slotMask = slots - 1;
+        _rooms = new RoomArena[slots];
+        for (int i = 0; i < slots; i++) _rooms[i] = new RoomArena();
         for (int s = 0; s < _sizes.Length; s++)
         {
-            var sc = _sizes[s] = new SizeCache(slots);
+            var sc = _sizes[s] = new SizeCache(_rooms);
             for (int i = 0; i < slots; i++) sc.Slots[(i + 1) * SlotStride] = sc.All[i];
         }
     }
@@ -221,7 +252,7 @@ internal sealed class IovaRcache
         if (m.Count == MagazineSize)
         {
             if (cc.Previous.Count < MagazineSize) (cc.Loaded, cc.Previous) = (cc.Previous, cc.Loaded);
-            else if (cc.Parked is null) (cc.Parked, cc.Loaded, cc.Spare) = (m, cc.Spare ?? new Magazine(), null);
+            else if (cc.Parked is null) (cc.Parked, cc.Loaded, cc.Spare) = (m, cc.Spare ?? new Magazine(_rooms[cpu & _slotMask]), null);
             else cc.Loaded = PushDepot(sc, cpu, m);
             m = cc.Loaded;
         }
@@ -229,12 +260,13 @@ internal sealed class IovaRcache
     }
 
     /// <summary>
-    /// Free a flush queue's ranges (fq_ring_free) holding each size's CPU cache once for the whole batch instead of
-    /// once per range.
+    /// Free a flush queue's ranges (fq_ring_free) into the cache of <paramref name="cpu"/> (the CPU whose queue they
+    /// were in, not necessarily the caller's), holding each size's cache once for the whole batch instead of once per
+    /// range. When that cache is held right now, another CPU's takes them, as for a single free.
     /// </summary>
-    internal void InsertBatch(ReadOnlySpan<ulong> pfns, ReadOnlySpan<ulong> pages)
+    internal void InsertBatch(ReadOnlySpan<ulong> pfns, ReadOnlySpan<ulong> pages, int cpu)
     {
-        int cpu = Shim.CurrentCpu(), at = cpu;
+        int at = cpu;
         SizeCache? held = null;
         CpuCache? cc = null;
         for (int i = 0; i < pfns.Length; i++)
@@ -273,7 +305,7 @@ internal sealed class IovaRcache
             sc.Depot.Add(full);
             if (sc.Spare.TryPop(out var empty)) return empty;
         }
-        return new Magazine(); // the depot grows: a new magazine, as Linux allocates one
+        return new Magazine(_rooms[cpu & _slotMask]); // the depot grows: a new magazine, as Linux allocates one
     }
 
     // A full magazine from the depot, this CPU's own when one is near the top; the emptied one becomes a spare.
@@ -293,7 +325,7 @@ internal sealed class IovaRcache
             }
             var full = depot[pick];
             depot.RemoveAt(pick);
-            if (sc.Spare.Count <= _slotMask + 1) sc.Spare.Push(emptied); // more would only keep garbage alive
+            sc.Spare.Push(emptied); // kept, room and all: the arena never takes a room back
             return full;
         }
     }

@@ -120,6 +120,71 @@ public sealed class IommuTests
         Assert.True(q.Flushes > before);
     }
 
+    // Map and hold n pages on the calling thread's CPU, then unmap them all into that CPU's flush queue.
+    private static HashSet<ulong> MapHoldUnmap(DmaDevice dev, PageHandle block, int n)
+    {
+        var held = new List<ulong>();
+        for (int i = 0; i < n; i++)
+        {
+            ulong d = dev.MapPage(block, 0, 4096, DmaDirection.ToDevice);
+            dev.MappingError(d);
+            held.Add(d);
+        }
+        foreach (var d in held) dev.UnmapPage(d, 4096, DmaDirection.ToDevice);
+        return held.ToHashSet();
+    }
+
+    [Fact]
+    public void A_queue_flushed_on_another_cpu_gives_its_iovas_back_to_the_cpu_that_unmapped_them()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        HashSet<ulong> first = [], again = [];
+        Pinned.Run(0, () => first = MapHoldUnmap(dev, block, 5));
+
+        Pinned.Run(1, q.FlushAll);
+
+        Pinned.Run(0, () => again = MapHoldUnmap(dev, block, 5)); // from CPU 0's cache, not fresh from the tree
+        Assert.Equal(1, q.Flushes);
+        Assert.True(again.SetEquals(first), $"CPU 0 got {string.Join(",", again)} back, not {string.Join(",", first)}");
+    }
+
+    [Fact]
+    public void The_timer_flushing_on_another_cpu_gives_a_queue_s_iovas_back_to_the_cpu_that_unmapped_them()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        HashSet<ulong> first = [], again = [];
+        Pinned.Run(0, () => first = MapHoldUnmap(dev, block, 5));
+
+        long later = System.Diagnostics.Stopwatch.GetTimestamp() + 2 * 3600 * System.Diagnostics.Stopwatch.Frequency;
+        Pinned.Run(1, () => q.FlushExpired(later)); // the tick of a timer that runs on CPU 1
+
+        Pinned.Run(0, () => again = MapHoldUnmap(dev, block, 5));
+        Assert.Equal(1, q.Flushes);
+        Assert.True(again.SetEquals(first), $"CPU 0 got {string.Join(",", again)} back, not {string.Join(",", first)}");
+    }
+
+    [Fact]
+    public void The_timer_takes_no_queue_whose_entries_are_younger_than_the_timeout_nor_an_empty_one()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("gpu", DmaOpsKind.Iommu);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 0);
+        Pinned.Run(0, () => MapHoldUnmap(dev, block, 1)); // CPU 0's queue holds one young entry, CPU 1's none
+
+        q.FlushExpired(System.Diagnostics.Stopwatch.GetTimestamp());
+        Assert.Equal((0L, 0L), (q.TimerTakes, q.Flushes)); // a CPU unmapping right now would have found its queue
+
+        q.FlushExpired(System.Diagnostics.Stopwatch.GetTimestamp() + 2 * 3600 * System.Diagnostics.Stopwatch.Frequency);
+        Assert.Equal((1L, 1L), (q.TimerTakes, q.Flushes)); // the expired one only
+    }
+
     [Fact]
     public void The_flush_queue_flushes_after_its_timeout()
     {

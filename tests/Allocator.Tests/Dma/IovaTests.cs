@@ -109,7 +109,7 @@ public sealed class IovaTests
         for (int cycle = 0; cycle < 20; cycle++)
         {
             var batch = Enumerable.Range(0, 250).Select(_ => iova.AllocFast(1, 0xFFFFF)).ToArray();
-            iova.FreeFastBatch(batch, ones);
+            iova.FreeFastBatch(batch, ones, 0);
             depotSeen = Math.Max(depotSeen, iova.DepotMagazines);
         }
         Assert.Equal(0, depotSeen);
@@ -193,7 +193,7 @@ public sealed class IovaTests
         var pfns = pages.Select(n => iova.AllocFast(n, 0xFFFFF)).ToArray();
         long used = iova.UsedPages;
 
-        iova.FreeFastBatch(pfns, pages);
+        iova.FreeFastBatch(pfns, pages, 0);
 
         Assert.Equal(3, iova.CachedRanges); // 1, 3 (as 4) and 32 pages: cached sizes
         Assert.False(iova.IsAllocated(pfns[3]));
@@ -267,7 +267,7 @@ public sealed class IovaTests
                     var batch = mine[^8..];
                     mine.RemoveRange(mine.Count - 8, 8);
                     foreach (var (p, _) in batch) live.TryRemove(p, out _);
-                    iova.FreeFastBatch(batch.Select(b => b.Item1).ToArray(), batch.Select(b => b.Item2).ToArray());
+                    iova.FreeFastBatch(batch.Select(b => b.Item1).ToArray(), batch.Select(b => b.Item2).ToArray(), t); // into some CPU's cache, maybe one in use
                 }
                 else if (mine.Count > 0 && (mine.Count > 64 || rng.Next(2) == 0))
                 {
