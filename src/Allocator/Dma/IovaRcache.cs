@@ -21,12 +21,12 @@ namespace PagePool.Dma;
 /// Each CPU parks one full magazine of its own before it pushes to the depot, and takes it back before it pops: a
 /// flush queue of 250 entries against a CPU's 254 cached ranges makes a CPU holding a few more ranges than a flush
 /// returns push one magazine and pop one on every flush, and with one depot for all CPUs each push and pop moved the
-/// depot's lock and lists between the CPUs (in one process on an AMD EPYC host, two threads mapping through one
-/// domain scaled 0.1 to 0.2 below two threads on two domains in most repetitions, and the same with the parked
-/// magazine; whole bench runs showed no change above the host's noise). A CPU popping the depot gets back a magazine
+/// depot's lock and lists between the CPUs (the parked magazine alone did not close the gap between one domain
+/// shared by two CPUs and two domains; what did is in <see cref="FlushQueue"/>'s remarks and <see cref="RoomArena"/>).
+/// A CPU popping the depot gets back a magazine
 /// it pushed itself when one is near the top (the IOVAs in it were last mapped by this CPU, so their page-table lines
 /// are in its cache, not the other CPU's). Emptied magazines are kept as spares for the next push instead of being
-/// freed and allocated again (no garbage on the depot path). A full flush of the caches empties the parked magazines
+/// freed and allocated again (no garbage on the depot path, and the room a magazine holds is never given back). A full flush of the caches empties the parked magazines
 /// too, so no range is held back from an allocation that would otherwise fail.
 /// </remarks>
 internal sealed unsafe class IovaRcache
