@@ -13,11 +13,13 @@ namespace PagePool.Dma;
 /// </summary>
 /// <remarks>
 /// <para>Per-CPU queues are taken by atomic exchange, as the IOVA caches are: no lock on unmap.</para>
-/// <para>Two CPUs unmapping through one domain share nothing they write, so the IOVAs each maps stay its own. A
-/// flushed queue's ranges go back to the IOVA cache of the CPU whose queue it was, whoever flushes it (Linux frees
-/// them into the flushing CPU's cache, which for the timer is any CPU). The timer takes a queue out of its slot only
-/// when it looks expired, so a CPU that is busy unmapping never finds its queue gone and never spills into another
-/// CPU's. Each queue counts its own flushes, and the IOTLB's flush counter is per CPU too. Before, the timer took
+/// <para>Two CPUs busy unmapping through one domain write nothing the other touches, so the IOVAs each maps stay its
+/// own. A flushed queue's ranges go back to the IOVA cache of the CPU whose queue it was, whoever flushes it (Linux
+/// frees them into the flushing CPU's cache, which for the timer is any CPU). The timer takes a queue out of its slot
+/// only when it looks expired, so a CPU that is busy unmapping does not find its queue gone. Each queue counts its
+/// own flushes, and the IOTLB's flush counter is per CPU too. What is left crosses only when a CPU finds its queue or
+/// cache held (by the timer flushing it after the CPU went quiet, or by a thread preempted while holding it): it
+/// then uses another CPU's, as before, and the timer writes an expired queue from whichever CPU it runs on. Before, the timer took
 /// every queue each tick and freed into its own CPU's cache, and one counter for the domain was written on every
 /// flush: neighbouring IOVAs ended up mapped by different CPUs, whose leaf-table lines the hardware prefetchers
 /// then pulled back and forth (on an AMD EPYC host, one domain shared by two CPUs scaled 0.86-0.93 of the pool hit's

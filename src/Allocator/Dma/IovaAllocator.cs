@@ -188,5 +188,7 @@ public sealed class IovaAllocator
 
     internal long CachedRanges => _rcache.CachedCount;
 
+    internal int MagazineRoomChunks => _rcache.RoomChunks;
+
     internal int DepotMagazines => _rcache.DepotMagazines;
 }

@@ -26,7 +26,8 @@ namespace PagePool.Dma;
 /// A CPU popping the depot gets back a magazine
 /// it pushed itself when one is near the top (the IOVAs in it were last mapped by this CPU, so their page-table lines
 /// are in its cache, not the other CPU's). Emptied magazines are kept as spares for the next push instead of being
-/// freed and allocated again (no garbage on the depot path, and the room a magazine holds is never given back). A full flush of the caches empties the parked magazines
+/// freed and allocated again (no garbage on the depot path; beyond a few spares an emptied magazine is dropped and
+/// its room goes back to its arena). A full flush of the caches empties the parked magazines
 /// too, so no range is held back from an allocation that would otherwise fail.
 /// </remarks>
 internal sealed unsafe class IovaRcache
@@ -49,20 +50,25 @@ internal sealed unsafe class IovaRcache
         [FieldOffset(64)] internal readonly ulong* Pfns = rooms.Take(); // MagazineSize of them
         [FieldOffset(72)] internal int Count;
         [FieldOffset(76)] internal int PushedBy; // the CPU slot that put it in the depot
+        // The arena its room came from: keeps the room's pages alive as long as the magazine is, and takes the room
+        // back when the magazine is dropped.
+        [FieldOffset(80)] internal readonly RoomArena Rooms = rooms;
         [FieldOffset(184)] private readonly long _end; // the JIT ignores Size on a class: a last field makes the room
     }
 
     /// <summary>
-    /// Rooms for one CPU's magazines: 1 KiB each, carved from pages that hold nothing but this CPU's rooms
-    /// (<see cref="PagePrivate"/>). A flush pushes 250 ranges in a row and the maps pop them in a row: prefetchers
-    /// follow such runs to the end of the page, and with the magazines in ordinary arrays, allocated one CPU after
-    /// the other, that was often into the next CPU's magazine. A magazine keeps its room wherever the depot takes
-    /// it; rooms are never given back (empty magazines are kept as spares), so the arena only grows with the depot.
+    /// Rooms for the magazines one CPU creates: 1 KiB each, carved from pages that hold nothing but this arena's
+    /// rooms (<see cref="PagePrivate"/>). A flush pushes 250 ranges in a row and the maps pop them in a row:
+    /// prefetchers follow such runs to the end of the page, and with the magazines in ordinary arrays, allocated one
+    /// CPU after the other, that was often into the next CPU's magazine. A magazine keeps its room wherever the depot
+    /// takes it (so after depot traffic a CPU may use a room on another CPU's pages); a dropped magazine gives its room
+    /// back for the next one, so the arena holds at most the most magazines this CPU ever had alive at once.
     /// </summary>
     internal sealed class RoomArena
     {
         private const int RoomUlongs = 128, RoomsPerChunk = 16; // 16 KiB of rooms a chunk
         private readonly List<PagePrivate> _chunks = [];
+        private readonly Stack<nint> _free = new();
         private readonly Lock _lock = new();
         private int _used = RoomsPerChunk;
 
@@ -70,6 +76,7 @@ internal sealed unsafe class IovaRcache
         {
             lock (_lock)
             {
+                if (_free.TryPop(out nint room)) return (ulong*)room;
                 if (_used == RoomsPerChunk)
                 {
                     _chunks.Add(new PagePrivate(RoomsPerChunk * RoomUlongs));
@@ -77,6 +84,18 @@ internal sealed unsafe class IovaRcache
                 }
                 return _chunks[^1].Start + _used++ * RoomUlongs;
             }
+        }
+
+        /// <summary>Take back the room of a magazine that is being dropped (nothing may use it afterwards).</summary>
+        internal void Give(ulong* room)
+        {
+            lock (_lock) _free.Push((nint)room);
+        }
+
+        /// <summary>Chunks allocated so far (tests: the arena does not grow while magazines are recycled).</summary>
+        internal int Chunks
+        {
+            get { lock (_lock) return _chunks.Count; }
         }
     }
 
@@ -256,6 +275,7 @@ internal sealed unsafe class IovaRcache
             else cc.Loaded = PushDepot(sc, cpu, m);
             m = cc.Loaded;
         }
+        Debug.Assert(m.Count < MagazineSize, "a magazine is pushed only below its size: the room has no bounds check");
         m.Pfns[m.Count++] = pfn;
     }
 
@@ -325,7 +345,7 @@ internal sealed unsafe class IovaRcache
             }
             var full = depot[pick];
             depot.RemoveAt(pick);
-            sc.Spare.Push(emptied); // kept, room and all: the arena never takes a room back
+            Retire(sc, emptied);
             return full;
         }
     }
@@ -345,6 +365,7 @@ internal sealed unsafe class IovaRcache
                 Drain(cc.Previous);
                 if (cc.Parked is { } parked)
                 {
+                    Debug.Assert(cc.Spare is null, "a CPU with a parked magazine has no spare: parking took it");
                     Drain(parked);
                     (cc.Parked, cc.Spare) = (null, parked);
                 }
@@ -352,11 +373,26 @@ internal sealed unsafe class IovaRcache
             }
             lock (sc.DepotLock)
             {
-                foreach (var m in sc.Depot) Drain(m);
+                foreach (var m in sc.Depot)
+                {
+                    Drain(m);
+                    Retire(sc, m);
+                }
                 sc.Depot.Clear();
             }
         }
     }
+
+    // An emptied magazine no CPU holds: a spare for the next depot push while there are few, else dropped with its
+    // room given back (more spares would keep the depot's peak alive). Called with the depot lock held.
+    private void Retire(SizeCache sc, Magazine emptied)
+    {
+        if (sc.Spare.Count <= _slotMask + 1) sc.Spare.Push(emptied);
+        else emptied.Rooms.Give(emptied.Pfns);
+    }
+
+    /// <summary>Chunks of magazine rooms allocated by every CPU's arena (tests).</summary>
+    internal int RoomChunks => _rooms.Sum(r => r.Chunks);
 
     private void Drain(Magazine m)
     {

@@ -23,8 +23,8 @@ internal sealed unsafe class PagePrivate
     internal PagePrivate(int ulongs)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(ulongs);
-        int roomBytes = (ulongs * sizeof(ulong) + PageBytes - 1) & ~(PageBytes - 1);
-        _storage = GC.AllocateArray<ulong>((roomBytes + PageBytes) / sizeof(ulong), pinned: true);
+        long roomBytes = ((long)ulongs * sizeof(ulong) + PageBytes - 1) & ~(long)(PageBytes - 1);
+        _storage = GC.AllocateArray<ulong>(checked((int)((roomBytes + PageBytes) / sizeof(ulong))), pinned: true);
         var first = (nuint)Unsafe.AsPointer(ref _storage[0]);
         Start = (ulong*)((first + PageBytes - 1) & ~(nuint)(PageBytes - 1));
     }
