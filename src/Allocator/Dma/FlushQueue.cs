@@ -17,7 +17,7 @@ namespace PagePool.Dma;
 /// own. A flushed queue's ranges go back to the IOVA cache of the CPU whose queue it was, whoever flushes it (Linux
 /// frees them into the flushing CPU's cache, which for the timer is any CPU). The timer takes a queue out of its slot
 /// only when it looks expired, so a CPU that is busy unmapping does not find its queue gone. Each queue counts its
-/// own flushes, and the IOTLB's flush counter is per CPU too. What is left crosses only when a CPU finds its queue or
+/// own flushes in the IOTLB's per-CPU flush counters. What is left crosses only when a CPU finds its queue or
 /// cache held (by the timer flushing it after the CPU went quiet, or by a thread preempted while holding it): it
 /// then uses another CPU's, as before, and the timer writes an expired queue from whichever CPU it runs on. Before, the timer took
 /// every queue each tick and freed into its own CPU's cache, and one counter for the domain was written on every
@@ -40,7 +40,6 @@ internal sealed unsafe class FlushQueue : IDisposable
         [FieldOffset(80)] internal readonly ulong* Pages; // [capacity]
         [FieldOffset(88)] internal int Count;
         [FieldOffset(96)] internal long FirstTimestamp;
-        [FieldOffset(104)] internal long Flushes; // written only by the queue's holder
         [FieldOffset(184)] private readonly long _end; // the JIT ignores Size on a class: a last field makes the room
 
         internal Queue(int capacity)
@@ -53,7 +52,6 @@ internal sealed unsafe class FlushQueue : IDisposable
 
     private readonly IommuDomain _domain;
     private readonly Queue?[] _slots;
-    private readonly Queue[] _all; // the same queues, for counting while some are out of their slots
     private readonly int _slotMask, _capacity;
     private readonly long _timeoutTicks;
     private readonly Timer _timer;
@@ -63,26 +61,16 @@ internal sealed unsafe class FlushQueue : IDisposable
     {
         _domain = domain;
         _capacity = capacity;
-        int slots = 1;
-        while (slots < cpus) slots <<= 1;
+        int slots = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, cpus));
         _slotMask = slots - 1;
         _slots = new Queue?[(slots + 1) * SlotStride];
-        _all = new Queue[slots];
-        for (int s = 0; s < slots; s++) _slots[(s + 1) * SlotStride] = _all[s] = new Queue(capacity);
+        for (int s = 0; s < slots; s++) _slots[(s + 1) * SlotStride] = new Queue(capacity);
         _timeoutTicks = (long)(timeout.TotalSeconds * Stopwatch.Frequency);
         _timer = new Timer(_ => FlushExpired(), null, timeout, timeout);
     }
 
-    /// <summary>Flushes so far, of every queue (each queue counts its own: no line written by two CPUs).</summary>
-    internal long Flushes
-    {
-        get
-        {
-            long n = 0;
-            foreach (var q in _all) n += Volatile.Read(ref q.Flushes);
-            return n;
-        }
-    }
+    /// <summary>Flushes so far, of every queue: each is one full IOTLB flush, counted there per CPU.</summary>
+    internal long Flushes => _domain.Iotlb.FullFlushes;
 
     /// <summary>How often the timer has taken a queue out of its slot (tests: it takes only expired ones).</summary>
     internal long TimerTakes => Volatile.Read(ref _timerTakes);
@@ -115,7 +103,6 @@ internal sealed unsafe class FlushQueue : IDisposable
         _domain.Iotlb.InvalidateAll(slot);
         _domain.Iova.FreeFastBatch(new ReadOnlySpan<ulong>(q.Pfn, q.Count), new ReadOnlySpan<ulong>(q.Pages, q.Count), slot);
         q.Count = 0;
-        Volatile.Write(ref q.Flushes, q.Flushes + 1);
     }
 
     private bool Expired(Queue q, long now) => q.Count > 0 && now - q.FirstTimestamp >= _timeoutTicks;

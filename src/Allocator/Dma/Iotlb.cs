@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace PagePool.Dma;
@@ -27,8 +27,7 @@ internal sealed unsafe class Iotlb
     private const int CountStride = 16; // longs between two CPUs' flush counters: 128 bytes
     private const int Seq = 0, Tag = 1, Pte = 2, Host = 3, Block = 4, Epoch = 5; // Tag: pfn + 1, 0 = empty
 
-    private readonly ulong[] _lines = GC.AllocateArray<ulong>(Size * Stride + Stride, pinned: true);
-    private readonly ulong* _entries; // the first 64-byte boundary inside _lines
+    private readonly PagePrivate _lines = new(Size * Stride); // page-aligned, so each entry is one whole line
     // A full flush starts a new epoch: every entry filled before it is gone at once. The epoch is the sum of one
     // counter per CPU, each on a 128-byte line of its own, so CPUs flushing their queues never write one line
     // between them (one shared counter moved to the flushing CPU on every flush, and was read there by the other).
@@ -37,17 +36,13 @@ internal sealed unsafe class Iotlb
 
     internal Iotlb(int cpus)
     {
-        int slots = 1;
-        while (slots < cpus) slots <<= 1;
+        int slots = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, cpus));
         _cpuMask = slots - 1;
         _flushCounts = new long[(slots + 1) * CountStride];
-        ulong* p = (ulong*)Unsafe.AsPointer(ref _lines[0]); // pinned: the address never changes
-        _entries = (ulong*)(((nuint)p + 63) & ~(nuint)63);
-        Debug.Assert(_entries + Size * Stride <= p + _lines.Length, "the aligned entries fit the array");
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ulong* Entry(ulong pfn) => _entries + (int)(pfn & (Size - 1)) * Stride;
+    private ulong* Entry(ulong pfn) => _lines.Start + (int)(pfn & (Size - 1)) * Stride;
 
     internal bool TryLookup(ulong pfn, out ulong pte, out ulong host, out ulong block)
     {
@@ -110,13 +105,20 @@ internal sealed unsafe class Iotlb
     /// </summary>
     internal void InvalidateAll(int cpu) => Interlocked.Increment(ref _flushCounts[((cpu & _cpuMask) + 1) * CountStride]);
 
-    // The sum of the CPUs' flush counters: it only grows, so an entry filled before any flush never matches again.
-    private ulong CurrentEpoch()
+    /// <summary>Full flushes so far, counted on every CPU (the flush queue's flush count).</summary>
+    internal long FullFlushes
     {
-        long sum = 1; // entries start at 0 (empty), never equal to an epoch
-        for (int c = 0; c <= _cpuMask; c++) sum += Volatile.Read(ref _flushCounts[(c + 1) * CountStride]);
-        return (ulong)sum;
+        get
+        {
+            long sum = 0;
+            for (int c = 0; c <= _cpuMask; c++) sum += Volatile.Read(ref _flushCounts[(c + 1) * CountStride]);
+            return sum;
+        }
     }
+
+    // One more than the full flushes: it only grows, so an entry filled before any flush never matches again, and
+    // an empty entry (0) never matches.
+    private ulong CurrentEpoch() => (ulong)FullFlushes + 1;
 
     // Make the entry's word odd (this writer inside); returns the even value it had.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -128,8 +128,7 @@ internal sealed unsafe class IovaRcache
     internal IovaRcache(IovaAllocator owner, int cpus)
     {
         _owner = owner;
-        int slots = 1;
-        while (slots < cpus) slots <<= 1;
+        int slots = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, cpus));
         _slotMask = slots - 1;
         _rooms = new RoomArena[slots];
         for (int i = 0; i < slots; i++) _rooms[i] = new RoomArena();

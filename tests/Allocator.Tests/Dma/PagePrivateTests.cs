@@ -27,6 +27,10 @@ public sealed unsafe class PagePrivateTests
         => Assert.Throws<ArgumentOutOfRangeException>(() => new PagePrivate(0));
 
     [Fact]
+    public void A_room_too_large_for_one_array_is_refused_not_wrapped()
+        => Assert.Throws<OverflowException>(() => new PagePrivate(int.MaxValue)); // 16 GiB: the size in int would wrap
+
+    [Fact]
     public void Rooms_taken_for_two_cpus_never_share_a_page_and_rooms_of_one_cpu_never_overlap()
     {
         var cpu0 = new IovaRcache.RoomArena();
