@@ -81,7 +81,11 @@ internal sealed class XenP2M
     internal bool MakeContiguous(ulong pfn, int order, ulong limitAddress, out ulong machineFrame)
     {
         ulong count = 1UL << order;
-        ulong limitFrame = Math.Min((limitAddress + 1) >> PhysicalMemory.PageShift, WindowStart + WindowFrames);
+        // The frames wholly at or below the limit, (limitAddress + 1) / PageSize, without the + 1 that wraps a
+        // 64-bit mask to 0 (no frame at all would fit).
+        ulong lastByte = PhysicalMemory.PageSize - 1;
+        ulong framesBelow = (limitAddress >> PhysicalMemory.PageShift) + ((limitAddress & lastByte) == lastByte ? 1UL : 0UL);
+        ulong limitFrame = Math.Min(framesBelow, WindowStart + WindowFrames);
         lock (_lock)
         {
             if (_exchanged.TryGetValue(pfn, out var had) && had.Order == order)

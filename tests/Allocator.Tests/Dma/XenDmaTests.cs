@@ -89,6 +89,23 @@ public sealed class XenDmaTests : IDisposable
         Assert.Empty(_m.Checker.Reports);
     }
 
+    [Theory]
+    [InlineData(64)] // the mask's last address + 1 wraps to 0: coherent memory once never fitted
+    [InlineData(40)]
+    public void Coherent_memory_for_a_wide_mask_is_machine_contiguous_and_the_device_reaches_it(int maskBits)
+    {
+        var wide = _m.Device("wide" + maskBits, DmaOpsKind.Xen, maskBits: maskBits);
+        var c = wide.AllocateCoherent(1);
+        Assert.Equal(_m.Memory.MachineAddress(c.Block), c.DmaAddress);
+        var data = DmaTestMachine.Pattern(8192, 11);
+        wide.Engine.Write(c.DmaAddress, data);
+        var seen = new byte[8192];
+        _m.Platform.CpuRead(c.Block, 0, seen);
+        Assert.Equal(data, seen);
+        wide.FreeCoherent(c);
+        Assert.Empty(_m.Checker.Reports);
+    }
+
     [Fact]
     public void Machine_contiguous_pages_below_the_mask_are_not_bounced()
     {

@@ -72,6 +72,27 @@ public sealed class XenTests : IDisposable
         Assert.False(_memory.TryMakeContiguous(block, (2UL << 30) - 1, out _)); // the window starts at 2 GiB
     }
 
+    [Theory]
+    [InlineData(ulong.MaxValue)] // a 64-bit mask: limit + 1 wraps to 0
+    [InlineData(0xFFFF_FFFF_FFUL)] // 40 bits
+    [InlineData(0xFFFF_FFFFUL)] // 32 bits
+    public void A_limit_up_to_the_whole_64_bit_space_finds_a_contiguous_range_below_it(ulong limit)
+    {
+        var block = _memory.AllocateBlock(Zone.Dma32, 0);
+        Assert.True(_memory.TryMakeContiguous(block, limit, out ulong machine));
+        Assert.True(machine + 4096 - 1 <= limit);
+    }
+
+    [Fact]
+    public void A_limit_one_byte_short_of_a_frame_excludes_that_frame()
+    {
+        var block = _memory.AllocateBlock(Zone.Dma32, 0);
+        // The window starts at 2 GiB: a limit ending one byte before the first frame's last byte leaves no frame.
+        Assert.False(_memory.TryMakeContiguous(block, (2UL << 30) + 4096 - 2, out _));
+        Assert.True(_memory.TryMakeContiguous(block, (2UL << 30) + 4096 - 1, out ulong machine));
+        Assert.Equal(2UL << 30, machine);
+    }
+
     [Fact]
     public void The_same_seed_gives_the_same_layout()
     {
