@@ -45,6 +45,7 @@ public sealed class DmaChecker
         internal int Level; // the level of buckets its table indexes it at, or -1 when on the unbucketed list
         internal long Seen; // the table's lookup stamp when a lookup last took it as a candidate (under the table's lock)
         internal (ulong Dma, int Length)[]? Segments; // a scatterlist's entries where they do not follow each other from the first
+        internal Part[]? Parts; // with Segments: each entry's buffer, whether it bounced, and whether the device wrote it since the last sync
 
         // The end of the part of this mapping that holds `dma`: the mapping's end, or its segment's for a
         // scatterlist whose entries do not follow each other; 0 when none holds it.
@@ -68,6 +69,19 @@ public sealed class DmaChecker
         // The DMA ranges the mapping covers: the whole, or each segment.
         internal int RangeCount => Segments?.Length ?? 1;
         internal (ulong Dma, int Length) Range(int i) => Segments is null ? (Start, Size) : Segments[i];
+    }
+
+    /// <summary>
+    /// A scatterlist entry as the CPU sees it (its block and bytes), whether its mapping bounced, and whether the
+    /// device wrote it since the CPU last synced. A scatterlist's entries lie in different blocks, and under Xen
+    /// only some of them may bounce, so a CPU read is matched against each entry, not against the first.
+    /// </summary>
+    internal struct Part(PageHandle block, int offset, int length, bool bounced)
+    {
+        internal readonly PageHandle Block = block;
+        internal readonly int Offset = offset, Length = length;
+        internal readonly bool Bounced = bounced;
+        internal bool Dirty;
     }
 
     // One device's mappings: by start address (unmap, the mapping-error check), and by the DMA buckets they cover
@@ -326,13 +340,14 @@ public sealed class DmaChecker
     }
 
     internal void OnMap(DmaDevice d, DmaMapKind kind, ulong dma, PageHandle block, int offset, int size, DmaDirection dir, bool bounced, int nents,
-                        (ulong Dma, int Length)[]? segments = null)
+                        (ulong Dma, int Length)[]? segments = null, Part[]? parts = null)
     {
+        System.Diagnostics.Debug.Assert(parts is null || (segments is not null && parts.Length == segments.Length), "a part per segment");
         var e = new Entry(d, dma)
         {
             Kind = kind, Block = block, Offset = offset, Size = size, Nents = nents, CpuPhys = _memory.PhysicalAddress(block) + (ulong)offset,
             Direction = dir, Bounced = bounced, ErrorChecked = kind is DmaMapKind.Coherent or DmaMapKind.Scatterlist, // dma-debug asks the check of map_page/map_single only
-            Segments = segments,
+            Segments = segments, Parts = parts,
         };
         var t = Of(d);
         bool overlap;
@@ -409,7 +424,7 @@ public sealed class DmaChecker
         if (gone is null) return;
         if (gone.DeviceDirty)
         {
-            gone.DeviceDirty = false;
+            ClearDirty(gone);
             lock (_dirtyLock) _dirty.Remove(gone);
         }
         if (Tracked(gone.Kind, gone.Direction)) HoldLines(gone, -1);
@@ -443,7 +458,7 @@ public sealed class DmaChecker
             }
             if (e is { DeviceDirty: true } && forCpu && !outOfRange)
             {
-                e.DeviceDirty = false;
+                ClearDirty(e);
                 lock (_dirtyLock) _dirty.Remove(e);
             }
         }
@@ -469,31 +484,61 @@ public sealed class DmaChecker
             t.Near(dma, length, near);
             LastCandidates = near.Count;
             foreach (var x in near)
-                if (x.Bounced && !x.DeviceDirty && x.Touches(dma, length))
+            {
+                if (!x.Bounced || !x.Touches(dma, length)) continue;
+                if (x.Parts is { } parts)
                 {
-                    x.DeviceDirty = true;
-                    lock (_dirtyLock) _dirty.Add(x);
+                    bool wrote = false; // a bounced entry the write touched
+                    for (int i = 0; i < parts.Length; i++)
+                    {
+                        var (a, n) = x.Segments![i];
+                        if (!parts[i].Bounced || dma >= a + (ulong)n || dma + (ulong)length <= a) continue;
+                        parts[i].Dirty = true;
+                        wrote = true;
+                    }
+                    if (!wrote) continue;
                 }
+                if (x.DeviceDirty) continue;
+                x.DeviceDirty = true;
+                lock (_dirtyLock) _dirty.Add(x);
+            }
         }
         near.Clear();
     }
 
+    // Under the table's lock: the CPU has seen what the device wrote (a sync for the CPU), or the mapping is gone.
+    private static void ClearDirty(Entry e)
+    {
+        e.DeviceDirty = false;
+        if (e.Parts is { } parts)
+            for (int i = 0; i < parts.Length; i++) parts[i].Dirty = false;
+    }
+
     internal void OnCpuRead(PageHandle block, int offset, int length)
     {
-        List<Entry>? stale = null;
+        List<(Entry Mapping, ulong Dma, long Size)>? stale = null;
         lock (_dirtyLock)
             foreach (var x in _dirty) // only mappings the device wrote and the CPU has not synced: few
-                if (x.Block == block && offset < x.Offset + x.Size && offset + length > x.Offset)
-                    (stale ??= new()).Add(x);
+            {
+                if (x.Parts is { } parts)
+                {
+                    // A scatterlist: each entry the device wrote through a bounce slot, in its own block.
+                    for (int i = 0; i < parts.Length; i++)
+                        if (parts[i].Dirty && parts[i].Block == block && offset < parts[i].Offset + parts[i].Length && offset + length > parts[i].Offset)
+                            (stale ??= new()).Add((x, x.Segments![i].Dma, parts[i].Length));
+                }
+                else if (x.Block == block && offset < x.Offset + x.Size && offset + length > x.Offset)
+                    (stale ??= new()).Add((x, x.Start, x.Size));
+            }
         if (stale is null) return;
-        foreach (var x in stale)
-            Report(DmaCheckClass.MissingSyncForCpu, x.Device, x.Start, x.Size, x.Direction,
+        foreach (var (x, dma, size) in stale)
+            Report(DmaCheckClass.MissingSyncForCpu, x.Device, dma, size, x.Direction,
                 "the CPU read a bounced buffer after the device wrote it, without sync_for_cpu: it sees the old data; " +
                 "call SyncForCpu (or unmap) before reading, or use coherent memory");
     }
 
-    internal void OnStaleIotlb(DmaDevice d, ulong dma, bool write) =>
-        Report(DmaCheckClass.StaleIotlbAccess, d, dma, 1, write ? DmaDirection.FromDevice : DmaDirection.ToDevice,
+    internal void OnStaleIotlb(DmaDevice d, ulong dma, int size, bool write) =>
+        Report(DmaCheckClass.StaleIotlbAccess, d, dma, size, write ? DmaDirection.FromDevice : DmaDirection.ToDevice,
             $"the device {(write ? "wrote" : "read")} through an IOTLB entry of an unmapped IOVA (deferred flush not yet done); " +
             "stop the device before unmapping, or use strict invalidation");
 

@@ -201,7 +201,7 @@ public sealed class DmaCheckerTests : IDisposable
         var checker = _m.Checker;
         const ulong first = 0x10000, second = 0x13000, between = 0x11000;
         checker.OnMap(sw, DmaMapKind.Scatterlist, first, _block, 0, 8192, DmaDirection.FromDevice, bounced: true, nents: 2,
-            segments: [(first, 4096), (second, 4096)]);
+            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, 4096, true), new(_block, 4096, 4096, true)]);
         checker.OnDeviceWrite(sw, second, 64);
         checker.OnSync(sw, first, 1, DmaDirection.FromDevice, forCpu: true);
         checker.OnDeviceWrite(sw, between, 64); // another mapping's slot inside [first, first + 8 KiB)
@@ -209,11 +209,41 @@ public sealed class DmaCheckerTests : IDisposable
         Assert.Empty(checker.Reports);
 
         checker.OnDeviceWrite(sw, second + 100, 64); // into the second entry, after the sync
-        _m.Platform.CpuRead(_block, 0, new byte[8]);
+        _m.Platform.CpuRead(_block, 4096, new byte[8]); // the second entry's bytes
         Assert.Equal(DmaCheckClass.MissingSyncForCpu, Assert.Single(checker.Reports).Class);
         checker.ClearReports();
         checker.OnSync(sw, first, 1, DmaDirection.FromDevice, forCpu: true);
         checker.OnUnmap(sw, DmaMapKind.Scatterlist, first, 8192, DmaDirection.FromDevice, 2, default);
+    }
+
+    // A bounced scatterlist's entries are in blocks of their own: a CPU read is matched against the entry the
+    // device wrote, in its block, not against the first entry's block and the list's total size.
+    [Fact]
+    public void A_cpu_read_of_a_written_scatterlist_entry_in_another_block_without_sync_is_reported_and_other_bytes_are_not()
+    {
+        var sw = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var other = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        var sg = new DmaScatterlist();
+        sg.Add(_block, 0, 2048);
+        sg.Add(other, 0, 4096);
+        sw.MapScatterlist(sg, DmaDirection.FromDevice);
+        ulong second = sg.EntryDma[1];
+
+        sw.Engine.Write(second, new byte[64]); // the device writes the second entry only
+        _m.Platform.CpuRead(_block, 2048, new byte[8]); // past the first entry, within the list's total size: not mapped
+        _m.Platform.CpuRead(_block, 0, new byte[8]); // the first entry, which the device did not write
+        Assert.Empty(_m.Checker.Reports);
+
+        _m.Platform.CpuRead(other, 100, new byte[8]);
+        var r = Assert.Single(_m.Checker.Reports);
+        Assert.Equal((DmaCheckClass.MissingSyncForCpu, "sw", second, 4096L), (r.Class, r.Device, r.Address, r.Size));
+
+        _m.Checker.ClearReports();
+        sw.SyncScatterlistForCpu(sg, DmaDirection.FromDevice);
+        _m.Platform.CpuRead(other, 100, new byte[8]);
+        Assert.Empty(_m.Checker.Reports);
+        sw.UnmapScatterlist(sg, sg.Count, DmaDirection.FromDevice);
+        Assert.Empty(_m.Checker.Reports);
     }
 
     // The same layout seen from a sync: the streaming mapping between two entries of a list is the one a sync of it
@@ -226,7 +256,7 @@ public sealed class DmaCheckerTests : IDisposable
         var other = _m.Memory.AllocateBlock(Zone.Dma32, 0);
         const ulong first = 0x10000, second = 0x13000, between = 0x11000;
         checker.OnMap(sw, DmaMapKind.Scatterlist, first, _block, 0, 8192, DmaDirection.FromDevice, bounced: true, nents: 2,
-            segments: [(first, 4096), (second, 4096)]);
+            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, 4096, true), new(_block, 4096, 4096, true)]);
         checker.OnMap(sw, DmaMapKind.Page, between, other, 0, 4096, DmaDirection.FromDevice, bounced: true, nents: 1);
         checker.OnMappingErrorChecked(sw, between);
         checker.OnDeviceWrite(sw, between, 4096);
