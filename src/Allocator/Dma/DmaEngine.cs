@@ -70,13 +70,13 @@ public sealed unsafe class DmaEngine
             ulong at = dma + (ulong)done;
             if (!_ops.Translate(at, write, out byte* host, out int room, out bool stale, out string? reason))
                 throw Fault(at, write, reason!, false);
+            int n = Math.Min(room, length - done);
             if (stale)
             {
                 Interlocked.Increment(ref _device.StaleAccessCount);
-                _checker?.OnStaleIotlb(_device, at, write);
+                _checker?.OnStaleIotlb(_device, at, n, write); // the bytes that went through the stale entry
                 if (PagePoolEventSource.DmaOn) PagePoolEventSource.Log.DmaFault(_device.Name, (long)at, write ? 1 : 0, 1);
             }
-            int n = Math.Min(room, length - done);
             if (write) BounceCopy.Copy(data + done, host, n);
             else BounceCopy.Copy(host, data + done, n);
             done += n;
