@@ -38,7 +38,7 @@ internal sealed unsafe class IommuOps : DmaOps
         ulong pfn = 0;
         if (_tryDac32 && _limitPfn >= IovaAllocator.Dma32BitPfn)
         {
-            pfn = _domain.Iova.AllocFast(pages, IovaAllocator.Dma32BitPfn - 1);
+            pfn = _domain.Iova.AllocFast(pages, IovaAllocator.Dma32BitPfn - 1, flushCaches: false); // its failure is not exhaustion
             if (pfn == 0) _tryDac32 = false;
         }
         if (pfn == 0) pfn = _domain.Iova.AllocFast(pages, _limitPfn);

@@ -79,23 +79,24 @@ public sealed class IovaAllocator
 
     /// <summary>
     /// alloc_iova_fast: a range of <paramref name="pages"/> (rounded) ending at or below <paramref name="limitPfn"/>,
-    /// from the per-CPU cache when it has one, else from the tree; on failure flush every cache and retry once.
-    /// Returns 0 when the space has no such range.
+    /// from the per-CPU cache when it has one, else from the tree; on failure, when <paramref name="flushCaches"/>,
+    /// flush every cache and retry once (Linux's flush_rcache: false for the first try below 4 GiB, whose failure
+    /// only sends the device to its whole space). Returns 0 when the space has no such range.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong AllocFast(ulong pages, ulong limitPfn)
+    internal ulong AllocFast(ulong pages, ulong limitPfn, bool flushCaches = true)
     {
         ulong size = RoundSize(pages);
         ulong pfn = _rcache.TryGet(size, limitPfn);
-        return pfn != 0 ? pfn : AllocSlow(size, limitPfn);
+        return pfn != 0 ? pfn : AllocSlow(size, limitPfn, flushCaches);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong AllocSlow(ulong size, ulong limitPfn)
+    private ulong AllocSlow(ulong size, ulong limitPfn, bool flushCaches)
     {
         if (Faults.FaultInjector.ShouldFail(Faults.FaultPoint.IovaSpace)) return 0; // as if the space had no free range
         ulong pfn = Alloc(size, limitPfn);
-        if (pfn != 0) return pfn;
+        if (pfn != 0 || !flushCaches) return pfn;
         _rcache.FlushAll();
         return Alloc(size, limitPfn);
     }

@@ -219,6 +219,33 @@ public sealed class IommuTests
         dev.UnmapPage(second, 4096, DmaDirection.ToDevice);
     }
 
+    // iommu_dma_alloc_iova tries below 4 GiB first for a wide mask with flush_rcache false: that try failing
+    // only sends the device to its whole space, so it must not empty every CPU's IOVA cache on the way.
+    [Fact]
+    public void A_failed_first_try_below_4_GiB_leaves_the_iova_caches_alone()
+    {
+        using var m = new DmaTestMachine();
+        var dev = m.Device("wide", DmaOpsKind.Iommu, maskBits: 48);
+        var iova = ((IommuOps)dev.Ops).Domain.Iova;
+        for (ulong chunk = 1UL << 19; chunk > 0; chunk >>= 1) // fill the space below 4 GiB from the tree
+            while (iova.AllocateRange(chunk, IovaAllocator.Dma32BitPfn - 1) != 0) { }
+        ulong high = IovaAllocator.Dma32BitPfn << 4, b = 0, dma = 0;
+        var page = m.Memory.AllocateBlock(Zone.Normal, 0);
+        Pinned.Run(0, () =>
+        {
+            ulong a = iova.AllocFast(1, high);
+            b = iova.AllocFast(1, high);
+            iova.FreeFast(a, 1);
+            iova.FreeFast(b, 1); // both cached on CPU 0, b on top
+            Assert.Equal(2, iova.CachedRanges);
+
+            dma = dev.MapPage(page, 0, 4096, DmaDirection.Bidirectional);
+        });
+
+        Assert.Equal(b, dma >> 12); // the whole space's try took the cached range
+        Assert.Equal(1, iova.CachedRanges);
+    }
+
     [Fact]
     public void Many_threads_map_write_verify_and_unmap_on_shared_devices()
     {
