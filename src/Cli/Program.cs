@@ -53,7 +53,7 @@ internal static class Program
         }
         catch (UsageException e)
         {
-            return Fail(stderr, $"pagepool: {e.Message}", ExitCodes.BadArguments);
+            return Fail(stderr, $"pagepool: {e.Message} (see '{HelpCommand(parse)}')", ExitCodes.BadArguments);
         }
         catch (Exception e) when (ExitCodes.IsResourceExhaustion(e))
         {
@@ -78,12 +78,10 @@ internal static class Program
     }
 
     // The library's own message for the first error (an unknown token says most), on one line, with where to look.
-    private static string ErrorLine(ParseResult parse)
-    {
-        var command = parse.CommandResult.Command;
-        string help = command is RootCommand ? "pagepool --help" : $"pagepool {command.Name} --help";
-        return $"pagepool: {ErrorMessage(parse)} (see '{help}')";
-    }
+    private static string ErrorLine(ParseResult parse) => $"pagepool: {ErrorMessage(parse)} (see '{HelpCommand(parse)}')";
+
+    private static string HelpCommand(ParseResult parse)
+        => parse.CommandResult.Command is RootCommand ? "pagepool --help" : $"pagepool {parse.CommandResult.Command.Name} --help";
 
     private static string ErrorMessage(ParseResult parse)
     {

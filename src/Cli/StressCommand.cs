@@ -114,7 +114,7 @@ internal static class StressCommand
         };
         internal readonly Option<int?> Devices = new("--devices")
         {
-            Description = "dma: how many devices (default 4).",
+            Description = "dma: how many devices, 1..64 (default 4); every fourth does not snoop CPU caches.",
             HelpName = "N",
             CustomParser = r => Arguments.Whole("--devices", 1, 64)(r),
         };
@@ -144,12 +144,18 @@ internal static class StressCommand
             CustomParser = Arguments.Bytes("--buffer-limit", 1L << 20, Ram, "at most this machine's memory"),
         };
         internal static readonly string[] DmaFaults = ["missing-sync", "stale-iotlb", "wrong-pool"], SwapFaults = ["interrupted-restore", "failing-write"];
+        internal static readonly string[] DmaScenarios = ["dma"], SwapScenarios = ["swap", "mixed"];
         internal readonly Option<string?> InjectFault = new("--inject")
         {
-            Description = "Testing aid: dma: missing-sync, stale-iotlb or wrong-pool, a misuse the checker must report (exit 1); swap: interrupted-restore or failing-write, faults the run must survive.",
+            Description = "Testing aid: dma: missing-sync (swiotlb, xen), stale-iotlb (iommu with --deferred-flush) or wrong-pool (2 devices or more), a misuse of the run's first devices the checker must report (exit 1); swap and mixed: interrupted-restore or failing-write, faults the run must survive.",
             HelpName = "FAULT",
             CustomParser = r => Arguments.OneOf(r, "--inject", [.. DmaFaults, .. SwapFaults], ""),
         };
+
+        /// <summary>The options only some scenarios read, with those scenarios (--inject is checked per fault).</summary>
+        internal IEnumerable<(Option Option, string[] Users)> ScenarioOptions =>
+            [(OpsKind, DmaScenarios), (Devices, DmaScenarios), (Mask, DmaScenarios), (DeferredFlush, DmaScenarios),
+             (SwapStore, SwapScenarios), (SwapDir, SwapScenarios), (BufferLimit, SwapScenarios)];
 
         internal IEnumerable<Symbol> All =>
             [Scenario, Threads, Duration, Ops, WorkingSet, PoolLimit, CachingMix, OrderMix, Seed, Verify, Json, Samples, Inject, Reclaim,
@@ -185,8 +191,18 @@ internal static class StressCommand
     {
         string name = r.GetValue(o.Scenario) ?? DefaultScenario;
         var scenario = StressScenario.All.Single(s => s.Name == name);
-        if (r.GetValue(o.InjectFault) is { Length: > 0 } injected && Options.DmaFaults.Contains(injected) && scenario is not DmaScenario)
-            throw new UsageException($"--inject: '{injected}' is a DMA fault, for the dma scenario; {name} takes {string.Join(", ", Options.SwapFaults)}.");
+        // An option of other scenarios would be silently ignored by this one: the run would not be what was asked.
+        foreach (var (option, users) in o.ScenarioOptions)
+            if (r.GetResult(option) is { Implicit: false } && !users.Contains(name))
+                throw new UsageException($"{option.Name}: only the {Scenarios(users)} scenario{(users.Length == 1 ? "" : "s")} use{(users.Length == 1 ? "s" : "")} it; {name} would ignore it.");
+        if (r.GetValue(o.InjectFault) is { Length: > 0 } injected)
+        {
+            var (faults, users) = Options.DmaFaults.Contains(injected) ? (Options.DmaFaults, Options.DmaScenarios) : (Options.SwapFaults, Options.SwapScenarios);
+            if (!users.Contains(name))
+                throw new UsageException($"--inject: '{injected}' is a fault of the {Scenarios(users)} scenario{(users.Length == 1 ? "" : "s")}" +
+                                         $" ({string.Join(", ", faults)}); {name} " +
+                                         (name == "dma" ? $"takes {string.Join(", ", Options.DmaFaults)}." : name is "swap" or "mixed" ? $"takes {string.Join(", ", Options.SwapFaults)}." : "takes none."));
+        }
         long? ops = r.GetValue(o.Ops);
         TimeSpan? duration = r.GetValue(o.Duration);
         int threads = r.GetValue(o.Threads) ?? 2 * Environment.ProcessorCount;
@@ -254,30 +270,26 @@ internal static class StressCommand
         return lo;
     }
 
-    // The dma scenario's own settings; a swap fault named for it is a usage error, and the reverse in Resolve.
+    private static string Scenarios(string[] names) => string.Join(" and ", names);
+
+    // The dma scenario's own settings (Resolve has refused faults of other scenarios).
     private static DmaStressSettings ResolveDma(Options o, ParseResult r, long workingSet, int threads)
     {
-        string? fault = r.GetValue(o.InjectFault);
-        if (fault is { Length: > 0 } && !Options.DmaFaults.Contains(fault))
-            throw new UsageException($"--inject: '{fault}' is a swap fault; the dma scenario takes {string.Join(", ", Options.DmaFaults)}.");
         var kind = Enum.Parse<PagePool.Dma.DmaOpsKind>(r.GetValue(o.OpsKind) ?? "iommu", ignoreCase: true);
         int devices = r.GetValue(o.Devices) ?? 4, mask = r.GetValue(o.Mask) ?? 32;
+        bool deferred = r.GetValue(o.DeferredFlush);
         // A mask the devices cannot work with would only end the run in mapping errors: refuse it before anything runs.
         if (DmaMachine.MaskProblem(kind, mask, workingSet, threads, devices) is { } problem) throw new UsageException(problem);
-        return new DmaStressSettings
+        var inject = r.GetValue(o.InjectFault) switch
         {
-            OpsKind = kind,
-            Devices = devices,
-            MaskBits = mask,
-            DeferredFlush = r.GetValue(o.DeferredFlush),
-            Inject = fault switch
-            {
-                "missing-sync" => DmaInjection.MissingSync,
-                "stale-iotlb" => DmaInjection.StaleIotlb,
-                "wrong-pool" => DmaInjection.WrongPool,
-                _ => DmaInjection.None,
-            },
+            "missing-sync" => DmaInjection.MissingSync,
+            "stale-iotlb" => DmaInjection.StaleIotlb,
+            "wrong-pool" => DmaInjection.WrongPool,
+            _ => DmaInjection.None,
         };
+        // The misuse is committed on the run's own devices: refuse one they cannot commit.
+        if (DmaMachine.InjectionProblem(inject, kind, devices, deferred) is { } cannot) throw new UsageException(cannot);
+        return new DmaStressSettings { OpsKind = kind, Devices = devices, MaskBits = mask, DeferredFlush = deferred, Inject = inject };
     }
 
     private static (CachingMode?, string?) ParseCaching(string t) => t.ToLowerInvariant() switch

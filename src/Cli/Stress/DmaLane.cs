@@ -5,7 +5,9 @@ namespace PagePool.Cli.Stress;
 
 /// <summary>
 /// One thread's DMA work: its own buffers, and steps that each map, let a device read and write through its DMA
-/// addresses, sync, verify every byte on both sides, and unmap, so nothing is left mapped between steps.
+/// addresses, sync, verify every byte on both sides, and unmap, so nothing is left mapped between steps. What a step
+/// does (device, kind, buffer, range, direction) is drawn from the worker's seeded generator and folded into its
+/// sequence hash; the bytes moved come from the lane's own generator, seeded from the run's seed and the lane.
 /// </summary>
 internal sealed class DmaLane
 {
@@ -19,42 +21,55 @@ internal sealed class DmaLane
     private readonly DmaDevice[] _devices;
     private readonly DmaPagePool[] _pools;
     private readonly PageHandle[] _buffers = new PageHandle[Buffers];
-    private readonly Random _rng;
+    private readonly Random _bytes;
+    private StressWorker _w = null!; // the worker of the step in progress: its generator draws the step
     private readonly byte[] _a = new byte[64 << 10], _b = new byte[64 << 10];
 
     internal long Steps, Bytes, VerifyFailures, Coherent, Lists;
     internal readonly List<string> Failures = new();
 
-    internal DmaLane(DmaPlatform platform, DmaDevice[] devices, DmaPagePool[] pools, int seed)
+    internal DmaLane(DmaPlatform platform, DmaDevice[] devices, DmaPagePool[] pools, ulong seed, int lane)
     {
         _platform = platform;
         _memory = platform.Memory;
         _devices = devices;
         _pools = pools;
-        _rng = new Random(seed);
+        _bytes = new Random((int)SplitMix.Mix(SplitMix.Mix(seed) + (ulong)lane + 1)); // every bit of the seed counts
         var zone = devices.Any(d => d.MaskBits <= 32) ? Zone.Dma32 : Zone.Normal; // a 32-bit direct device reaches only DMA32
         for (int i = 0; i < Buffers; i++) _buffers[i] = _memory.AllocateBlock(zone, BufferOrder);
     }
 
+    /// <summary>Set to flip one byte the device wrote, behind the library's back, before the CPU checks it (--inject-corruption).</summary>
+    internal bool CorruptNext;
+
     /// <summary>One step: a streaming round trip, now and then a scatterlist or a coherent DMA-pool page.</summary>
-    internal void Step()
+    internal void Step(StressWorker w)
     {
-        var dev = _devices[_rng.Next(_devices.Length)];
-        int r = _rng.Next(16);
+        _w = w;
+        var dev = _devices[Draw(_devices.Length)];
+        int r = Draw(16);
         if (r == 0) CoherentRoundTrip(_pools[Array.IndexOf(_devices, dev)]);
         else if (r == 1) ListRoundTrip(dev);
         else StreamingRoundTrip(dev);
         Steps++;
     }
 
+    // A number in [0, n) from the worker's generator, folded into its sequence hash.
+    private int Draw(int n)
+    {
+        int v = _w.Next(n);
+        _w.Fold((ulong)v);
+        return v;
+    }
+
     private void StreamingRoundTrip(DmaDevice dev)
     {
-        var buf = _buffers[_rng.Next(Buffers)];
-        int size = _rng.Next(1, 16 << 10), offset = _rng.Next(0, (64 << 10) - size);
-        var dir = (DmaDirection)_rng.Next(3);
+        var buf = _buffers[Draw(Buffers)];
+        int size = 1 + Draw((16 << 10) - 1), offset = Draw((64 << 10) - size);
+        var dir = (DmaDirection)Draw(3);
         var a = _a.AsSpan(0, size);
         var b = _b.AsSpan(0, size);
-        _rng.NextBytes(a);
+        _bytes.NextBytes(a);
         if (dir != DmaDirection.FromDevice) _memory.Write(buf, offset, a);
         ulong dma = dev.MapPage(buf, offset, size, dir);
         if (dev.MappingError(dma)) { Fail($"{dev.Name}: mapping error"); return; }
@@ -65,15 +80,20 @@ internal sealed class DmaLane
         }
         if (dir != DmaDirection.ToDevice)
         {
-            _rng.NextBytes(a);
+            _bytes.NextBytes(a);
             dev.Engine.Write(dma, a);
             dev.SyncForCpu(dma, size, dir);
+            if (CorruptNext)
+            {
+                _memory.GetSpan(buf)[offset + size / 2] ^= 0xFF; // behind the library's back: the check below must see it
+                CorruptNext = false;
+            }
             _platform.CpuRead(buf, offset, b);
             Check(a, b, dev, "CPU read what the device wrote after sync_for_cpu");
         }
         if (dir == DmaDirection.Bidirectional)
         {
-            _rng.NextBytes(a);
+            _bytes.NextBytes(a);
             _memory.Write(buf, offset, a);
             dev.SyncForDevice(dma, size, dir);
             dev.Engine.Read(dma, b);
@@ -86,8 +106,8 @@ internal sealed class DmaLane
     private void ListRoundTrip(DmaDevice dev)
     {
         var sg = new DmaScatterlist();
-        int n = _rng.Next(2, Buffers + 1);
-        for (int i = 0; i < n; i++) sg.Add(_buffers[i], 0, 4096 * _rng.Next(1, 4));
+        int n = 2 + Draw(Buffers - 1);
+        for (int i = 0; i < n; i++) sg.Add(_buffers[i], 0, 4096 * (1 + Draw(3)));
         dev.MapScatterlist(sg, DmaDirection.FromDevice);
         var mark = new byte[8];
         int page = 0;
@@ -116,7 +136,7 @@ internal sealed class DmaLane
         var b = _b.AsSpan(0, 4096);
         _platform.CpuRead(p.Block, 0, b);
         if (b.IndexOfAnyExcept((byte)0) >= 0) Fail($"{pool.Device.Name}: a DMA-pool page did not come back zeroed");
-        _rng.NextBytes(a);
+        _bytes.NextBytes(a);
         pool.Device.Engine.Write(p.DmaAddress, a);
         _platform.CpuRead(p.Block, 0, b);
         Check(a, b, pool.Device, "CPU read of coherent memory the device wrote");

@@ -71,6 +71,23 @@ internal sealed class DmaMachine
                + (kind is DmaOpsKind.Direct or DmaOpsKind.Swiotlb ? " (for this working set)" : kind == DmaOpsKind.Iommu ? $" (for {threads} threads)" : "") + ".";
     }
 
+    /// <summary>
+    /// Why the run's devices cannot commit <paramref name="inject"/>, or null when they can: the misuse is made on the
+    /// run's own devices, so its report names one of them and the run shows the checker at work on them.
+    /// </summary>
+    internal static string? InjectionProblem(DmaInjection inject, DmaOpsKind kind, int devices, bool deferred) => inject switch
+    {
+        DmaInjection.MissingSync when kind is DmaOpsKind.Direct or DmaOpsKind.Iommu =>
+            $"--inject missing-sync: {kind.ToString().ToLowerInvariant()} devices never bounce, and the check is of a bounced buffer read before sync_for_cpu; use --ops-kind swiotlb or xen.",
+        DmaInjection.StaleIotlb when kind != DmaOpsKind.Iommu =>
+            $"--inject stale-iotlb: {kind.ToString().ToLowerInvariant()} devices have no IOTLB; use --ops-kind iommu with --deferred-flush.",
+        DmaInjection.StaleIotlb when !deferred =>
+            "--inject stale-iotlb: without --deferred-flush every unmap invalidates the IOTLB at once and no entry goes stale; add --deferred-flush.",
+        DmaInjection.WrongPool when devices < 2 =>
+            "--inject wrong-pool: a page goes to another device's DMA pool, and the run has one device; use --devices 2 or more.",
+        _ => null,
+    };
+
     private static ulong Mask(int bits) => bits >= 64 ? ulong.MaxValue : (1UL << bits) - 1;
 
     private static bool MaskWorks(DmaOpsKind kind, int bits, long workingSet, int threads, int devices) => kind switch
@@ -91,7 +108,7 @@ internal sealed class DmaMachine
         });
         _platform = new DmaPlatform(_memory, new DmaPlatformOptions
         {
-            Checker = true, DeferredFlush = d.DeferredFlush || d.Inject == DmaInjection.StaleIotlb, SwiotlbBytes = 64L << 20,
+            Checker = true, DeferredFlush = d.DeferredFlush, SwiotlbBytes = 64L << 20,
         });
         _devices = new DmaDevice[d.Devices];
         for (int i = 0; i < _devices.Length; i++)
@@ -100,7 +117,7 @@ internal sealed class DmaMachine
                 Name = $"dev{i}", OpsKind = d.OpsKind, MaskBits = d.MaskBits, Coherent = i % 4 != 3, // every fourth does not snoop
             });
         _pools = _devices.Select(x => new DmaPagePool(x)).ToArray();
-        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, (int)s.Seed * 7919 + i)).ToArray();
+        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, s.Seed, i)).ToArray();
         _inject = d.Inject;
         if (_inject != DmaInjection.None) Inject(_inject);
     }
@@ -116,7 +133,7 @@ internal sealed class DmaMachine
             _platform.CreateDevice(new DmaDeviceOptions { Name = "mixed-direct", OpsKind = DmaOpsKind.Direct, MaskBits = 32, Coherent = false }),
         ];
         _pools = _devices.Select(x => new DmaPagePool(x)).ToArray();
-        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, (int)s.Seed * 7919 + i + 1)).ToArray();
+        Lanes = Enumerable.Range(0, s.Threads).Select(i => new DmaLane(_platform, _devices, _pools, s.Seed, i)).ToArray();
     }
 
     /// <summary>The small machine `mixed` interleaves DMA steps on.</summary>
@@ -172,26 +189,29 @@ internal sealed class DmaMachine
         yield return ("dma.swiotlb_left_bytes", "", _swiotlbLeft);
     }
 
-    // One misuse, on devices of its own so the lanes' work stays clean and the report names the culprit.
+    // One misuse, committed once before the lanes start, on the run's own first devices (InjectionProblem has
+    // checked they can): its report names one of them, and their counters (stale accesses) count it.
     private void Inject(DmaInjection what)
     {
-        var block = _memory.AllocateBlock(Zone.Dma32, 0);
+        var dev = _devices[0];
         switch (what)
         {
             case DmaInjection.MissingSync:
             {
-                var dev = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-bounce", OpsKind = DmaOpsKind.Swiotlb, MaskBits = 32 });
-                ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.FromDevice);
+                // Under Xen only some buffers bounce: two pages whose machine frames are not contiguous, or lie above
+                // the mask, always do.
+                var block = BouncingBlock(dev);
+                ulong dma = dev.MapPage(block, 0, 8192, DmaDirection.FromDevice);
                 dev.MappingError(dma);
-                dev.Engine.Write(dma, Enumerable.Range(0, 4096).Select(i => (byte)(i + 1)).ToArray());
+                dev.Engine.Write(dma, Enumerable.Range(0, 8192).Select(i => (byte)(i + 1)).ToArray());
                 _platform.CpuRead(block, 0, new byte[64]); // the bug: no SyncForCpu before reading
-                dev.UnmapPage(dma, 4096, DmaDirection.FromDevice);
-                dev.Dispose();
+                dev.UnmapPage(dma, 8192, DmaDirection.FromDevice);
+                _memory.FreeBlock(block);
                 break;
             }
             case DmaInjection.StaleIotlb:
             {
-                var dev = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-iommu", OpsKind = DmaOpsKind.Iommu });
+                var block = _memory.AllocateBlock(Zone.Dma32, 0);
                 for (int attempt = 0; attempt < 8 && dev.StaleIotlbAccesses == 0; attempt++)
                 {
                     ulong dma = dev.MapPage(block, 0, 4096, DmaDirection.Bidirectional);
@@ -201,25 +221,37 @@ internal sealed class DmaMachine
                     try { dev.Engine.Write(dma, new byte[8]); } // the bug: the device was not stopped before unmap
                     catch (DmaFaultException) { } // the 10 ms flush won the race this time: try again
                 }
-                dev.Dispose();
+                _memory.FreeBlock(block);
                 break;
             }
             case DmaInjection.WrongPool:
             {
-                var a = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-pool-a", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
-                var b = _platform.CreateDevice(new DmaDeviceOptions { Name = "inject-pool-b", OpsKind = DmaOpsKind.Direct, MaskBits = 32 });
-                using (var pa = new DmaPagePool(a))
-                using (var pb = new DmaPagePool(b))
-                {
-                    var page = pa.Allocate(CachingMode.WriteBack, 0);
-                    try { pb.Free(page); } catch (DmaMappingException) { } // the bug: the other device's pool; refused and reported
-                    pa.Free(page);
-                }
-                a.Dispose();
-                b.Dispose();
+                var page = _pools[0].Allocate(CachingMode.WriteBack, 0);
+                try { _pools[1].Free(page); } catch (DmaMappingException) { } // the bug: another device's pool; refused and reported
+                _pools[0].Free(page);
                 break;
             }
         }
-        _memory.FreeBlock(block);
+    }
+
+    // A DMA32 block of two pages a mapping of which bounces on `dev` (every one does under swiotlb).
+    private PageHandle BouncingBlock(DmaDevice dev)
+    {
+        var tried = new List<PageHandle>();
+        try
+        {
+            for (int i = 0; i < 256; i++)
+            {
+                var b = _memory.AllocateBlock(Zone.Dma32, 1);
+                ulong machine = _memory.MachineAddress(b);
+                if (dev.OpsKind == DmaOpsKind.Swiotlb || !_memory.IsMachineContiguous(_memory.FrameOf(b), 1) || machine + 8191 > dev.Mask) return b;
+                tried.Add(b);
+            }
+        }
+        finally
+        {
+            foreach (var b in tried) _memory.FreeBlock(b);
+        }
+        throw new InvalidOperationException($"--inject missing-sync: none of 256 DMA32 blocks bounces on {dev.Name} (its machine frames are contiguous and below its mask)");
     }
 }

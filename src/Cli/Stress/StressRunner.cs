@@ -126,7 +126,13 @@ internal static class StressRunner
             summary.WriteJson(json.Stream);
             json.Commit();
         }
-        if (invariants.Count > 0 || summary.VerifyFailures > 0) return ExitCodes.Failed;
+        if (invariants.Count > 0 || summary.VerifyFailures > 0)
+        {
+            stderr.WriteLine(summary.VerifyFailures > 0
+                ? $"pagepool: stress: verification failed {summary.VerifyFailures:N0} time{(summary.VerifyFailures == 1 ? "" : "s")}{(invariants.Count > 0 ? $", and {invariants.Count} invariant{(invariants.Count == 1 ? "" : "s")} broke" : "")} (see the summary)"
+                : $"pagepool: stress: {invariants.Count} invariant{(invariants.Count == 1 ? "" : "s")} broke; the first: {OneLine(invariants[0])}");
+            return ExitCodes.Failed;
+        }
         if (exhausted.Count > 0)
         {
             stderr.WriteLine($"pagepool: stress: out of resources: {exhausted[0]}");
@@ -134,6 +140,8 @@ internal static class StressRunner
         }
         return ExitCodes.Ok;
     }
+
+    private static string OneLine(string text) => string.Join(' ', text.Split(['\n', '\r'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     private static string Describe(StressSettings s)
         => s.Operations is { } n ? $"{n:N0} operations" : Duration.Format(s.Duration!.Value);

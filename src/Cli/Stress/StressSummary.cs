@@ -84,7 +84,8 @@ internal sealed class StressSummary
         foreach (var (_, text, _) in _s.Scenario.Report()) if (text.Length > 0) o.WriteLine(text);
         if (Reclaim is var (passes, freed, totals))
             o.WriteLine($"reclaim passes        {passes:N0} freed {Plural(freed, "page", "pages")}{string.Concat(totals.Freed.Select(x => $", {x.Shrinker} {x.Freed:N0}"))}; highest pressure {totals.Highest}");
-        o.WriteLine($"verification          {(_s.Verify ? "every byte" : "first word of every block")}: {Plural(VerifyFailures, "failure", "failures")}");
+        string checks = _s.Scenario is DmaScenario ? "every byte (dma always checks every byte)" : _s.Verify ? "every byte" : "first word of every block";
+        o.WriteLine($"verification          {checks}: {Plural(VerifyFailures, "failure", "failures")}");
         foreach (var f in _workers.SelectMany(w => w.Failures).Take(8)) o.WriteLine($"  {f}");
         o.WriteLine($"invariants            {(_invariants.Count == 0 ? "ok: every page accounted for exactly once" : "BROKEN")}");
         foreach (var i in _invariants) o.WriteLine($"  {i}");
@@ -97,6 +98,14 @@ internal sealed class StressSummary
         >= 1_000_000 => string.Create(CultureInfo.InvariantCulture, $"{ns / 1e6:0.0} ms"),
         >= 1_000 => string.Create(CultureInfo.InvariantCulture, $"{ns / 1e3:0.0} us"),
         _ => $"{ns} ns",
+    };
+
+    private static string? InjectName(DmaInjection inject) => inject switch
+    {
+        DmaInjection.MissingSync => "missing-sync",
+        DmaInjection.StaleIotlb => "stale-iotlb",
+        DmaInjection.WrongPool => "wrong-pool",
+        _ => null,
     };
 
     internal void WriteJson(Stream stream)
@@ -117,6 +126,17 @@ internal sealed class StressSummary
         w.WriteBoolean("verify", _s.Verify);
         w.WriteNumber("seed", _s.Seed);
         w.WriteBoolean("reclaim", _s.Reclaim);
+        w.WriteBoolean("inject_corruption", _s.InjectCorruption);
+        // One schema for every scenario: a setting the scenario does not use is null.
+        bool dma = _s.Scenario is DmaScenario, swap = _s.Scenario is SwapScenario or MixedScenario;
+        if (dma) w.WriteString("ops_kind", _s.Dma.OpsKind.ToString().ToLowerInvariant()); else w.WriteNull("ops_kind");
+        if (dma) w.WriteNumber("devices", _s.Dma.Devices); else w.WriteNull("devices");
+        if (dma) w.WriteNumber("mask_bits", _s.Dma.MaskBits); else w.WriteNull("mask_bits");
+        if (dma) w.WriteBoolean("deferred_flush", _s.Dma.DeferredFlush); else w.WriteNull("deferred_flush");
+        if (swap) w.WriteString("swap_store", _s.SwapStore); else w.WriteNull("swap_store");
+        if (swap && _s.BufferLimitBytes is { } limit) w.WriteNumber("buffer_limit_bytes", limit); else w.WriteNull("buffer_limit_bytes");
+        string? inject = _s.Scenario is DmaScenario ? InjectName(_s.Dma.Inject) : _s.Inject;
+        if (inject is not null) w.WriteString("inject", inject); else w.WriteNull("inject");
         w.WriteEndObject();
 
         w.WriteString("sequence_hash", _hash.ToString("x16", CultureInfo.InvariantCulture));

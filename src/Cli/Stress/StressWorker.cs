@@ -54,12 +54,14 @@ internal sealed class StressWorker
 
     internal Zone PickZone() => Next(4) == 0 ? Zone.Dma32 : Zone.Normal;
 
+    /// <summary>Fold one value of what the worker does into its sequence hash (FNV-1a over words).</summary>
+    internal void Fold(ulong value) => SequenceHash = (SequenceHash ^ value) * 0x100000001B3UL;
+
     private void Note(StressOp op, long a, long b)
     {
-        ulong h = SequenceHash;
-        h = (h ^ (ulong)op) * 0x100000001B3UL;
-        h = (h ^ (ulong)a) * 0x100000001B3UL;
-        SequenceHash = (h ^ (ulong)b) * 0x100000001B3UL;
+        Fold((ulong)op);
+        Fold((ulong)a);
+        Fold((ulong)b);
         Operations++;
     }
 

@@ -81,7 +81,7 @@ internal sealed class SwapWorkload
         // so a seed gives one operation sequence for every scenario mixed with this one.
         var d = new Draw(w.Next(100), w.Next(1 << 30), w.PickPages(), w.PickCaching(), w.Next(4) == 0 ? Zone.Dma32 : Zone.Normal, w.Next(1 << 30));
         int r = d.R;
-        w.SequenceHash = (w.SequenceHash ^ (ulong)r) * 0x100000001B3UL;
+        w.Fold((ulong)r);
         long t0 = Stopwatch.GetTimestamp();
         try
         {

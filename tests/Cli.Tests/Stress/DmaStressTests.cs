@@ -113,4 +113,61 @@ public sealed class DmaStressTests
     [Fact]
     public void The_dma32_zone_grows_with_the_threads_and_devices()
         => Assert.Equal(1023L * ((256 << 10) + 64 * 4096), DmaMachine.Dma32Bytes(1L << 20, 1024, 64) - DmaMachine.Dma32Bytes(1L << 20, 1, 64));
+
+    // Each misuse is committed on the run's own first devices: the report names one of them, and the run ends with
+    // exit 1, the report in the summary and a line on stderr.
+    [Theory]
+    [InlineData("missing-sync", "swiotlb", "", "MissingSyncForCpu", "dev0")]
+    [InlineData("missing-sync", "xen", "", "MissingSyncForCpu", "dev0")]
+    [InlineData("stale-iotlb", "iommu", "--deferred-flush", "StaleIotlbAccess", "dev0")]
+    [InlineData("wrong-pool", "direct", "", "WrongPool", "dev1")]
+    [InlineData("wrong-pool", "iommu", "", "WrongPool", "dev1")]
+    public void An_injected_misuse_of_the_runs_devices_is_reported_and_fails_the_run(string fault, string kind, string extra, string check, string device)
+    {
+        var args = new List<string> { "stress", "dma", "--ops-kind", kind, "--inject", fault, "-t", "2", "-n", "400", "-w", "64M" };
+        if (extra.Length > 0) args.Add(extra);
+        var r = PagepoolProcess.Run([.. args]);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains($"dma-check {check}: device '{device}'", r.Stdout);
+        Assert.DoesNotContain("NOT caught", r.Stdout);
+        Assert.StartsWith("pagepool: stress: ", Assert.Single(r.ErrorLines, l => l.StartsWith("pagepool:", StringComparison.Ordinal)));
+    }
+
+    [Theory]
+    [InlineData("missing-sync", "direct", "", "--ops-kind swiotlb or xen")]
+    [InlineData("missing-sync", "iommu", "", "--ops-kind swiotlb or xen")]
+    [InlineData("stale-iotlb", "swiotlb", "", "--ops-kind iommu")]
+    [InlineData("stale-iotlb", "iommu", "", "add --deferred-flush")]
+    [InlineData("wrong-pool", "iommu", "--devices=1", "--devices 2 or more")]
+    public void A_misuse_the_runs_devices_cannot_commit_is_refused_up_front(string fault, string kind, string extra, string advice)
+    {
+        var args = new List<string> { "stress", "dma", "--ops-kind", kind, "--inject", fault, "-n", "100" };
+        if (extra.Length > 0) args.Add(extra);
+        AssertBadArgument(PagepoolProcess.Run([.. args]), $"--inject {fault}", advice);
+    }
+
+    [Fact]
+    public void Inject_corruption_flips_a_byte_the_device_wrote_and_verification_fails_the_run()
+    {
+        var r = PagepoolProcess.Run("stress", "dma", "--inject-corruption", "-t", "2", "-n", "2000", "-w", "64M");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("verification          every byte (dma always checks every byte): 1 failure", r.Stdout);
+        Assert.Contains("pagepool: stress: verification failed 1 time", r.Stderr);
+    }
+
+    // The sequence hash is what a seed makes the lanes do: it changed with nothing but the thread count before.
+    [Fact]
+    public void The_sequence_hash_follows_the_seed_including_its_high_bits()
+    {
+        string Hash(string seed)
+        {
+            var r = PagepoolProcess.Run("stress", "dma", "-s", seed, "-t", "2", "-n", "600", "-w", "64M", "--json", "-");
+            Assert.Equal(0, r.ExitCode);
+            return System.Text.Json.JsonDocument.Parse(r.Stdout).RootElement.GetProperty("sequence_hash").GetString()!;
+        }
+        string one = Hash("1");
+        Assert.Equal(one, Hash("1"));
+        Assert.NotEqual(one, Hash("2"));
+        Assert.NotEqual(one, Hash("4294967297")); // 1 + 2^32
+    }
 }

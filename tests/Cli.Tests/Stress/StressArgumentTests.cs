@@ -47,4 +47,21 @@ public sealed class StressArgumentTests
         var r = PagepoolProcess.Run("stress", "swap", "--swap-dir", Path.GetTempPath(), "-n", "200", "-t", "2", "-w", "16M");
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
     }
+
+    // An option another scenario reads would be ignored: the run would not be the one asked for.
+    [Theory]
+    [InlineData("alloc", "--mask", "40", "only the dma scenario")]
+    [InlineData("mixed", "--ops-kind", "direct", "only the dma scenario")]
+    [InlineData("churn", "--deferred-flush", "", "only the dma scenario")]
+    [InlineData("caching", "--swap-store", "memfd", "only the swap and mixed scenarios")]
+    [InlineData("dma", "--buffer-limit", "16M", "only the swap and mixed scenarios")]
+    [InlineData("alloc", "--inject", "failing-write", "a fault of the swap and mixed scenarios")]
+    [InlineData("swap", "--inject", "wrong-pool", "a fault of the dma scenario")]
+    public void An_option_the_scenario_would_ignore_is_refused(string scenario, string option, string value, string says)
+    {
+        var args = new List<string> { "stress", scenario, option };
+        if (value.Length > 0) args.Add(value);
+        args.AddRange(["-n", "100"]);
+        AssertRefused(PagepoolProcess.Run([.. args]), option, says, $"{scenario} ");
+    }
 }
