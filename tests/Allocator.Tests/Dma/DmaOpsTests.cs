@@ -161,6 +161,27 @@ public sealed class DmaOpsTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(DmaDirection.ToDevice, false)]
+    [InlineData(DmaDirection.FromDevice, true)]
+    [InlineData(DmaDirection.Bidirectional, true)]
+    public void Swiotlb_sync_for_cpu_bounces_back_only_for_from_device_and_bidirectional(DmaDirection dir, bool bouncesBack)
+    {
+        var dev = _m.Device("sw", DmaOpsKind.Swiotlb);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 0);
+        _m.Memory.Write(block, 0, new byte[64]);
+        ulong dma = dev.MapPage(block, 0, 64, dir);
+        dev.MappingError(dma);
+        dev.Engine.Write(dma, Enumerable.Repeat((byte)7, 64).ToArray()); // into the slot: no IOMMU refuses it
+
+        dev.SyncForCpu(dma, 64, dir);
+
+        var got = new byte[64];
+        _m.Memory.Read(block, 0, got);
+        Assert.Equal(bouncesBack ? (byte)7 : (byte)0, got[0]);
+        dev.UnmapPage(dma, 64, dir);
+    }
+
     // A FromDevice mapping through swiotlb has no IOMMU to enforce permission: the engine may read the slot.
     private static byte ReadBounce(DmaDevice dev, ulong dma)
     {
@@ -431,6 +452,30 @@ public sealed class DmaOpsTests : IDisposable
         Assert.Empty(_m.Checker.Reports);
     }
 
+    [Theory]
+    [InlineData(DmaOpsKind.Iommu)]
+    [InlineData(DmaOpsKind.Direct)]
+    public void Scatterlist_entries_are_not_merged_across_the_devices_segment_boundary(DmaOpsKind kind)
+    {
+        // Six pages contiguous in DMA space from a 32 KiB-aligned start (an IOVA range of 6 pages is aligned to 8; an
+        // order-3 block to its size), against a boundary every 16 KiB: 16 KiB up to it, 8 KiB after.
+        var bounded = _m.Platform.CreateDevice(new DmaDeviceOptions { Name = "bounded", OpsKind = kind, SegmentBoundaryMask = (16 << 10) - 1 });
+        var unbounded = _m.Device("unbounded", kind);
+        var block = _m.Memory.AllocateBlock(Zone.Dma32, 3);
+        var sg = new DmaScatterlist();
+        for (int i = 0; i < 6; i++) sg.Add(block, i << 12, 4096);
+
+        Assert.Equal(1, unbounded.MapScatterlist(sg, DmaDirection.ToDevice)); // 24 KiB: within the 64 KiB max segment
+        unbounded.UnmapScatterlist(sg, 6, DmaDirection.ToDevice);
+
+        Assert.Equal(2, bounded.MapScatterlist(sg, DmaDirection.ToDevice));
+        Assert.Equal((16 << 10, 8 << 10), (sg.DmaLength(0), sg.DmaLength(1)));
+        Assert.Equal(0UL, sg.DmaAddress(1) & ((16 << 10) - 1));
+        Assert.Equal(sg.DmaAddress(0) + (16 << 10), sg.DmaAddress(1));
+        bounded.UnmapScatterlist(sg, 6, DmaDirection.ToDevice);
+        Assert.Empty(_m.Checker.Reports);
+    }
+
     [Fact]
     public void Scatterlist_on_direct_ops_keeps_non_contiguous_entries_apart()
     {
@@ -492,6 +537,44 @@ public sealed class DmaOpsTests : IDisposable
         snooping.MappingError(d2);
         snooping.UnmapPage(d2, 4096, DmaDirection.FromDevice);
         Assert.Equal(0, snooping.CacheMaintenanceOperations);
+    }
+
+    // One map of 64 bytes at the start of a page of each direction, counting the cache operations of each step. A
+    // 32-bit mask and memory above 4 GiB make the swiotlb and Xen kinds bounce and the IOMMU translate (direct ops
+    // cannot reach it: they get DMA32 memory).
+    private static (long MapToDevice, long UnmapToDevice, long SyncForCpuFromDevice, long UnmapFromDevice) CacheOperations(DmaTestMachine m, DmaDevice dev)
+    {
+        var block = m.Memory.AllocateBlock(dev.OpsKind == DmaOpsKind.Direct ? Zone.Dma32 : Zone.Normal, 0);
+        long Step(Action a)
+        {
+            long before = dev.CacheMaintenanceOperations;
+            a();
+            return dev.CacheMaintenanceOperations - before;
+        }
+        ulong dma = 0;
+        long mapTo = Step(() => dma = dev.MapPage(block, 0, 64, DmaDirection.ToDevice));
+        Assert.Equal(dev.OpsKind is DmaOpsKind.Swiotlb or DmaOpsKind.Xen, m.Platform.SwiotlbUsedBytes > 0);
+        dev.MappingError(dma);
+        long unmapTo = Step(() => dev.UnmapPage(dma, 64, DmaDirection.ToDevice));
+        dma = dev.MapPage(block, 0, 64, DmaDirection.FromDevice);
+        dev.MappingError(dma);
+        long syncFrom = Step(() => dev.SyncForCpu(dma, 64, DmaDirection.FromDevice));
+        long unmapFrom = Step(() => dev.UnmapPage(dma, 64, DmaDirection.FromDevice));
+        return (mapTo, unmapTo, syncFrom, unmapFrom);
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void Every_ops_kind_cleans_at_a_to_device_map_and_invalidates_at_a_from_device_sync_for_cpu_and_unmap_for_a_non_coherent_device(DmaOpsKind kind)
+    {
+        var dev = _m.Device("arm", kind, maskBits: 32, coherent: false);
+        Assert.Equal((1L, 0L, 1L, 1L), CacheOperations(_m, dev)); // nothing to invalidate after ToDevice
+    }
+
+    [Theory, MemberData(nameof(Kinds))]
+    public void No_ops_kind_does_cache_maintenance_for_a_coherent_device(DmaOpsKind kind)
+    {
+        var dev = _m.Device("x86", kind, maskBits: 32);
+        Assert.Equal((0L, 0L, 0L, 0L), CacheOperations(_m, dev));
     }
 
     [Fact]

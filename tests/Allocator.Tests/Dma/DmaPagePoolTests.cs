@@ -53,6 +53,23 @@ public sealed class DmaPagePoolTests : IDisposable
     }
 
     [Fact]
+    public void A_pooled_page_of_order_1_is_handed_out_again_only_for_order_1()
+    {
+        var dev = _m.Device("gpu", DmaOpsKind.Direct, maskBits: 32);
+        using var pool = new DmaPagePool(dev);
+        var two = pool.Allocate(CachingMode.WriteCombined, 1);
+        pool.Free(two);
+
+        var one = pool.Allocate(CachingMode.WriteCombined, 0);
+        Assert.NotEqual(two.Block, one.Block);
+        Assert.Equal(0, one.Block.Order);
+        Assert.Equal(2, pool.PooledPages); // the order-1 page is still pooled
+        Assert.Equal(two, pool.Allocate(CachingMode.WriteCombined, 1));
+        pool.Free(one);
+        pool.Free(two);
+    }
+
+    [Fact]
     public void A_page_given_to_another_devices_pool_is_refused_and_reported()
     {
         var a = _m.Device("a", DmaOpsKind.Direct, maskBits: 32);

@@ -11,16 +11,20 @@ internal sealed class DmaTestMachine : IDisposable
 
     internal DmaTestMachine(bool xen = false, bool deferred = false, bool checker = true, long swiotlb = 4L << 20,
                             TimeSpan? flushTimeout = null, int flushEntries = 250)
+        : this(new MemoryOptions { ArenaBytes = 8L << 20, Dma32Bytes = 32L << 20, NormalBytes = 32L << 20, Xen = xen, XenSeed = 42 },
+               new DmaPlatformOptions
+               {
+                   SwiotlbBytes = swiotlb, DeferredFlush = deferred, Checker = checker,
+                   FlushTimeout = flushTimeout ?? TimeSpan.FromMilliseconds(10), FlushQueueEntries = flushEntries,
+               })
     {
-        Memory = new PhysicalMemory(new MemoryOptions
-        {
-            ArenaBytes = 8L << 20, Dma32Bytes = 32L << 20, NormalBytes = 32L << 20, Xen = xen, XenSeed = 42,
-        });
-        Platform = new DmaPlatform(Memory, new DmaPlatformOptions
-        {
-            SwiotlbBytes = swiotlb, DeferredFlush = deferred, Checker = checker,
-            FlushTimeout = flushTimeout ?? TimeSpan.FromMilliseconds(10), FlushQueueEntries = flushEntries,
-        });
+    }
+
+    /// <summary>A machine built with exactly these options (tests of the defaults leave unset what they test).</summary>
+    internal DmaTestMachine(MemoryOptions memory, DmaPlatformOptions platform)
+    {
+        Memory = new PhysicalMemory(memory);
+        Platform = new DmaPlatform(Memory, platform);
     }
 
     internal DmaChecker Checker => Platform.Checker!;

@@ -32,6 +32,59 @@ public sealed class IommuTests
         dev.UnmapPage(again, 32 * 4096, DmaDirection.ToDevice);
     }
 
+    // A 20-bit mask leaves 255 pages of IOVA space (page 0 is reserved): seven mappings of 32 pages, and no room for
+    // an eighth.
+    private static List<ulong> FillIovaSpace(DmaDevice dev, PageHandle block)
+    {
+        var maps = new List<ulong>();
+        for (int i = 0; i < 7; i++)
+        {
+            ulong d = dev.MapPage(block, 0, 32 * 4096, DmaDirection.ToDevice);
+            dev.MappingError(d);
+            maps.Add(d);
+        }
+        return maps;
+    }
+
+    [Fact]
+    public void A_map_that_finds_the_iova_space_held_only_by_queued_unmaps_flushes_the_queue_and_succeeds()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("tiny", DmaOpsKind.Iommu, maskBits: 20);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 5);
+        foreach (var d in FillIovaSpace(dev, block)) dev.UnmapPage(d, 32 * 4096, DmaDirection.ToDevice); // queued, not freed
+        Assert.Equal(0, q.Flushes);
+
+        ulong again = dev.MapPage(block, 0, 32 * 4096, DmaDirection.ToDevice);
+
+        dev.MappingError(again);
+        Assert.True(q.Flushes > 0);
+        dev.UnmapPage(again, 32 * 4096, DmaDirection.ToDevice);
+    }
+
+    [Fact]
+    public void In_deferred_mode_a_space_still_full_after_flushing_the_queue_is_a_typed_error_naming_the_device()
+    {
+        using var m = new DmaTestMachine(deferred: true, flushTimeout: TimeSpan.FromHours(1));
+        var dev = m.Device("tiny", DmaOpsKind.Iommu, maskBits: 20);
+        var q = ((IommuOps)dev.Ops).Domain.Queue!;
+        var block = m.Memory.AllocateBlock(Zone.Normal, 5);
+        var held = FillIovaSpace(dev, block);
+        ulong page = dev.MapPage(block, 0, 4096, DmaDirection.ToDevice);
+        dev.MappingError(page);
+        dev.UnmapPage(page, 4096, DmaDirection.ToDevice); // one page waits in the queue: not room for 32
+
+        var full = Assert.Throws<IovaSpaceExhaustedException>(() => dev.MapPage(block, 0, 32 * 4096, DmaDirection.ToDevice));
+
+        Assert.True(q.Flushes > 0); // the queue was given back first
+        Assert.Equal("tiny", full.Device);
+        Assert.Contains("'tiny'", full.Message);
+        Assert.Equal((32L, 7 * 32L, 255L), (full.Pages, full.UsedPages, full.SpacePages));
+        Assert.Equal(7, m.Checker.ActiveMappings(dev));
+        foreach (var d in held) dev.UnmapPage(d, 32 * 4096, DmaDirection.ToDevice);
+    }
+
     [Fact]
     public void Strict_unmap_leaves_no_stale_iotlb_entry()
     {
