@@ -361,7 +361,11 @@ public sealed unsafe class DmaDevice : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ThrowDisposed() => throw new ObjectDisposedException($"DmaDevice '{Name}'");
 
-    /// <summary>Release the device: the checker reports mappings still in place; its IOMMU domain and bounce slots go.</summary>
+    /// <summary>
+    /// Release the device: the checker reports mappings still in place; its bounce slots go back now, its IOMMU
+    /// domain's memory once the GC finds the device unreachable. A call already running on another thread ends in
+    /// success or a typed error; later calls throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;

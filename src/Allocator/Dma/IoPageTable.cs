@@ -13,10 +13,16 @@ namespace PagePool.Dma;
 /// host pointer of the page's memory (the emulated bus resolves the physical address through it), the raw handle of
 /// the block the page belongs to (so a device access to a page its driver already freed is caught, not a crash), and
 /// on the first page of each mapping its length in pages (so an unmap of the wrong size is refused, not obeyed).
-/// Tables are installed by compare-and-swap, so mappers on different CPUs never lock; each leaf entry is written only by
-/// the thread that owns its IOVA. Tables are freed with the domain, as Linux keeps them until the domain goes.
+/// <para>Tables are installed by compare-and-swap, so mappers on different CPUs never lock; each leaf entry is written
+/// only by the thread that owns its IOVA. Tables are kept until the domain goes, as Linux keeps them.</para>
+/// <para>Only the finalizer frees them. A map, unmap, sync or device access that passed its device's disposed check
+/// may still be walking them on another thread when the device is disposed, and nothing on those paths counts the
+/// calls in flight (a count would put an atomic on every ~45 ns map). Such a call runs in a method of
+/// <see cref="IommuOps"/> that keeps the ops, and so the domain and this table, reachable until its last access to
+/// them (see <see cref="IommuDomain"/>): the GC finalizes the table only once no call can be inside it. Dispose
+/// <see cref="Retire"/>s the table instead, telling the GC how much native memory that collection will give back.</para>
 /// </remarks>
-internal sealed unsafe class IoPageTable : IDisposable
+internal sealed unsafe class IoPageTable
 {
     internal const ulong Read = 1, Write = 2;
     internal const int Levels = 4, IndexBits = 9, Entries = 1 << IndexBits;
@@ -26,21 +32,32 @@ internal sealed unsafe class IoPageTable : IDisposable
     // packed 8 to a line they would bounce that line between cores on every map and unmap.
     private const int EntryStride = 8;
 
+    private const int DirectoryUlongs = Entries, LeafUlongs = Entries * EntryStride;
+
     private readonly ulong* _root;
     private readonly List<nint> _tables = new();
     private readonly Lock _tablesLock = new();
+    private long _bytes;    // native bytes in _tables (under the lock)
+    private long _pressure; // bytes told to the GC at Retire, taken back by the finalizer
 
-    internal IoPageTable() => _root = AllocTable(Entries);
+    internal IoPageTable() => _root = AllocTable(DirectoryUlongs);
 
     private ulong* AllocTable(int ulongs)
     {
         var t = (ulong*)NativeMemory.AlignedAlloc((nuint)ulongs * 8, 4096);
         NativeMemory.Clear(t, (nuint)ulongs * 8);
-        lock (_tablesLock) _tables.Add((nint)t);
+        lock (_tablesLock)
+        {
+            _tables.Add((nint)t);
+            _bytes += ulongs * 8L;
+        }
         return t;
     }
 
-    /// <summary>The leaf table covering a pfn, and the entry's index in it; null when not populated and not asked to.</summary>
+    /// <summary>
+    /// The leaf table covering a pfn, and the entry's index in it; null when not populated and not asked to. The
+    /// caller keeps this table reachable until its last access through the pointer (see the remarks).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong* Leaf(ulong pfn, bool populate, out int index)
     {
@@ -63,10 +80,15 @@ internal sealed unsafe class IoPageTable : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong Populate(ulong* table, int i, bool leaf)
     {
-        var fresh = AllocTable(leaf ? Entries * EntryStride : Entries);
+        int ulongs = leaf ? LeafUlongs : DirectoryUlongs;
+        var fresh = AllocTable(ulongs);
         ulong had = Interlocked.CompareExchange(ref table[i], (ulong)fresh, 0);
         if (had == 0) return (ulong)fresh;
-        lock (_tablesLock) _tables.Remove((nint)fresh); // another CPU installed it first
+        lock (_tablesLock) // another CPU installed it first: nobody else has seen this one
+        {
+            _tables.Remove((nint)fresh);
+            _bytes -= ulongs * 8L;
+        }
         NativeMemory.AlignedFree(fresh);
         return had;
     }
@@ -76,7 +98,7 @@ internal sealed unsafe class IoPageTable : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Block(ulong* leaf, int i) => ref leaf[i * EntryStride + 2];
     [MethodImpl(MethodImplOptions.AggressiveInlining)] internal static ref ulong Length(ulong* leaf, int i) => ref leaf[i * EntryStride + 3];
 
-    /// <summary>The leaf entry of a pfn (0 when nothing is mapped there).</summary>
+    /// <summary>The leaf entry of a pfn (0 when nothing is mapped there). The caller keeps this table reachable until it returns.</summary>
     internal ulong Walk(ulong pfn, out ulong host, out ulong block)
     {
         var leaf = Leaf(pfn, false, out int i);
@@ -87,12 +109,27 @@ internal sealed unsafe class IoPageTable : IDisposable
         return pte;
     }
 
-    public void Dispose()
+    /// <summary>Native bytes the tables hold.</summary>
+    internal long Bytes
     {
-        lock (_tablesLock)
-        {
-            foreach (var t in _tables) NativeMemory.AlignedFree((void*)t);
-            _tables.Clear();
-        }
+        get { lock (_tablesLock) return _bytes; }
+    }
+
+    /// <summary>
+    /// The domain is going: from now on the tables wait only for the GC to find them unreachable (calls may still be
+    /// inside them). Tell it how much native memory that collection gives back, so it comes sooner when retired
+    /// tables add up. Tables a late call populates after this are freed too, without being told.
+    /// </summary>
+    internal void Retire()
+    {
+        long bytes = Bytes;
+        if (bytes > 0 && Interlocked.CompareExchange(ref _pressure, bytes, 0) == 0) GC.AddMemoryPressure(bytes);
+    }
+
+    // Runs when nothing can reach the table, so no call can be walking it (see the remarks).
+    ~IoPageTable()
+    {
+        foreach (var t in _tables) NativeMemory.AlignedFree((void*)t);
+        if (_pressure > 0) GC.RemoveMemoryPressure(_pressure);
     }
 }

@@ -9,6 +9,12 @@ namespace PagePool.Dma;
 /// plus the buffer's offset in its page. Unmap clears the entries and either invalidates the IOTLB and frees the IOVA
 /// at once (strict) or queues both for the next flush (deferred).
 /// </summary>
+/// <remarks>
+/// The device may be disposed and dropped while a call is inside, and the domain's memory goes only when the GC finds
+/// it unreachable (see <see cref="IommuDomain"/>): every path keeps this reachable until its last access to the
+/// domain through a raw pointer, by a later use of a field or by GC.KeepAlive(this), which the JIT compiles to no
+/// instruction.
+/// </remarks>
 internal sealed unsafe class IommuOps : DmaOps
 {
     private readonly IommuDomain _domain;
@@ -71,6 +77,7 @@ internal sealed unsafe class IommuOps : DmaOps
             IoPageTable.Length(leaf, i) = k == 0 ? pages : 0;
             Volatile.Write(ref IoPageTable.Pte(leaf, i), ((frame + k) << PhysicalMemory.PageShift) | permission);
         }
+        GC.KeepAlive(this);
     }
 
     internal override ulong Map(PageHandle block, byte* cpu, ulong frame, int offset, int size, DmaDirection dir, CachingMode caching, out bool bounced)
@@ -103,6 +110,7 @@ internal sealed unsafe class IommuOps : DmaOps
             entryDma[e] = (cursor << PhysicalMemory.PageShift) | (uint)inPage;
             cursor += span;
         }
+        GC.KeepAlive(this);
         return total;
     }
 
@@ -129,6 +137,7 @@ internal sealed unsafe class IommuOps : DmaOps
             var l = _domain.Table.Leaf(pfn + k, false, out int j);
             Volatile.Write(ref IoPageTable.Pte(l, j), 0);
         }
+        // The reads of _domain below keep this reachable through the leaf writes above and the IOTLB invalidation.
         if (_domain.Queue is { } q)
         {
             q.Add(pfn, pages);
@@ -152,6 +161,7 @@ internal sealed unsafe class IommuOps : DmaOps
             if (forCpu) SyncForCpuCaches(p, (int)(to - from), dir);
             else SyncForDeviceCaches(p, (int)(to - from), dir);
         }
+        GC.KeepAlive(this);
     }
 
     internal override ulong MapCoherent(PageHandle block, byte* cpu, ulong frame)
@@ -192,6 +202,7 @@ internal sealed unsafe class IommuOps : DmaOps
             }
             _domain.Iotlb.Fill(pfn, pte, hostPage, block);
         }
+        GC.KeepAlive(this); // the domain's part ends here; host is the page's own memory
         if (write && (pte & IoPageTable.Write) == 0) { fault = "write through a read-only (ToDevice) mapping"; return false; }
         if (!write && (pte & IoPageTable.Read) == 0) { fault = "read through a write-only (FromDevice) mapping"; return false; }
         if (!Device.Platform.Memory.IsLive(block))
