@@ -77,7 +77,7 @@ public sealed class FaultInjectorTests : IDisposable
     [Theory]
     [InlineData(0)] // the address-space reservation
     [InlineData(1)] // the fixed mapping of the memory file over it
-    public void A_failed_mmap_while_mapping_an_arena_is_typed_leaks_no_mapping_and_clears(int skip)
+    public unsafe void A_failed_mmap_while_mapping_an_arena_is_typed_leaks_no_mapping_and_clears(int skip)
     {
         // An arena of 46 MiB, a size nothing else here maps: a leaked reservation or memory-file mapping is a new
         // line of exactly that size. Only new lines count: counting every line raced the runtime, which maps and
@@ -94,7 +94,12 @@ public sealed class FaultInjectorTests : IDisposable
 
         var h = memory.AllocateBlock(Zone.Normal, 0); // the fault cleared: the same call works
         Assert.Equal(arenaBytes, memory.MappedBytes(Zone.Normal));
-        Assert.Equal(2, MappingsOfSize(arenaBytes).Except(before).Count()); // its view and cached alias: what the check looks for
+        // What the check looks for is there: the arena's view is a line of its own size. (Not "two new lines": an
+        // arena of the earlier case, unmapped by its finalizer meanwhile, may have left `before` a line at the
+        // very address this one got, which failed a CI run.)
+        ulong view;
+        fixed (byte* p = memory.GetSpan(h)) view = (ulong)p;
+        Assert.Contains(MappingsOfSize(arenaBytes), r => r.Split('-') is [var a, var b] && Convert.ToUInt64(a, 16) <= view && view < Convert.ToUInt64(b, 16));
         memory.FreeBlock(h);
     }
 
