@@ -30,11 +30,17 @@ public sealed unsafe class SwiotlbHotPathTests : IDisposable
         var data = DmaTestMachine.Pattern(4096, 3);
         for (int i = 0; i < 2_000; i++) RoundTrip(dev, block, data); // past tiering and the first pass over the slots
 
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 10_000; i++) RoundTrip(dev, block, data);
-        long bytes = GC.GetAllocatedBytesForCurrentThread() - before;
+        // A path that allocates does so in every pass of 10,000; one pass may still catch the runtime's own
+        // once-only work on this thread (tier-up after its delay: 3,776 bytes in one CI run), so the best of three.
+        var passes = new List<long>();
+        for (int pass = 0; pass < 3 && (passes.Count == 0 || passes[^1] != 0); pass++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 10_000; i++) RoundTrip(dev, block, data);
+            passes.Add(GC.GetAllocatedBytesForCurrentThread() - before);
+        }
 
-        Assert.Equal(0, bytes);
+        Assert.True(passes.Min() == 0, $"bytes allocated by each pass of 10,000 round trips: {string.Join(", ", passes)}");
         var back = new byte[4096];
         _m.Platform.CpuRead(block, 0, back);
         Assert.Equal(data, back);
