@@ -72,14 +72,15 @@ public sealed class DmaChecker
     }
 
     /// <summary>
-    /// A scatterlist entry as the CPU sees it (its block and bytes), whether its mapping bounced, and whether the
-    /// device wrote it since the CPU last synced. A scatterlist's entries lie in different blocks, and under Xen
-    /// only some of them may bounce, so a CPU read is matched against each entry, not against the first.
+    /// A scatterlist entry as the CPU sees it (its block and offset; its length is its segment's), whether its
+    /// mapping bounced, and whether the device wrote it since the CPU last synced. A scatterlist's entries lie in
+    /// different blocks, and under Xen only some of them may bounce, so a CPU read is matched against each entry,
+    /// not against the first.
     /// </summary>
-    internal struct Part(PageHandle block, int offset, int length, bool bounced)
+    internal struct Part(PageHandle block, int offset, bool bounced)
     {
         internal readonly PageHandle Block = block;
-        internal readonly int Offset = offset, Length = length;
+        internal readonly int Offset = offset;
         internal readonly bool Bounced = bounced;
         internal bool Dirty;
     }
@@ -524,8 +525,11 @@ public sealed class DmaChecker
                 {
                     // A scatterlist: each entry the device wrote through a bounce slot, in its own block.
                     for (int i = 0; i < parts.Length; i++)
-                        if (parts[i].Dirty && parts[i].Block == block && offset < parts[i].Offset + parts[i].Length && offset + length > parts[i].Offset)
-                            (stale ??= new()).Add((x, x.Segments![i].Dma, parts[i].Length));
+                    {
+                        var (dma, n) = x.Segments![i];
+                        if (parts[i].Dirty && parts[i].Block == block && offset < parts[i].Offset + n && offset + length > parts[i].Offset)
+                            (stale ??= new()).Add((x, dma, n));
+                    }
                 }
                 else if (x.Block == block && offset < x.Offset + x.Size && offset + length > x.Offset)
                     (stale ??= new()).Add((x, x.Start, x.Size));

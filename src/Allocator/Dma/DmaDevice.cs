@@ -194,7 +194,10 @@ public sealed unsafe class DmaDevice : IDisposable
         list.Resolve(_memory);
         var dma = new ulong[list.Count];
         bool bounced = false;
-        var entryBounced = _checker is not null && _ops is not IommuOps ? new bool[list.Count] : null;
+        // Without an IOMMU the entries lie wherever their pages (or bounce slots) are, not in one range from the
+        // first, and each may bounce or not: the checker matches device writes and CPU reads entry by entry.
+        var segments = _checker is not null && _ops is not IommuOps ? new (ulong Dma, int Length)[list.Count] : null;
+        var parts = segments is null ? null : new DmaChecker.Part[list.Count];
         if (_ops is IommuOps iommu)
         {
             list.IovaPages = iommu.MapList(list, direction, dma);
@@ -209,7 +212,11 @@ public sealed unsafe class DmaDevice : IDisposable
                     list.Resolved(e, out var block, out byte* cpu, out ulong frame, out int offset, out int length);
                     dma[e] = _ops.Map(block, cpu, frame, offset, length, direction, list.CachingOf(e), out bool b);
                     bounced |= b;
-                    if (entryBounced is not null) entryBounced[e] = b;
+                    if (segments is not null)
+                    {
+                        segments[e] = (dma[e], length);
+                        parts![e] = new DmaChecker.Part(block, offset, b);
+                    }
                 }
             }
             catch
@@ -220,18 +227,7 @@ public sealed unsafe class DmaDevice : IDisposable
         }
         list.SetMapped(this, direction, dma);
         if (_checker is not null)
-        {
-            // Without an IOMMU the entries lie wherever their pages (or bounce slots) are, not in one range from the
-            // first, and each may bounce or not: the checker matches device writes and CPU reads entry by entry.
-            var segments = entryBounced is null ? null : new (ulong Dma, int Length)[list.Count];
-            var parts = entryBounced is null ? null : new DmaChecker.Part[list.Count];
-            for (int e = 0; entryBounced is not null && e < list.Count; e++)
-            {
-                segments![e] = (dma[e], list[e].Length);
-                parts![e] = new DmaChecker.Part(list[e].Block, list[e].Offset, list[e].Length, entryBounced[e]);
-            }
             _checker.OnMap(this, DmaMapKind.Scatterlist, dma[0], list[0].Block, list[0].Offset, (int)Math.Min(list.TotalBytes, int.MaxValue), direction, bounced, list.Count, segments, parts);
-        }
         return list.MappedCount;
     }
 

@@ -201,7 +201,7 @@ public sealed class DmaCheckerTests : IDisposable
         var checker = _m.Checker;
         const ulong first = 0x10000, second = 0x13000, between = 0x11000;
         checker.OnMap(sw, DmaMapKind.Scatterlist, first, _block, 0, 8192, DmaDirection.FromDevice, bounced: true, nents: 2,
-            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, 4096, true), new(_block, 4096, 4096, true)]);
+            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, true), new(_block, 4096, true)]);
         checker.OnDeviceWrite(sw, second, 64);
         checker.OnSync(sw, first, 1, DmaDirection.FromDevice, forCpu: true);
         checker.OnDeviceWrite(sw, between, 64); // another mapping's slot inside [first, first + 8 KiB)
@@ -256,7 +256,7 @@ public sealed class DmaCheckerTests : IDisposable
         var other = _m.Memory.AllocateBlock(Zone.Dma32, 0);
         const ulong first = 0x10000, second = 0x13000, between = 0x11000;
         checker.OnMap(sw, DmaMapKind.Scatterlist, first, _block, 0, 8192, DmaDirection.FromDevice, bounced: true, nents: 2,
-            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, 4096, true), new(_block, 4096, 4096, true)]);
+            segments: [(first, 4096), (second, 4096)], parts: [new(_block, 0, true), new(_block, 4096, true)]);
         checker.OnMap(sw, DmaMapKind.Page, between, other, 0, 4096, DmaDirection.FromDevice, bounced: true, nents: 1);
         checker.OnMappingErrorChecked(sw, between);
         checker.OnDeviceWrite(sw, between, 4096);
