@@ -92,6 +92,7 @@ internal static class Program
         return OneLine(error.Message);
     }
 
-    private static string OneLine(string message)
+    /// <summary>A message on one line: its lines and tabs joined by single spaces.</summary>
+    internal static string OneLine(string message)
         => string.Join(' ', message.Split(['\n', '\r', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 }

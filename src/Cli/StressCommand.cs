@@ -143,8 +143,10 @@ internal static class StressCommand
             HelpName = "SIZE",
             CustomParser = Arguments.Bytes("--buffer-limit", 1L << 20, Ram, "at most this machine's memory"),
         };
-        internal static readonly string[] DmaFaults = ["missing-sync", "stale-iotlb", "wrong-pool"], SwapFaults = ["interrupted-restore", "failing-write"];
+        internal static readonly string[] DmaFaults = DmaInjections.Names, SwapFaults = ["interrupted-restore", "failing-write"];
         internal static readonly string[] DmaScenarios = ["dma"], SwapScenarios = ["swap", "mixed"];
+        /// <summary>Each --inject fault with the scenarios that commit it.</summary>
+        internal static readonly (string[] Faults, string[] Users)[] FaultsOf = [(DmaFaults, DmaScenarios), (SwapFaults, SwapScenarios)];
         internal readonly Option<string?> InjectFault = new("--inject")
         {
             Description = "Testing aid: dma: missing-sync (swiotlb, xen), stale-iotlb (iommu with --deferred-flush) or wrong-pool (2 devices or more), a misuse of the run's first devices the checker must report (exit 1); swap and mixed: interrupted-restore or failing-write, faults the run must survive.",
@@ -197,11 +199,11 @@ internal static class StressCommand
                 throw new UsageException($"{option.Name}: only the {Scenarios(users)} scenario{(users.Length == 1 ? "" : "s")} use{(users.Length == 1 ? "s" : "")} it; {name} would ignore it.");
         if (r.GetValue(o.InjectFault) is { Length: > 0 } injected)
         {
-            var (faults, users) = Options.DmaFaults.Contains(injected) ? (Options.DmaFaults, Options.DmaScenarios) : (Options.SwapFaults, Options.SwapScenarios);
+            var (faults, users) = Options.FaultsOf.First(f => f.Faults.Contains(injected));
+            string takes = string.Join(", ", Options.FaultsOf.Where(f => f.Users.Contains(name)).SelectMany(f => f.Faults));
             if (!users.Contains(name))
                 throw new UsageException($"--inject: '{injected}' is a fault of the {Scenarios(users)} scenario{(users.Length == 1 ? "" : "s")}" +
-                                         $" ({string.Join(", ", faults)}); {name} " +
-                                         (name == "dma" ? $"takes {string.Join(", ", Options.DmaFaults)}." : name is "swap" or "mixed" ? $"takes {string.Join(", ", Options.SwapFaults)}." : "takes none."));
+                                         $" ({string.Join(", ", faults)}); {name} takes {(takes.Length > 0 ? takes : "none")}.");
         }
         long? ops = r.GetValue(o.Ops);
         TimeSpan? duration = r.GetValue(o.Duration);
@@ -280,13 +282,7 @@ internal static class StressCommand
         bool deferred = r.GetValue(o.DeferredFlush);
         // A mask the devices cannot work with would only end the run in mapping errors: refuse it before anything runs.
         if (DmaMachine.MaskProblem(kind, mask, workingSet, threads, devices) is { } problem) throw new UsageException(problem);
-        var inject = r.GetValue(o.InjectFault) switch
-        {
-            "missing-sync" => DmaInjection.MissingSync,
-            "stale-iotlb" => DmaInjection.StaleIotlb,
-            "wrong-pool" => DmaInjection.WrongPool,
-            _ => DmaInjection.None,
-        };
+        var inject = DmaInjections.Parse(r.GetValue(o.InjectFault));
         // The misuse is committed on the run's own devices: refuse one they cannot commit.
         if (DmaMachine.InjectionProblem(inject, kind, devices, deferred) is { } cannot) throw new UsageException(cannot);
         return new DmaStressSettings { OpsKind = kind, Devices = devices, MaskBits = mask, DeferredFlush = deferred, Inject = inject };

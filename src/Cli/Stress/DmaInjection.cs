@@ -12,3 +12,16 @@ internal enum DmaInjection
     /// <summary>A DMA-pool page is given to another device's pool.</summary>
     WrongPool,
 }
+
+/// <summary>The --inject names of <see cref="DmaInjection"/>: the one table the command line and the JSON read.</summary>
+internal static class DmaInjections
+{
+    /// <summary>The names, in the enum's order after <see cref="DmaInjection.None"/>.</summary>
+    internal static readonly string[] Names = ["missing-sync", "stale-iotlb", "wrong-pool"];
+
+    /// <summary>The injection a name asks for; None for null or a name of another scenario's fault.</summary>
+    internal static DmaInjection Parse(string? name) => (DmaInjection)(Array.IndexOf(Names, name) + 1);
+
+    /// <summary>The name of an injection, null for None.</summary>
+    internal static string? Name(DmaInjection inject) => inject == DmaInjection.None ? null : Names[(int)inject - 1];
+}

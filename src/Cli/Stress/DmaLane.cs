@@ -22,7 +22,6 @@ internal sealed class DmaLane
     private readonly DmaPagePool[] _pools;
     private readonly PageHandle[] _buffers = new PageHandle[Buffers];
     private readonly Random _bytes;
-    private StressWorker _w = null!; // the worker of the step in progress: its generator draws the step
     private readonly byte[] _a = new byte[64 << 10], _b = new byte[64 << 10];
 
     internal long Steps, Bytes, VerifyFailures, Coherent, Lists;
@@ -45,28 +44,27 @@ internal sealed class DmaLane
     /// <summary>One step: a streaming round trip, now and then a scatterlist or a coherent DMA-pool page.</summary>
     internal void Step(StressWorker w)
     {
-        _w = w;
-        var dev = _devices[Draw(_devices.Length)];
-        int r = Draw(16);
+        var dev = _devices[Draw(w, _devices.Length)];
+        int r = Draw(w, 16);
         if (r == 0) CoherentRoundTrip(_pools[Array.IndexOf(_devices, dev)]);
-        else if (r == 1) ListRoundTrip(dev);
-        else StreamingRoundTrip(dev);
+        else if (r == 1) ListRoundTrip(w, dev);
+        else StreamingRoundTrip(w, dev);
         Steps++;
     }
 
     // A number in [0, n) from the worker's generator, folded into its sequence hash.
-    private int Draw(int n)
+    private static int Draw(StressWorker w, int n)
     {
-        int v = _w.Next(n);
-        _w.Fold((ulong)v);
+        int v = w.Next(n);
+        w.Fold((ulong)v);
         return v;
     }
 
-    private void StreamingRoundTrip(DmaDevice dev)
+    private void StreamingRoundTrip(StressWorker w, DmaDevice dev)
     {
-        var buf = _buffers[Draw(Buffers)];
-        int size = 1 + Draw((16 << 10) - 1), offset = Draw((64 << 10) - size);
-        var dir = (DmaDirection)Draw(3);
+        var buf = _buffers[Draw(w, Buffers)];
+        int size = 1 + Draw(w, (16 << 10) - 1), offset = Draw(w, (64 << 10) - size);
+        var dir = (DmaDirection)Draw(w, 3);
         var a = _a.AsSpan(0, size);
         var b = _b.AsSpan(0, size);
         _bytes.NextBytes(a);
@@ -103,11 +101,11 @@ internal sealed class DmaLane
         Bytes += size;
     }
 
-    private void ListRoundTrip(DmaDevice dev)
+    private void ListRoundTrip(StressWorker w, DmaDevice dev)
     {
         var sg = new DmaScatterlist();
-        int n = 2 + Draw(Buffers - 1);
-        for (int i = 0; i < n; i++) sg.Add(_buffers[i], 0, 4096 * (1 + Draw(3)));
+        int n = 2 + Draw(w, Buffers - 1);
+        for (int i = 0; i < n; i++) sg.Add(_buffers[i], 0, 4096 * (1 + Draw(w, 3)));
         dev.MapScatterlist(sg, DmaDirection.FromDevice);
         var mark = new byte[8];
         int page = 0;

@@ -16,26 +16,17 @@ namespace PagePool.Cli.Stress;
 internal sealed class DmaScenario : StressScenario
 {
     private DmaMachine? _machine;
-    private bool _corrupt;
 
     internal override string Name => "dma";
     internal override string Description => "devices map, read and write through DMA addresses, sync, verify every byte, unmap (see --ops-kind)";
 
     internal override void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers)
-    {
-        _machine = settings.Scenario is DmaScenario ? new DmaMachine(settings, settings.Dma) : DmaMachine.ForMixed(settings);
-        _corrupt = settings.InjectCorruption && settings.Scenario is DmaScenario; // mixed corrupts a pool buffer instead
-    }
+        => _machine = settings.Scenario is DmaScenario ? new DmaMachine(settings, settings.Dma) : DmaMachine.ForMixed(settings);
 
     internal override void Step(StressWorker w)
     {
         var lane = _machine!.Lanes[w.Index];
         long failures = lane.VerifyFailures;
-        if (_corrupt && w.Index == 0 && w.Operations >= 32 && !w.Injected)
-        {
-            lane.CorruptNext = true; // a byte the device wrote, flipped before the CPU checks it
-            w.Injected = true;
-        }
         lane.Step(w);
         w.Operations++;
         if (lane.VerifyFailures != failures)
@@ -43,6 +34,13 @@ internal sealed class DmaScenario : StressScenario
             w.VerifyFailures += lane.VerifyFailures - failures;
             foreach (var f in lane.Failures.Skip(w.Failures.Count).Take(8 - w.Failures.Count)) w.Failures.Add(f);
         }
+    }
+
+    /// <summary>A byte the device wrote, flipped in the lane's next streaming round trip before the CPU checks it (mixed corrupts a pool buffer: its own scenario's hook).</summary>
+    internal override void InjectCorruption(StressWorker w)
+    {
+        _machine!.Lanes[w.Index].CorruptNext = true;
+        w.Injected = true;
     }
 
     internal override IEnumerable<string> Finish()

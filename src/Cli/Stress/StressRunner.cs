@@ -69,7 +69,7 @@ internal static class StressRunner
                         while (w.Operations < w.Budget && Volatile.Read(ref stop) == 0)
                         {
                             s.Scenario.Step(w);
-                            if (s.InjectCorruption && w.Index == 0 && w.Operations >= 32) w.InjectCorruption();
+                            if (s.InjectCorruption && w.Index == 0 && w.Operations >= 32 && !w.Injected) s.Scenario.InjectCorruption(w);
                         }
                     }
                     catch (Exception e) when (e is PagePoolException or InvalidOperationException or OutOfMemoryException)
@@ -130,7 +130,7 @@ internal static class StressRunner
         {
             stderr.WriteLine(summary.VerifyFailures > 0
                 ? $"pagepool: stress: verification failed {summary.VerifyFailures:N0} time{(summary.VerifyFailures == 1 ? "" : "s")}{(invariants.Count > 0 ? $", and {invariants.Count} invariant{(invariants.Count == 1 ? "" : "s")} broke" : "")} (see the summary)"
-                : $"pagepool: stress: {invariants.Count} invariant{(invariants.Count == 1 ? "" : "s")} broke; the first: {OneLine(invariants[0])}");
+                : $"pagepool: stress: {invariants.Count} invariant{(invariants.Count == 1 ? "" : "s")} broke; the first: {Program.OneLine(invariants[0])}");
             return ExitCodes.Failed;
         }
         if (exhausted.Count > 0)
@@ -140,8 +140,6 @@ internal static class StressRunner
         }
         return ExitCodes.Ok;
     }
-
-    private static string OneLine(string text) => string.Join(' ', text.Split(['\n', '\r'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     private static string Describe(StressSettings s)
         => s.Operations is { } n ? $"{n:N0} operations" : Duration.Format(s.Duration!.Value);

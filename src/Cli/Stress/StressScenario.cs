@@ -27,6 +27,9 @@ internal abstract class StressScenario
     /// <summary>One step on one worker.</summary>
     internal abstract void Step(StressWorker w);
 
+    /// <summary>--inject-corruption: flip one byte behind the library's back, where the scenario's checks must see it (a held buffer).</summary>
+    internal virtual void InjectCorruption(StressWorker w) => w.InjectCorruption();
+
     /// <summary>Set up state the scenario keeps beside the workers' buffers, once the pool exists.</summary>
     internal virtual void Start(PoolAllocator pool, StressSettings settings, ShrinkerRegistry? shrinkers) { }
 

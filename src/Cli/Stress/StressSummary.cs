@@ -100,14 +100,6 @@ internal sealed class StressSummary
         _ => $"{ns} ns",
     };
 
-    private static string? InjectName(DmaInjection inject) => inject switch
-    {
-        DmaInjection.MissingSync => "missing-sync",
-        DmaInjection.StaleIotlb => "stale-iotlb",
-        DmaInjection.WrongPool => "wrong-pool",
-        _ => null,
-    };
-
     internal void WriteJson(Stream stream)
     {
         using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
@@ -135,7 +127,7 @@ internal sealed class StressSummary
         if (dma) w.WriteBoolean("deferred_flush", _s.Dma.DeferredFlush); else w.WriteNull("deferred_flush");
         if (swap) w.WriteString("swap_store", _s.SwapStore); else w.WriteNull("swap_store");
         if (swap && _s.BufferLimitBytes is { } limit) w.WriteNumber("buffer_limit_bytes", limit); else w.WriteNull("buffer_limit_bytes");
-        string? inject = _s.Scenario is DmaScenario ? InjectName(_s.Dma.Inject) : _s.Inject;
+        string? inject = _s.Scenario is DmaScenario ? DmaInjections.Name(_s.Dma.Inject) : _s.Inject;
         if (inject is not null) w.WriteString("inject", inject); else w.WriteNull("inject");
         w.WriteEndObject();
 
